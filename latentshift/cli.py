@@ -1,0 +1,49 @@
+"""Command line: ``python -m latentshift COMMAND ...``.
+
+Each command lives in the module that owns its work and registers itself through a
+function ``add_cli(subparsers)`` that adds a sub-parser whose ``func(args) -> int`` is
+the command. User errors (:class:`~latentshift.errors.LatentShiftError`) end with exit
+code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import LatentShiftError
+
+#: Modules that contribute sub-commands through ``add_cli(subparsers)``.
+COMMAND_MODULES = (
+    "latentshift.explain_cli",
+)
+
+logger = logging.getLogger("latentshift")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m latentshift",
+        description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_cli(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except LatentShiftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
