@@ -5,6 +5,7 @@ not for clinical use.
 """
 
 from .errors import ImageInputError, LatentShiftError, WeightsError
+from .shift import LatentShift, ShiftResult
 
-__all__ = ["LatentShiftError", "ImageInputError", "WeightsError"]
+__all__ = ["LatentShift", "ShiftResult", "LatentShiftError", "ImageInputError", "WeightsError"]
 __version__ = "0.1.0"

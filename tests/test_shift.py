@@ -1,0 +1,195 @@
+"""LatentShift on tiny linear models whose answers are known analytically."""
+
+import numpy as np
+import pytest
+import torch
+
+from latentshift import LatentShift
+from latentshift.errors import OptionsError
+from latentshift.shift import compute_heatmap, lambda_ladder, sweep_lambdas
+from tiny_models import ConstantClassifier, LinearAutoencoder, LinearClassifier, SineClassifier
+
+SIDE = 8
+
+
+def image(seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(1, 1, SIDE, SIDE, generator=generator) * 2 - 1) * 1024
+
+
+def explainer(classifier=None, **kwargs) -> LatentShift:
+    return LatentShift(classifier or LinearClassifier(SIDE), LinearAutoencoder(SIDE), **kwargs)
+
+
+def test_gradient_is_analytic_for_linear_models():
+    shift = explainer()
+    x = image()
+    z, gradient = shift.latent_gradient(x, target=0)
+    w = shift.classifier.linear.weight[0]
+    decoder = shift.autoencoder.decoder.weight
+    logit = (decoder @ z[0]) @ w
+    expected = torch.sigmoid(logit) * (1 - torch.sigmoid(logit)) * (decoder.T @ w)
+    torch.testing.assert_close(gradient[0], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_curtail_lowers_and_exaggerate_raises_monotonically():
+    result = explainer().attribute(image(), 0, lambda_range=(-200.0, 200.0), frames=11)
+    assert np.all(np.diff(result.lambdas) > 0)
+    assert np.all(np.diff(result.preds) > 0), "prediction must rise with λ for a linear model"
+    zero = result.zero_index
+    assert result.lambdas[zero] == 0.0
+    assert result.preds[0] < result.reconstruction_pred < result.preds[-1]
+
+
+def test_fixed_range_matches_plain_per_lambda_loop():
+    shift = explainer(batch_size=3)
+    x = image()
+    result = shift.attribute(x, 1, lambda_range=(-150.0, 90.0), frames=9)
+    z, gradient = shift.latent_gradient(x, 1)
+    with torch.no_grad():
+        for lam, frame, pred in zip(result.lambdas, result.frames, result.preds):
+            expected_frame = shift.autoencoder.decode(z + float(lam) * gradient)
+            expected_pred = torch.sigmoid(shift.classifier(expected_frame)[0, 1])
+            torch.testing.assert_close(frame, expected_frame[0], rtol=1e-5, atol=1e-5)
+            assert abs(float(expected_pred) - pred) < 1e-5
+
+
+def test_sweep_includes_zero_and_has_requested_frame_count():
+    lambdas = sweep_lambdas(-300.0, 100.0, 20)
+    assert len(lambdas) == 20 and 0.0 in lambdas
+    assert lambdas[0] == -300.0 and lambdas[-1] == 100.0
+    assert np.all(np.diff(lambdas) > 0)
+    only_curtail = sweep_lambdas(-50.0, 0.0, 5)
+    np.testing.assert_allclose(only_curtail, [-50, -37.5, -25, -12.5, 0])
+    assert list(sweep_lambdas(0.0, 0.0, 10)) == [0.0]
+
+
+def test_ladder_follows_reference_rule_and_clips():
+    ladder = lambda_ladder(10.0, 100.0, -1)
+    assert ladder[:3] == pytest.approx([-10.0, -21.0, -33.1])
+    assert ladder[-1] == -100.0 and all(abs(v) <= 100 for v in ladder)
+
+
+def test_search_both_directions_reaches_pred_diff():
+    result = explainer().attribute(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=12)
+    assert result.stop_reasons["curtail"] in ("pred_diff", "floor")
+    assert result.stop_reasons["exaggerate"] in ("pred_diff", "ceiling")
+    assert result.lambda_range[0] < 0 < result.lambda_range[1]
+    start = result.reconstruction_pred
+    assert result.preds[0] <= start - 0.3 or result.preds[0] < 0.05
+    assert result.preds[-1] >= start + 0.3 or result.preds[-1] > 0.95
+    assert len(result.lambdas) == 12
+
+
+def test_search_stops_at_pixel_budget_and_keeps_budget():
+    result = explainer().attribute(image(), 0, step_size=0.2, pixel_budget=0.05, pred_diff=1.0, frames=6)
+    assert result.stop_reasons == {"curtail": "pixel_budget", "exaggerate": "pixel_budget"}
+    assert result.pixel_change.max() <= 0.05
+
+
+def test_search_stops_at_max_lambda():
+    result = explainer().attribute(image(), 0, max_lambda=15.0, pixel_budget=100.0, frames=5)
+    assert result.stop_reasons == {"curtail": "max_lambda", "exaggerate": "max_lambda"}
+    assert result.lambda_range == (-15.0, 15.0)
+
+
+def test_search_stops_when_prediction_stops_moving():
+    shift = LatentShift(SineClassifier(period=3.0), LinearAutoencoder(SIDE))
+    result = shift.attribute(image(), 0, step_size=50.0, pixel_budget=1e9, pred_diff=1.0,
+                             max_lambda=1e5, frames=6)
+    # Exaggerating overshoots the sine's peak at the first step: that λ is not kept.
+    assert result.stop_reasons["exaggerate"] == "not_moving"
+    assert result.lambda_range[1] == 0.0
+    assert result.stop_reasons["curtail"] == "floor" and result.preds[0] < 0.05
+
+
+def test_zero_gradient_gives_single_frame_without_crash():
+    shift = LatentShift(ConstantClassifier(), LinearAutoencoder(SIDE))
+    result = shift.attribute(image(), 0, frames=10)
+    assert result.stop_reasons == {"curtail": "not_moving", "exaggerate": "not_moving"}
+    assert list(result.lambdas) == [0.0]
+    assert result.heatmap.shape == (SIDE, SIDE) and not result.heatmap.any()
+
+
+def test_single_direction_searches_one_side_only():
+    curtail = explainer().attribute(image(), 0, direction="curtail", pixel_budget=10.0)
+    assert curtail.lambda_range[1] == 0.0 and curtail.lambdas[-1] == 0.0
+    assert curtail.stop_reasons["exaggerate"] == "not_requested"
+    exaggerate = explainer().attribute(image(), 0, direction="exaggerate", pixel_budget=10.0)
+    assert exaggerate.lambda_range[0] == 0.0 and exaggerate.lambdas[0] == 0.0
+
+
+def test_batched_search_equals_one_at_a_time_search_and_reuses_cache():
+    kwargs = dict(pred_diff=0.3, pixel_budget=10.0, frames=8)
+    one_at_a_time = explainer(batch_size=1).attribute(image(), 0, search_batch=1, **kwargs)
+    batched = explainer(batch_size=16).attribute(image(), 0, search_batch=8, **kwargs)
+    assert one_at_a_time.lambda_range == batched.lambda_range
+    np.testing.assert_allclose(one_at_a_time.preds, batched.preds, atol=1e-6)
+    # The sweep's two ends were evaluated by the search and not decoded again.
+    assert batched.evaluations < 1 + len(batched.lambdas) - 2 + 2 * 32
+
+
+def test_deterministic_and_no_parameter_gradients():
+    shift = explainer()
+    first = shift.attribute(image(), 0, frames=6)
+    second = shift.attribute(image(), 0, frames=6)
+    np.testing.assert_array_equal(first.lambdas, second.lambdas)
+    assert torch.equal(first.frames, second.frames)
+    assert all(p.grad is None for p in shift.classifier.parameters())
+    assert all(p.grad is None for p in shift.autoencoder.parameters())
+
+
+def test_initial_pred_is_the_input_prediction():
+    shift = explainer()
+    x = image()
+    result = shift.attribute(x, 0, lambda_range=(-10.0, 10.0), frames=3)
+    with torch.no_grad():
+        expected = torch.sigmoid(shift.classifier(x)[0, 0])
+    assert result.initial_pred == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_heatmap_modes_known_answers():
+    reconstruction = torch.zeros(1, 1, 2, 2)
+    frames = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]]],
+                           [[[2.0, 0.0], [0.0, 0.0]]],
+                           [[[2.0, 4.0], [0.0, 0.0]]]])
+    np.testing.assert_allclose(compute_heatmap(frames, reconstruction, "int"), [[1.0, 2.0], [0, 0]])
+    np.testing.assert_allclose(compute_heatmap(frames, reconstruction, "max"), [[2.0, 4.0], [0, 0]])
+    np.testing.assert_allclose(compute_heatmap(frames, reconstruction, "mean"), [[4 / 3, 4 / 3], [0, 0]])
+    np.testing.assert_allclose(compute_heatmap(frames, reconstruction, "mm"), [[2.0, 4.0], [0, 0]])
+
+
+def test_heatmap_marks_where_the_decoder_changes_the_image():
+    result = explainer().attribute(image(), 0, lambda_range=(-100.0, 100.0), frames=5, heatmap="mm")
+    expected = (result.frames[0, 0] - result.frames[-1, 0]).abs().numpy()
+    np.testing.assert_allclose(result.heatmap, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lambda_range=(5.0, 10.0)), "λ_min ≤ 0 ≤ λ_max"),
+    (dict(direction="sideways"), "direction"),
+    (dict(heatmap="fancy"), "heatmap"),
+    (dict(frames=1), "frames"),
+    (dict(step_size=0.0), "step_size"),
+])
+def test_bad_options_raise_clear_errors(kwargs, message):
+    with pytest.raises(OptionsError, match=message):
+        explainer().attribute(image(), 0, **kwargs)
+
+
+def test_bad_input_shape_and_values():
+    with pytest.raises(OptionsError, match=r"\(1, 1, H, W\)"):
+        explainer().attribute(torch.zeros(2, 1, SIDE, SIDE), 0)
+    bad = image()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(OptionsError, match="NaN"):
+        explainer().attribute(bad, 0)
+
+
+def test_summary_is_json_ready():
+    import json
+
+    result = explainer().attribute(image(), 0, frames=4, pixel_budget=10.0)
+    summary = json.loads(json.dumps(result.summary()))
+    assert len(summary["lambdas"]) == len(summary["preds"]) == len(result.lambdas)
+    assert set(summary["stop_reasons"]) == {"curtail", "exaggerate"}
