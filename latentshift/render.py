@@ -1,0 +1,523 @@
+"""Rendering of explanations to files: the Latent Shift GIF, attribution overlays, the
+prediction-vs-λ plot and single PNG frames.
+
+Pixel convention: model-range images are float arrays in [-1024, 1024] (torchxrayvision);
+they are shown as 8-bit grayscale with ``(x + 1024) / 2048 * 255`` (clipped, rounded).
+Every function accepts numpy arrays or torch tensors, validates shapes (``ValueError``
+with a message naming the argument), creates the parent directory of ``path`` and returns
+the written path as a :class:`pathlib.Path`. No UI code lives here.
+
+The GIF is built with Pillow only (no ffmpeg, no matplotlib per frame): every frame is
+composed as RGB and mapped onto one fixed palette (a gray ramp plus the few colours of the
+prediction bar), so all frames share a palette and nothing flickers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "write_gif",
+    "gif_frame_count",
+    "write_overlay",
+    "overlay_array",
+    "write_prediction_plot",
+    "write_png",
+]
+
+# ---------------------------------------------------------------------------- helpers
+
+_BG = (17, 17, 17)
+_TEXT = (236, 236, 236)
+_MUTED = (150, 150, 150)
+_TRACK = (58, 58, 58)
+_BAR = (66, 146, 198)          # prediction below threshold (or no threshold given)
+_BAR_HIGH = (228, 96, 48)      # prediction at or above threshold
+_TICK = (255, 205, 40)         # threshold tick
+_COLOURS = (_BAR, _BAR_HIGH, _TICK)
+_N_GRAYS = 240                 # palette: 240 gray levels + colours and their blends
+
+
+def _to_numpy(x: Any, name: str) -> np.ndarray:
+    """Return ``x`` (numpy array, torch tensor, sequence) as a float64 numpy array."""
+    if x is None:
+        raise ValueError(f"{name} is required, got None")
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numeric (array or tensor): {exc}") from None
+    return arr
+
+
+def _as_image(x: Any, name: str) -> np.ndarray:
+    """One image as (H, W); leading singleton axes ((1, H, W), (1, 1, H, W)) are dropped."""
+    arr = _to_numpy(x, name)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"{name} must be one image of shape (H, W), got shape {_to_numpy(x, name).shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _as_vector(x: Any, name: str, length: int | None = None) -> np.ndarray:
+    """A 1-d vector; (N, 1) is accepted and flattened."""
+    arr = _to_numpy(x, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-d vector, got shape {arr.shape}")
+    if length is not None and arr.shape[0] != length:
+        raise ValueError(f"{name} has {arr.shape[0]} values but there are {length} frames")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _check_probability(value: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not np.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+    return value
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """Model range [-1024, 1024] -> uint8 display [0, 255]."""
+    return np.clip((x + 1024.0) / 2048.0 * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def _prepare_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans bundled with matplotlib (it has Greek λ); else Pillow's default font."""
+    try:
+        import matplotlib
+
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
+    except Exception:  # pragma: no cover - matplotlib is a dependency; keep a fallback
+        return ImageFont.load_default(size=size)
+
+
+def _lambda_symbol(font) -> str:
+    """'λ' when the font has the glyph, else 'lambda' (Pillow's default font lacks Greek)."""
+    try:
+        if font.getmask("λ").getbbox() != font.getmask("\uffff").getbbox():
+            return "λ"
+    except Exception:  # pragma: no cover
+        pass
+    return "lambda"
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom
+
+
+@functools.lru_cache(maxsize=1)
+def _gif_palette() -> np.ndarray:
+    """The one palette of every GIF frame, (256, 3) uint8: a gray ramp, then the bar
+    colours and their blends with the background (antialiased edges)."""
+    entries: list[tuple[int, int, int]] = []
+    for i in range(_N_GRAYS):
+        g = round(i * 255 / (_N_GRAYS - 1))
+        entries.append((g, g, g))
+    for colour in _COLOURS:
+        for t in (1.0, 0.66, 0.33):
+            entries.append(tuple(round(t * c + (1 - t) * b) for c, b in zip(colour, _BG)))
+    entries += [entries[-1]] * (256 - len(entries))
+    return np.array(entries, dtype=np.uint8)
+
+
+def _to_palette_image(rgb: Image.Image) -> Image.Image:
+    """Map an RGB frame onto the fixed GIF palette (exact nearest entry; Pillow's own
+    palette conversion uses a coarse colour cache that shifts grays by a few levels)."""
+    palette = _gif_palette()
+    arr = np.asarray(rgb, dtype=np.int32)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+    gray_lut = np.round(np.arange(256) * (_N_GRAYS - 1) / 255).astype(np.uint8)
+    index = gray_lut[r]
+    colour = (r != g) | (g != b)
+    if colour.any():
+        pix = arr[colour]
+        dist = ((pix[:, None, :] - palette[None, :, :].astype(np.int32)) ** 2).sum(-1)
+        index[colour] = dist.argmin(1).astype(np.uint8)
+    out = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
+    out.putpalette(palette.reshape(-1).tolist())
+    return out
+
+
+# ---------------------------------------------------------------------------- GIF
+
+
+def _gif_layout(height: int, width: int, scale: int = 1) -> dict[str, Any]:
+    """Geometry of one GIF frame: canvas size and the boxes (x0, y0, x1, y1) of its parts."""
+    pad, gap = 14, 12
+    ph, pw = height * scale, width * scale
+    content_w = max(2 * pw + gap, 380)
+    x_left = pad + (content_w - (2 * pw + gap)) // 2
+    label_h = 22
+    y_panels = pad + label_h
+    y = y_panels + ph + 12
+    layout = {
+        "pad": pad,
+        "input_box": (x_left, y_panels, x_left + pw, y_panels + ph),
+        "frame_box": (x_left + pw + gap, y_panels, x_left + 2 * pw + gap, y_panels + ph),
+        "label_y": pad,
+        "pred_text_y": y,
+        "bar_box": (pad, y + 24, pad + content_w, y + 24 + 14),
+        "scrub_y": y + 24 + 14 + 16,
+        "lambda_text_y": y + 24 + 14 + 24,
+    }
+    layout["size"] = (content_w + 2 * pad, layout["lambda_text_y"] + 18 + pad)
+    return layout
+
+
+def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img: Image.Image,
+                       pred: float, lam: float, index: int, n_frames: int, zero_index: int | None,
+                       target_name: str, threshold: float | None) -> Image.Image:
+    canvas = Image.new("RGB", layout["size"], _BG)
+    canvas.paste(input_img, layout["input_box"][:2])
+    canvas.paste(frame_img, layout["frame_box"][:2])
+    draw = ImageDraw.Draw(canvas)
+    f_label, f_pred, f_small = _font(14), _font(15, bold=True), _font(12)
+
+    for text, box in (("input", layout["input_box"]), ("latent shift", layout["frame_box"])):
+        tw, _ = _text_size(draw, text, f_label)
+        draw.text(((box[0] + box[2] - tw) // 2, layout["label_y"]), text, font=f_label, fill=_MUTED)
+
+    # prediction text and bar
+    x0, y0, x1, y1 = layout["bar_box"]
+    draw.text((x0, layout["pred_text_y"]), f"{target_name} {pred:.2f}", font=f_pred, fill=_TEXT)
+    if threshold is not None:
+        ttext = f"threshold {threshold:.2f}"
+        tw, _ = _text_size(draw, ttext, f_small)
+        draw.text((x1 - tw, layout["pred_text_y"] + 3), ttext, font=f_small, fill=_TICK)
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=_TRACK)
+    fill_w = int(round(pred * (x1 - x0)))
+    colour = _BAR_HIGH if threshold is not None and pred >= threshold else _BAR
+    if fill_w > 0:
+        draw.rectangle((x0, y0, x0 + fill_w - 1, y1 - 1), fill=colour)
+    if threshold is not None:
+        tx = x0 + int(round(threshold * (x1 - x0 - 1)))
+        draw.rectangle((tx - 1, y0 - 4, tx + 1, y1 + 3), fill=_TICK)
+
+    # λ scrubber: where this frame sits in the sweep (curtail ... reconstruction ... exaggerate)
+    sy = layout["scrub_y"]
+    draw.line((x0, sy, x1 - 1, sy), fill=_TRACK, width=2)
+    span = max(n_frames - 1, 1)
+    if zero_index is not None:
+        zx = x0 + round(zero_index / span * (x1 - x0 - 1))
+        draw.line((zx, sy - 4, zx, sy + 4), fill=_MUTED, width=1)
+    mx = x0 + round(index / span * (x1 - x0 - 1))
+    draw.ellipse((mx - 4, sy - 4, mx + 4, sy + 4), fill=_TEXT)
+
+    ty = layout["lambda_text_y"]
+    draw.text((x0, ty), "← curtail", font=f_small, fill=_MUTED)
+    rtext = "exaggerate →"
+    rw, _ = _text_size(draw, rtext, f_small)
+    draw.text((x1 - rw, ty), rtext, font=f_small, fill=_MUTED)
+    ltext = f"{_lambda_symbol(f_small)} = {lam:.1f}" + ("  (reconstruction)" if lam == 0 else "")
+    lw, _ = _text_size(draw, ltext, f_small)
+    draw.text(((x0 + x1 - lw) // 2, ty), ltext, font=f_small, fill=_TEXT)
+    return canvas
+
+
+def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *, input_image: Any,
+              target_name: str, threshold: float | None = None, frame_duration_ms: int = 100,
+              palindrome: bool = True, scale: int = 1, optimize: bool = True) -> Path:
+    """Write the Latent Shift animation as a looping GIF and return its path.
+
+    Args:
+        frames: (F, 1, H, W) or (F, H, W) decoded images, float in [-1024, 1024].
+        preds: (F,) target probability in [0, 1] of each frame.
+        lambdas: (F,) the λ of each frame, sorted ascending (λ < 0 curtails, 0 is the
+            reconstruction, λ > 0 exaggerates).
+        input_image: (H, W) the original input, float in [-1024, 1024].
+        target_name: class name shown on the prediction bar.
+        threshold: optional decision threshold in [0, 1], drawn as a tick on the bar.
+        frame_duration_ms: display time of each frame (GIF stores 10 ms units).
+        palindrome: play curtail end → exaggerate end → back (2F-2 frames for F > 2).
+        scale: integer upscaling of the two image panels (nearest neighbour).
+        optimize: let Pillow optimise the palette/encoding (smaller file).
+
+    Each frame shows the input (left) beside the frame (right), the prediction bar with
+    its value, the threshold tick, λ and a marker of the frame's place in the sweep.
+    """
+    frames_np = _to_numpy(frames, "frames")
+    if frames_np.ndim == 4 and frames_np.shape[1] == 1:
+        frames_np = frames_np[:, 0]
+    if frames_np.ndim != 3 or frames_np.shape[0] < 1:
+        raise ValueError(f"frames must have shape (F, 1, H, W) or (F, H, W), got {_to_numpy(frames, 'frames').shape}")
+    if not np.all(np.isfinite(frames_np)):
+        raise ValueError("frames contain NaN or infinite values")
+    n, h, w = frames_np.shape
+    preds_np = _as_vector(preds, "preds", n)
+    if np.any(preds_np < -1e-6) or np.any(preds_np > 1 + 1e-6):
+        raise ValueError(f"preds must be probabilities in [0, 1], got range "
+                         f"[{preds_np.min():.4g}, {preds_np.max():.4g}]")
+    preds_np = np.clip(preds_np, 0.0, 1.0)
+    lambdas_np = _as_vector(lambdas, "lambdas", n)
+    if np.any(np.diff(lambdas_np) < 0):
+        raise ValueError("lambdas must be sorted ascending (curtail < 0 < exaggerate)")
+    input_np = _as_image(input_image, "input_image")
+    if input_np.shape != (h, w):
+        raise ValueError(f"input_image has shape {input_np.shape} but frames are {(h, w)}")
+    threshold = _check_probability(threshold, "threshold")
+    if not isinstance(target_name, str) or not target_name.strip():
+        raise ValueError("target_name must be a non-empty string")
+    if int(frame_duration_ms) <= 0:
+        raise ValueError(f"frame_duration_ms must be positive, got {frame_duration_ms}")
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+
+    layout = _gif_layout(h, w, scale)
+
+    def panel(img: np.ndarray) -> Image.Image:
+        im = Image.fromarray(_to_uint8(img))
+        if scale > 1:
+            im = im.resize((w * scale, h * scale), Image.Resampling.NEAREST)
+        return im.convert("RGB")
+
+    zero = np.flatnonzero(lambdas_np == 0)
+    zero_index = int(zero[0]) if zero.size else None
+    input_panel = panel(input_np)
+    rendered = []
+    for i in range(n):
+        rgb = _compose_gif_frame(layout, input_panel, panel(frames_np[i]), float(preds_np[i]),
+                                 float(lambdas_np[i]), i, n, zero_index, target_name.strip(), threshold)
+        rendered.append(_to_palette_image(rgb))
+
+    order = list(range(n))
+    if palindrome and n > 2:
+        order += list(range(n - 2, 0, -1))
+    sequence = [rendered[i] for i in order]
+
+    path = _prepare_path(path)
+    sequence[0].save(path, format="GIF", save_all=True, append_images=sequence[1:],
+                     duration=int(frame_duration_ms), loop=0, optimize=optimize, disposal=1)
+    logger.info("wrote GIF %s: %d frames (%d distinct), %dx%d px, %.1f kB", path, len(sequence), n,
+                layout["size"][0], layout["size"][1], path.stat().st_size / 1024)
+    return path
+
+
+def gif_frame_count(path: str | os.PathLike) -> int:
+    """Number of frames stored in the GIF at ``path`` (Pillow's ``n_frames``)."""
+    with Image.open(path) as im:
+        return int(getattr(im, "n_frames", 1))
+
+
+# ---------------------------------------------------------------------------- overlays
+
+
+def _colormap_lut(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"unknown colormap {cmap!r} (try 'jet' or 'inferno')") from None
+    return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def _smooth(m: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return m
+    try:
+        from scipy import ndimage
+    except ImportError:
+        logger.warning("scipy is not installed: attribution map not smoothed (smooth_sigma=%s)", sigma)
+        return m
+    return ndimage.gaussian_filter(m, sigma=float(sigma), mode="nearest")
+
+
+def _normalise_map(attribution_map: Any, shape: tuple[int, int], *, absolute: bool,
+                   smooth_sigma: float, clip_percentile: float) -> np.ndarray:
+    m = _as_image(attribution_map, "attribution_map")
+    if m.shape != shape:
+        raise ValueError(f"attribution_map has shape {m.shape} but the image is {shape}; "
+                         "upsample the map to the image size first")
+    if not 0 < float(clip_percentile) <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    if smooth_sigma < 0:
+        raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
+    m = np.abs(m) if absolute else np.maximum(m, 0.0)
+    m = _smooth(m, smooth_sigma)
+    vmax = float(np.percentile(m, clip_percentile))
+    if vmax <= 0:
+        vmax = float(m.max())
+    if vmax <= 0:
+        logger.warning("attribution map is zero everywhere%s", "" if absolute else " (no positive part)")
+        return np.zeros_like(m)
+    return np.clip(m / vmax, 0.0, 1.0)
+
+
+def overlay_array(image: Any, attribution_map: Any, *, cmap: str = "jet", alpha: float = 0.5,
+                  absolute: bool = False, smooth_sigma: float = 0.0,
+                  clip_percentile: float = 99.5) -> np.ndarray:
+    """Blend an attribution map over a grayscale image; returns (H, W, 3) uint8 RGB.
+
+    Args:
+        image: (H, W) float in [-1024, 1024].
+        attribution_map: (H, W) any float. ``absolute`` uses |map|, otherwise only the
+            positive part; optionally gaussian-smoothed (``smooth_sigma`` pixels, needs
+            scipy); normalised to [0, 1] by its ``clip_percentile`` percentile.
+        cmap: matplotlib colormap name ("jet", "inferno", ...).
+        alpha: weight of the colour layer in [0, 1].
+    """
+    img = _as_image(image, "image")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    m = _normalise_map(attribution_map, img.shape, absolute=absolute, smooth_sigma=smooth_sigma,
+                       clip_percentile=clip_percentile)
+    lut = _colormap_lut(cmap)
+    colour = lut[np.round(m * 255).astype(np.int64)].astype(np.float64)
+    gray = _to_uint8(img).astype(np.float64)[..., None]
+    out = (1.0 - alpha) * gray + alpha * colour
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, title: str,
+                  cmap: str = "jet", alpha: float = 0.5, absolute: bool = False,
+                  smooth_sigma: float = 0.0, clip_percentile: float = 99.5, scale: int = 2) -> Path:
+    """Write an attribution overlay as PNG: title, the overlay (upscaled ``scale``× with
+    bilinear filtering) and a colour scale labelled "low"/"high". Same options as
+    :func:`overlay_array`; used for the latent-shift heatmap, Grad-CAM and Integrated
+    Gradients alike."""
+    if not isinstance(title, str):
+        raise ValueError("title must be a string")
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    rgb = overlay_array(image, attribution_map, cmap=cmap, alpha=alpha, absolute=absolute,
+                        smooth_sigma=smooth_sigma, clip_percentile=clip_percentile)
+    h, w = rgb.shape[:2]
+    overlay = Image.fromarray(rgb)
+    if scale > 1:
+        overlay = overlay.resize((w * scale, h * scale), Image.Resampling.BILINEAR)
+    ow, oh = overlay.size
+
+    pad, title_h, bar_h = 14, 28, 12
+    width = max(ow, 240) + 2 * pad
+    height = pad + title_h + oh + 12 + bar_h + 22 + pad
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    f_title, f_small = _font(17, bold=True), _font(12)
+    tw, _ = _text_size(draw, title, f_title)
+    draw.text(((width - tw) // 2, pad), title, font=f_title, fill=(20, 20, 20))
+    ox = (width - ow) // 2
+    oy = pad + title_h
+    canvas.paste(overlay, (ox, oy))
+
+    # colour scale: the colormap as blended over mid-gray would be misleading; show it pure
+    bar_w = min(ow, 320)
+    bx, by = (width - bar_w) // 2, oy + oh + 12
+    lut = _colormap_lut(cmap)
+    strip = lut[np.linspace(0, 255, bar_w).round().astype(np.int64)]
+    canvas.paste(Image.fromarray(np.repeat(strip[None], bar_h, axis=0)), (bx, by))
+    draw.rectangle((bx - 1, by - 1, bx + bar_w, by + bar_h), outline=(120, 120, 120))
+    draw.text((bx, by + bar_h + 4), "low", font=f_small, fill=(60, 60, 60))
+    hw, _ = _text_size(draw, "high", f_small)
+    draw.text((bx + bar_w - hw, by + bar_h + 4), "high", font=f_small, fill=(60, 60, 60))
+    kind = "|attribution|" if absolute else "positive attribution"
+    kw, _ = _text_size(draw, kind, f_small)
+    draw.text(((width - kw) // 2, by + bar_h + 4), kind, font=f_small, fill=(110, 110, 110))
+
+    path = _prepare_path(path)
+    canvas.save(path, format="PNG", optimize=True)
+    logger.info("wrote overlay %s (%s, %dx%d)", path, title, width, height)
+    return path
+
+
+# ---------------------------------------------------------------------------- plot & PNG
+
+
+def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, target_name: str,
+                          threshold: float | None = None, initial_pred: float | None = None) -> Path:
+    """Plot the target probability against λ and save it as PNG (5×3.5 in, 100 dpi).
+
+    Args:
+        lambdas: (F,) λ values, sorted ascending.
+        preds: (F,) target probability in [0, 1] at each λ.
+        target_name: class name for the title/axis.
+        threshold: optional decision threshold (dashed line).
+        initial_pred: optional prediction on the original input (shown at λ = 0).
+
+    Uses ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot state is touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lam = _as_vector(lambdas, "lambdas")
+    if lam.shape[0] < 1:
+        raise ValueError("lambdas must not be empty")
+    p = _as_vector(preds, "preds", lam.shape[0])
+    if np.any(np.diff(lam) < 0):
+        raise ValueError("lambdas must be sorted ascending")
+    threshold = _check_probability(threshold, "threshold")
+    initial_pred = _check_probability(initial_pred, "initial_pred")
+
+    fig = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lo, hi = float(lam.min()), float(lam.max())
+    margin = 0.03 * (hi - lo) if hi > lo else 1.0
+    if lo < 0:
+        ax.axvspan(lo - margin, 0, color="tab:blue", alpha=0.08, lw=0, label="curtail (λ < 0)")
+    if hi > 0:
+        ax.axvspan(0, hi + margin, color="tab:red", alpha=0.08, lw=0, label="exaggerate (λ > 0)")
+    ax.plot(lam, p, "-o", color="black", ms=3, lw=1.5, label=f"P({target_name})")
+    if lo <= 0 <= hi:
+        ax.plot([0.0], [float(np.interp(0.0, lam, p))], "o", ms=7, mfc="white", mec="black",
+                mew=1.5, label="reconstruction (λ = 0)", zorder=5)
+    if initial_pred is not None:
+        ax.plot([0.0], [initial_pred], "*", ms=10, color="tab:green", label="input", zorder=6)
+    if threshold is not None:
+        ax.axhline(threshold, ls="--", lw=1, color="tab:orange", label=f"threshold {threshold:.2f}")
+    ax.set_xlim(lo - margin, hi + margin)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("λ (latent step)")
+    ax.set_ylabel("P(target)")
+    ax.set_title(f"{target_name}: prediction along the latent shift", fontsize=10)
+    ax.grid(True, alpha=0.3, lw=0.5)
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
+    fig.tight_layout()
+
+    path = _prepare_path(path)
+    fig.savefig(path, format="png")
+    fig.clear()
+    logger.info("wrote prediction plot %s", path)
+    return path
+
+
+def write_png(path: str | os.PathLike, image: Any) -> Path:
+    """Write one model-range image (H, W) float in [-1024, 1024] as an 8-bit grayscale PNG."""
+    img = _as_image(image, "image")
+    path = _prepare_path(path)
+    Image.fromarray(_to_uint8(img)).save(path, format="PNG")
+    logger.info("wrote PNG %s (%dx%d)", path, img.shape[1], img.shape[0])
+    return path
