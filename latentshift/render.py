@@ -210,11 +210,16 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
 
     # prediction text and bar
     x0, y0, x1, y1 = layout["bar_box"]
-    draw.text((x0, layout["pred_text_y"]), f"{target_name} {pred:.2f}", font=f_pred, fill=_TEXT)
+    room = x1 - x0
     if threshold is not None:
         ttext = f"threshold {threshold:.2f}"
         tw, _ = _text_size(draw, ttext, f_small)
         draw.text((x1 - tw, layout["pred_text_y"] + 3), ttext, font=f_small, fill=_TICK)
+        room -= tw + 16
+    name = target_name
+    while len(name) > 1 and _text_size(draw, f"{name} {pred:.2f}", f_pred)[0] > room:
+        name = name[:-2].rstrip() + "…"
+    draw.text((x0, layout["pred_text_y"]), f"{name} {pred:.2f}", font=f_pred, fill=_TEXT)
     draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=_TRACK)
     fill_w = int(round(pred * (x1 - x0)))
     colour = _BAR_HIGH if threshold is not None and pred >= threshold else _BAR
@@ -434,7 +439,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     canvas.paste(overlay, (ox, oy))
 
     # colour scale: the colormap as blended over mid-gray would be misleading; show it pure
-    bar_w = min(ow, 320)
+    bar_w = min(max(ow, 240), 320)
     bx, by = (width - bar_w) // 2, oy + oh + 12
     lut = _colormap_lut(cmap)
     strip = lut[np.linspace(0, 255, bar_w).round().astype(np.int64)]
@@ -480,6 +485,8 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
         raise ValueError("lambdas must be sorted ascending")
     threshold = _check_probability(threshold, "threshold")
     initial_pred = _check_probability(initial_pred, "initial_pred")
+    if not isinstance(target_name, str) or not target_name.strip():
+        raise ValueError("target_name must be a non-empty string")
 
     fig = Figure(figsize=(5, 3.5), dpi=100)
     FigureCanvasAgg(fig)

@@ -262,3 +262,14 @@ def test_write_png_roundtrip(tmp_path):
         assert np.array_equal(arr, render._to_uint8(img))
     with pytest.raises(ValueError, match="image must be one image"):
         render.write_png(tmp_path / "bad.png", np.zeros((2, 8, 8)))
+
+
+def test_gif_long_target_name_and_scale(tmp_path):
+    img = np.zeros((32, 32))
+    frames = np.repeat(img[None], 3, axis=0)
+    p = render.write_gif(tmp_path / "long.gif", frames, [0.2, 0.4, 0.6], [-5.0, 0.0, 5.0],
+                         input_image=img, target_name="Enlarged Cardiomediastinum " * 4,
+                         threshold=0.5, scale=2)
+    assert render.gif_frame_count(p) == 4
+    with Image.open(p) as im:
+        assert im.size == render._gif_layout(32, 32, 2)["size"]
