@@ -8,7 +8,8 @@ Hub models go through the same pipeline:
 * a **classifier** maps it to *logits* of shape (N, C) and carries
   ``pathologies`` (C names; an empty string marks an unused output), optional
   ``thresholds`` (C decision thresholds on the sigmoid output, NaN where unknown)
-  and ``gradcam_layer`` (the module whose activations Grad-CAM uses);
+  and ``gradcam_layer`` (the module whose activations Grad-CAM uses — a property,
+  so that its parameters are not registered twice in the state dict);
 * an **autoencoder** has ``encode(x) -> z`` and ``decode(z) -> x̂`` with x̂ of the
   input's shape and range.
 
@@ -49,7 +50,11 @@ class XRVDenseNetClassifier(nn.Module):
                            for t in (thresholds or [math.nan] * len(pathologies))]
         self.resolution = resolution
         self.input_range = PIXEL_RANGE
-        self.gradcam_layer = self.net.features.denseblock4
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last dense block (a property, so its weights are not listed twice)."""
+        return self.net.features.denseblock4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.net.features(x)

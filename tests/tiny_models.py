@@ -41,7 +41,6 @@ class LinearClassifier(nn.Module):
         self.pathologies = [f"finding{i}" for i in range(outputs)]
         self.resolution = side
         self.input_range = (-1024.0, 1024.0)
-        self.gradcam_layer = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
@@ -68,3 +67,72 @@ class ConstantClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bias.expand(x.shape[0], 1) + 0 * x.flatten(1)[:, :1]
+
+
+class TinyConvClassifier(nn.Module):
+    """Two conv blocks, global average pool, linear head; logits (N, C)."""
+
+    def __init__(self, labels=("Pneumonia", "Effusion"), thresholds=None, resolution: int = 32, **_):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, len(labels))
+        self.pathologies = list(labels)
+        self.thresholds = list(thresholds) if thresholds else [float("nan")] * len(labels)
+        self.resolution = resolution
+        self.input_range = (-1024.0, 1024.0)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x / 1024).mean((2, 3)))
+
+
+class TinyConvAutoencoder(nn.Module):
+    """Strided conv encoder (2 × S/4 × S/4 latent) and transposed-conv decoder."""
+
+    def __init__(self, resolution: int = 32, **_):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.ReLU(), nn.Conv2d(4, 2, 4, 2, 1))
+        self.decoder = nn.Sequential(nn.ConvTranspose2d(2, 4, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(4, 1, 4, 2, 1))
+        self.resolution = resolution
+        self.input_range = (-1024.0, 1024.0)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x / 1024)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.decoder(z)) * 1024
+
+
+def write_tiny_manifest(folder, seed: int = 0):
+    """Save tiny conv models as safetensors plus a manifest naming them; returns its path."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from latentshift.models import ARCHITECTURES, register_architecture
+    from latentshift.weights import sha256_of
+
+    if "test-tiny-classifier" not in ARCHITECTURES:
+        register_architecture("test-tiny-classifier")(TinyConvClassifier)
+        register_architecture("test-tiny-autoencoder")(TinyConvAutoencoder)
+    torch.manual_seed(seed)
+    entries = []
+    for model_id, kind, model in (("tiny-classifier", "classifier", TinyConvClassifier()),
+                                  ("tiny-autoencoder", "autoencoder", TinyConvAutoencoder())):
+        path = folder / f"{model_id}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        entry = {"id": model_id, "kind": kind, "architecture": f"test-{model_id}",
+                 "resolution": 32, "format": "safetensors", "embedded_default": True,
+                 "source": {"type": "file", "path": path.name, "sha256": sha256_of(path),
+                            "size": path.stat().st_size}}
+        if kind == "classifier":
+            entry.update(labels=["Pneumonia", "Effusion"], thresholds=[0.5, None])
+        entries.append(entry)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"format_version": 1, "models": entries}, indent=2))
+    return manifest
