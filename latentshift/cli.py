@@ -18,6 +18,8 @@ from .errors import LatentShiftError
 #: Modules that contribute sub-commands through ``add_cli(subparsers)``.
 COMMAND_MODULES = (
     "latentshift.explain_cli",
+    "latentshift.train",
+    "latentshift.weights_cli",
 )
 
 logger = logging.getLogger("latentshift")

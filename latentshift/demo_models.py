@@ -1,0 +1,169 @@
+"""Architectures of the embedded demo models (trained by :mod:`latentshift.train`).
+
+Both follow the torchxrayvision conventions of :mod:`latentshift.models`: input
+(N, 1, 224, 224) float32 in [-1024, 1024].
+
+* :class:`DemoAutoencoder` -- a small convolutional autoencoder with a *spatial*
+  latent (default 16 channels at 14×14, i.e. 3,136 numbers for 50,176 pixels, a
+  16× compression). The bottleneck is a deliberate middle ground for Latent Shift:
+  a wide latent (e.g. 28×28 or more channels) lets a gradient step in z act almost
+  like a pixel-space adversarial perturbation, while a tiny global latent turns every
+  frame into a blur at the size of model that trains on a CPU. Each latent cell
+  covers a 16×16-pixel patch and the decoder mixes neighbouring cells, so a step in z
+  changes lung regions smoothly rather than single pixels.
+* :class:`DemoClassifier` -- a small CNN (five strided conv blocks with BatchNorm,
+  global average pooling, linear) returning logits (N, 1) for "Pneumonia".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .models import PIXEL_RANGE, register_architecture
+
+SCALE = 1024.0
+
+
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+
+
+class _ResBlock(nn.Module):
+    """Two 3×3 convolutions with a residual connection (no normalisation)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = _conv(channels, channels)
+        self.conv2 = _conv(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class DemoAutoencoder(nn.Module):
+    """Convolutional autoencoder with a spatial latent.
+
+    Args:
+        latent_channels: channels of z.
+        widths: channels after each of the stride-2 stages (len = number of halvings;
+            4 stages give a 14×14 latent for a 224×224 input).
+        resolution: input side in pixels.
+    Shapes: encode (N, 1, R, R) -> (N, latent_channels, R/2^k, R/2^k);
+    decode back to (N, 1, R, R), both in [-1024, 1024] (the decoder output is not
+    clamped).
+    """
+
+    def __init__(self, latent_channels: int = 16, widths: Sequence[int] = (16, 32, 64, 128),
+                 resolution: int = 224):
+        super().__init__()
+        widths = list(widths)
+        self.latent_channels = latent_channels
+        self.resolution = resolution
+        self.input_range = PIXEL_RANGE
+        enc: list[nn.Module] = []
+        c_prev = 1
+        for i, c in enumerate(widths):
+            enc.append(_conv(c_prev, c, stride=2))
+            if i > 0:  # no full block at the highest resolution (cost)
+                enc.append(_ResBlock(c))
+            c_prev = c
+        enc.append(nn.SiLU())
+        enc.append(nn.Conv2d(c_prev, latent_channels, 1))
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 1), _ResBlock(widths[-1])]
+        rev = widths[::-1]
+        outs = rev[1:] + [max(rev[-1] // 2, 8)]
+        for i, (c_in, c_out) in enumerate(zip(rev, outs)):
+            dec.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            dec.append(_conv(c_in, c_out))
+            if i < len(rev) - 2:  # residual blocks except at the two highest resolutions
+                dec.append(_ResBlock(c_out))
+            else:
+                dec.append(nn.SiLU())
+        dec.append(_conv(outs[-1], 1))
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x / SCALE)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z) * SCALE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class _ConvBlock(nn.Module):
+    """conv3×3 (stride s) -> BN -> ReLU -> conv3×3 -> BN -> ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 2, double: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        if double:
+            layers += [nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class DemoClassifier(nn.Module):
+    """Small CNN for chest X-rays returning logits.
+
+    Args:
+        pathologies: output names (one per logit).
+        thresholds: decision thresholds on the sigmoid output (NaN where unknown).
+        widths: channels of the five stride-2 conv blocks (224 -> 7).
+        dropout: dropout before the linear layer (training only).
+    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits.
+    ``gradcam_layer`` is the last conv block (7×7 feature map for R = 224).
+    """
+
+    def __init__(self, pathologies: Sequence[str] = ("Pneumonia",),
+                 thresholds: Sequence[float] | None = None,
+                 widths: Sequence[int] = (16, 32, 64, 96, 128), dropout: float = 0.2,
+                 resolution: int = 224):
+        super().__init__()
+        widths = list(widths)
+        self.pathologies = list(pathologies)
+        self.thresholds = [math.nan if t is None else float(t)
+                           for t in (thresholds or [math.nan] * len(self.pathologies))]
+        self.resolution = resolution
+        self.input_range = PIXEL_RANGE
+        blocks = []
+        c_prev = 1
+        for i, c in enumerate(widths):
+            blocks.append(_ConvBlock(c_prev, c, stride=2, double=i > 0))
+            c_prev = c
+        self.features = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(c_prev, len(self.pathologies))
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last conv block (a property, so its weights are not listed twice)."""
+        return self.features[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x / SCALE)
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.classifier(self.dropout(h))
+
+
+@register_architecture("demo-classifier")
+def _build_demo_classifier(*, labels=("Pneumonia",), thresholds=None, resolution=224,
+                           widths=(16, 32, 64, 96, 128), dropout=0.2, **_):
+    return DemoClassifier(labels, thresholds, widths=widths, dropout=dropout, resolution=resolution)
+
+
+@register_architecture("demo-autoencoder")
+def _build_demo_autoencoder(*, resolution=224, latent_channels=16, widths=(16, 32, 64, 128), **_):
+    return DemoAutoencoder(latent_channels=latent_channels, widths=widths, resolution=resolution)
