@@ -79,6 +79,9 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+#: What Pillow raises when a header claims more than ``Image.MAX_IMAGE_PIXELS`` pixels.
+_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
 
 @dataclass(frozen=True, eq=False)
 class XrayImage:
@@ -148,20 +151,18 @@ def load_xray(source: ImageSource, *, resolution: int = 224, max_pixels: int = 5
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    data, label, suffix = _read_source(source)
-    limits = _Limits(label, max_pixels=max_pixels, min_side=min_side)
-    if _looks_like_dicom(data, suffix):
-        decoded = _decode_dicom(data, limits)
-    else:
-        decoded = _decode_raster(data, limits, suffix)
-
-    full = decoded.pixels
-    if not np.isfinite(full).all():
-        raise ImageInputError(f"{label} contains non-finite pixel values (NaN or infinity)")
-    low, high = float(full.min()), float(full.max())
-    if low == high:
-        raise ImageInputError(f"{label} is blank: every pixel has the same value, "
-                              f"so there is nothing to explain")
+    try:
+        data, label, suffix = _read_source(source)
+        limits = _Limits(label, max_pixels=max_pixels, min_side=min_side)
+        if _looks_like_dicom(data, suffix):
+            decoded = _decode_dicom(data, limits)
+        else:
+            decoded = _decode_raster(data, limits, suffix)
+        full = decoded.pixels
+        _check_content(full, label)
+    except ImageInputError as error:
+        logger.info("image refused: %s", error)
+        raise
 
     pixels = _resize_float(_centre_crop(full), resolution)
     height, width = full.shape
@@ -174,6 +175,15 @@ def load_xray(source: ImageSource, *, resolution: int = 224, max_pixels: int = 5
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _check_content(pixels: np.ndarray, label: str) -> None:
+    """Refuse non-finite or constant decoded pixels."""
+    if not np.isfinite(pixels).all():
+        raise ImageInputError(f"{label} contains non-finite pixel values (NaN or infinity)")
+    if pixels.min() == pixels.max():
+        raise ImageInputError(f"{label} is blank: every pixel has the same value, "
+                              f"so there is nothing to explain")
 
 
 @dataclass
@@ -213,7 +223,7 @@ class _Limits:
 def _read_source(source: ImageSource) -> tuple[bytes, str, str]:
     """Return (data, label for messages, lower-case suffix) of a path or bytes."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data, label, suffix = bytes(source), "the uploaded image", ""
+        data, label, suffix = bytes(source), "the uploaded file", ""
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         label, suffix = repr(path.name), path.suffix.lower()
@@ -233,7 +243,10 @@ def _read_source(source: ImageSource) -> tuple[bytes, str, str]:
 
 
 def _looks_like_dicom(data: bytes, suffix: str) -> bool:
-    return data[128:132] == b"DICM" or suffix in DICOM_SUFFIXES
+    """'DICM' preamble, or a DICOM file name on data that is not a known raster format."""
+    if data[128:132] == b"DICM":
+        return True
+    return suffix in DICOM_SUFFIXES and _raster_signature(data) is None
 
 
 def _normalize(img: np.ndarray, maxval: float) -> np.ndarray:
@@ -290,9 +303,6 @@ def _decode_raster(data: bytes, limits: _Limits, suffix: str) -> _Decoded:
                 f"{limits.label} is too large: its header claims more than "
                 f"{Image.MAX_IMAGE_PIXELS:,} pixels (refused as a possible decompression "
                 f"bomb)") from None
-
-
-_BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def _decode_raster_checked(data: bytes, limits: _Limits, suffix: str) -> _Decoded:
@@ -364,8 +374,14 @@ def _decode_error(label: str, source_format: str, error: BaseException) -> Image
 
 
 def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    upright = ImageOps.exif_transpose(image)
+    """The image turned upright per its EXIF orientation tag (unreadable EXIF: as stored)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        upright = ImageOps.exif_transpose(image)
+    except Exception as error:  # noqa: BLE001 - bad metadata must not refuse good pixels
+        logger.info("ignoring unreadable EXIF data: %s", _short_reason(error))
+        notes.append("EXIF data unreadable: orientation not applied")
+        return image
     if orientation not in (None, 1):
         notes.append(f"EXIF orientation {orientation} applied")
     return upright
@@ -413,6 +429,11 @@ def _to_luma(image: Image.Image, notes: list[str]) -> Image.Image:
 # --------------------------------------------------------------------------- DICOM
 
 
+#: At least one of these is in any real DICOM object; random bytes parse to none of them.
+_DICOM_IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "Rows", "PixelData", "FloatPixelData",
+                         "DoubleFloatPixelData")
+
+
 def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -428,8 +449,10 @@ def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
     except Exception as error:  # noqa: BLE001
         raise ImageInputError(f"could not decode {label} (DICOM): "
                               f"{_short_reason(error)}") from None
-    if not has_preamble and not any(keyword in dataset for keyword in
-                                    ("SOPClassUID", "Modality", "Rows", "PixelData")):
+    if not any(keyword in dataset for keyword in _DICOM_IMAGE_KEYWORDS):
+        if has_preamble:
+            raise ImageInputError(f"{label} starts like a DICOM file but its content is "
+                                  f"empty or corrupt")
         raise ImageInputError(f"{label} is not a DICOM file or image")
     if not any(keyword in dataset for keyword in
                ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):

@@ -223,7 +223,7 @@ def test_bytes_input(tmp_path):
     Image.fromarray(values).save(buffer, "PNG")
     result = load_xray(buffer.getvalue(), resolution=64)
     np.testing.assert_allclose(result.pixels, expected_from_8bit(values), atol=1e-3)
-    assert "the uploaded image is empty" in error_message(b"")
+    assert error_message(b"") == "the uploaded file is empty (0 bytes)"
 
 
 @pytest.mark.skipif(not REAL_IMAGES.is_dir(), reason="example X-rays not available")
@@ -342,6 +342,44 @@ def test_dicom_compressed_without_decoder(tmp_path):
 def test_dicom_constant_is_refused(tmp_path):
     path = write_dicom(tmp_path / "flat.dcm", np.full((64, 64), 700, np.uint16))
     assert "is blank" in error_message(path)
+
+
+def test_dicom_float_pixels_with_nan_are_refused(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.Rows = dataset.Columns = 64
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated = dataset.BitsStored = 32
+    dataset.HighBit = 31
+    dataset.PixelRepresentation = 0
+    values = np.linspace(0, 1, 64 * 64, dtype=np.float32)
+    values[5] = np.nan
+    dataset.FloatPixelData = values.tobytes()
+    path = tmp_path / "float.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    assert "contains non-finite pixel values" in error_message(path)
+
+
+def test_corrupt_dicom_after_preamble():
+    data = bytes(128) + b"DICM" + b"garbage!" * 20
+    message = error_message(data)
+    assert message.startswith("the uploaded file starts like a DICOM file") or \
+        message.startswith("could not decode the uploaded file (DICOM)")
+
+
+def test_png_named_dcm_is_read_as_png(tmp_path):
+    values = diagonal_gradient()
+    result = load_xray(save(tmp_path, Image.fromarray(values), "x.dcm", format="PNG"),
+                       resolution=64)
+    assert result.source_format == "PNG"
 
 
 def test_text_named_dcm_is_not_dicom(tmp_path):
