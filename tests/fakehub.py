@@ -1,0 +1,160 @@
+"""A tiny fake Hugging Face Hub on 127.0.0.1 for tests of the real download code.
+
+It answers ``HEAD``/``GET /{org}/{name}/resolve/{revision}/{filename}`` the way the Hub
+does for plain (non-Xet) files: ``X-Repo-Commit``, ``ETag: "<sha256>"`` and
+``Content-Length``; unknown repositories, revisions and files get a 404 with
+``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``, which
+huggingface_hub maps to its exceptions. Every request is recorded in ``requests``.
+
+Also: :func:`fill_hub_cache` writes a Hub cache entry by hand (refs + snapshot file), and
+:func:`closed_port_url` / :class:`SilentServer` give endpoints that refuse or never answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def git_like_commit(seed: str) -> str:
+    """A deterministic 40-hex commit id for a test repository."""
+    return hashlib.sha1(seed.encode()).hexdigest()
+
+
+class FakeHub:
+    """Serve repositories held in memory: ``repos[repo_id][commit][filename] = bytes``."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.branches: dict[str, dict[str, str]] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_file(self, repo_id: str, filename: str, data: bytes, commit: str | None = None) -> str:
+        """Add a file at ``commit`` (default: a commit derived from the repo id); return the commit."""
+        commit = commit or git_like_commit(repo_id)
+        self.repos.setdefault(repo_id, {}).setdefault(commit, {})[filename] = data
+        self.branches.setdefault(repo_id, {})["main"] = commit
+        return commit
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the fake Hub is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "FakeHub":
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._answer(self, with_body=False)
+
+            def do_GET(self) -> None:
+                hub._answer(self, with_body=True)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeHub":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _answer(self, handler: BaseHTTPRequestHandler, with_body: bool) -> None:
+        self.requests.append((handler.command, handler.path))
+        parts = handler.path.split("?")[0].lstrip("/").split("/")
+        if len(parts) < 5 or parts[2] != "resolve":
+            return self._reply(handler, 404, {"X-Error-Code": "RepoNotFound"}, b"", with_body)
+        repo_id, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        commits = self.repos.get(repo_id)
+        if commits is None:
+            return self._reply(handler, 404, {"X-Error-Code": "RepoNotFound",
+                                              "X-Error-Message": "Repository not found"}, b"", with_body)
+        commit = self.branches.get(repo_id, {}).get(revision, revision)
+        if commit not in commits:
+            return self._reply(handler, 404, {"X-Error-Code": "RevisionNotFound",
+                                              "X-Error-Message": "Invalid rev id"}, b"", with_body)
+        data = commits[commit].get(filename)
+        if data is None:
+            return self._reply(handler, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit,
+                                              "X-Error-Message": "Entry not found"}, b"", with_body)
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{sha256_hex(data)}"',
+                   "Content-Type": "application/octet-stream"}
+        return self._reply(handler, 200, headers, data, with_body)
+
+    @staticmethod
+    def _reply(handler, status: int, headers: dict[str, str], body: bytes, with_body: bool) -> None:
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if with_body and body:
+            handler.wfile.write(body)
+
+
+def fill_hub_cache(cache_dir: Path, repo_id: str, commit: str, filename: str, data: bytes) -> Path:
+    """Write ``refs/main`` and ``snapshots/<commit>/<filename>`` like a finished download."""
+    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    path = repo_dir / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def closed_port_url() -> str:
+    """An http URL on 127.0.0.1 whose port nobody listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class SilentServer:
+    """Accepts TCP connections and never answers: the worst case for a reachability probe."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
