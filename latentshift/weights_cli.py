@@ -1,0 +1,147 @@
+"""``python -m latentshift weights list|fetch|verify``: the manifest's models on this machine.
+
+* ``list``: one row per model: id, kind, source, cached?, verified?, status and reason.
+* ``fetch [ID...]``: download (or find in the cache) and verify; default: every Hub/URL
+  model that can be verified (unknown hashes only with ``--allow-unverified``).
+* ``verify [ID...]``: recompute the sha256 of every local copy (repository files and
+  cached downloads) and compare it with the manifest; never downloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import urllib.parse
+from pathlib import Path
+
+from . import hub
+from .errors import LatentShiftError, WeightsError
+from .weights import Manifest, ModelEntry, fetch_weights, local_file_path, model_status, sha256_of
+
+logger = logging.getLogger(__name__)
+
+
+def add_cli(subparsers) -> None:
+    """Register ``weights list|fetch|verify`` on the top-level sub-parsers."""
+    parser = subparsers.add_parser("weights", help="list, download and verify model weights",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, default=None,
+                        help="weights manifest (default: $LATENTSHIFT_MANIFEST or the repository's)")
+    commands = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+
+    list_parser = commands.add_parser("list", help="show every model and whether it is available here")
+    list_parser.add_argument("--no-network", action="store_true",
+                             help="do not probe the Hub for models that are not cached")
+    list_parser.add_argument("--allow-unverified", action="store_true", default=None,
+                             help="count models without a known hash as loadable")
+    list_parser.set_defaults(func=run_list)
+
+    fetch_parser = commands.add_parser("fetch", help="download and verify models (default: all Hub/URL models)")
+    fetch_parser.add_argument("ids", nargs="*", metavar="ID")
+    fetch_parser.add_argument("--allow-unverified", action="store_true", default=None,
+                              help="accept models whose hash is unknown (same as LATENTSHIFT_ALLOW_UNVERIFIED=1)")
+    fetch_parser.set_defaults(func=run_fetch)
+
+    verify_parser = commands.add_parser("verify", help="recompute the sha256 of local copies")
+    verify_parser.add_argument("ids", nargs="*", metavar="ID")
+    verify_parser.set_defaults(func=run_verify)
+
+
+def describe_source(entry: ModelEntry) -> str:
+    """Short text for the SOURCE column."""
+    source = entry.source
+    if entry.source_type == "hub":
+        revision = source.get("revision") or "unpinned"
+        return f"hub:{source.get('repo_id')}@{revision[:7]}"
+    if entry.source_type == "url":
+        parts = urllib.parse.urlsplit(source.get("url", ""))
+        name = Path(parts.path).name
+        if len(name) > 30:
+            name = name[:14] + "…" + name[-14:]
+        return f"url:{parts.netloc}/…/{name}"
+    if entry.source_type == "file":
+        return f"file:{source.get('path')}"
+    return entry.source_type or "?"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _selected(manifest: Manifest, ids: list[str]) -> list[ModelEntry]:
+    """The named entries (all raise on an unknown id before any work), or all of them."""
+    return [manifest.get(model_id) for model_id in ids] if ids else list(manifest)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    rows = [("ID", "KIND", "SOURCE", "CACHED", "VERIFIED", "STATUS")]
+    for entry in manifest:
+        status = model_status(entry, check_network=not args.no_network,
+                              allow_unverified=args.allow_unverified)
+        state = "available" if status.available else "unavailable"
+        reason = status.reason.removeprefix("unavailable: ")
+        rows.append((entry.id, entry.kind, describe_source(entry), _yes_no(status.cached),
+                     _yes_no(status.verified), f"{state}: {reason}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    if args.ids:
+        entries = _selected(manifest, args.ids)
+    else:
+        entries = [e for e in manifest if e.source_type in ("hub", "url")]
+    failures = []
+    for entry in entries:
+        if not args.ids and not entry.sha256 and not args.allow_unverified:
+            print(f"skipped  {entry.id}: hash unknown (use --allow-unverified to fetch it)")
+            continue
+        try:
+            fetched = fetch_weights(entry, allow_unverified=args.allow_unverified)
+        except LatentShiftError as exc:
+            failures.append(entry.id)
+            print(f"FAILED   {entry.id}: {exc}")
+            continue
+        label = "verified" if fetched.verified else "UNVERIFIED"
+        print(f"ok       {entry.id}: {fetched.path} ({label})")
+    if failures:
+        raise WeightsError(f"{len(failures)} of {len(entries)} models could not be fetched: {', '.join(failures)}")
+    return 0
+
+
+def local_copy(entry: ModelEntry) -> Path | None:
+    """The local file of an entry (repository file or cached download), if there is one."""
+    if entry.source_type == "file":
+        path = local_file_path(entry)
+        return path if path.is_file() else None
+    return hub.cached_path(entry)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    manifest = Manifest.load(args.manifest)
+    entries = _selected(manifest, args.ids)
+    failures = []
+    for entry in entries:
+        path = local_copy(entry)
+        if path is None:
+            print(f"missing  {entry.id}: no local copy")
+            if args.ids:
+                failures.append(entry.id)
+            continue
+        actual = sha256_of(path)
+        size = path.stat().st_size
+        if not entry.sha256:
+            print(f"unknown  {entry.id}: sha256 {actual} ({size} bytes); the manifest has no hash to compare")
+        elif actual == entry.sha256.lower() and (entry.size is None or entry.size == size):
+            print(f"ok       {entry.id}: sha256 {actual}")
+        else:
+            failures.append(entry.id)
+            print(f"MISMATCH {entry.id}: {path}: expected sha256 {entry.sha256} ({entry.size} bytes), "
+                  f"got {actual} ({size} bytes)")
+    if failures:
+        raise WeightsError(f"{len(failures)} of {len(entries)} models failed verification: {', '.join(failures)}")
+    return 0
