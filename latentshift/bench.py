@@ -1,0 +1,873 @@
+"""Benchmark of the explanation stages against a paper-style baseline doing the same work.
+
+Run ``python -m latentshift.bench [--device cpu|cuda] [--models demo|xrv|both]
+[--repeats N] [--frames 20] [--json out.json]``. For each model pair (the embedded demo
+models when the manifest lists them, and the torchxrayvision-size DenseNet121 +
+ResNetAE-101 with seeded untrained weights) and each λ mode (a fixed range, and the
+automatic search with the same step size and limits) it runs, each side in a fresh
+process so that peak memory is its own:
+
+* **ours**: the project's code (:class:`~latentshift.shift.LatentShift`: batched
+  two-sided ladder search with a cache and a batched sweep; :func:`render.write_gif`;
+  :class:`GradCAM`; :class:`IntegratedGradientsMap`; :func:`render.write_overlay`);
+* **baseline**: :class:`PaperStyleLatentShift`, a straightforward implementation as in
+  the original gifsplanation code: one λ decoded and classified at a time during the
+  search (the same ladder λ_{k+1} = λ_k ∓ (step + |λ_k|/10) and the same stop rules) and
+  during the sweep (no cache), a matplotlib figure saved per frame and assembled into a
+  GIF with imageio, captum called directly for Grad-CAM and Integrated Gradients (same
+  steps and rule) with matplotlib overlays.
+
+It prints the median seconds per stage, the ratio baseline/ours, PASS/FAIL of the check
+that both sides give the same λs and predictions (to 1e-4), the floor of the latent
+shift (one gradient pass + one batched evaluation of the frames) and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .shift import sweep_lambdas
+
+logger = logging.getLogger("latentshift.bench")
+
+#: Stage names in table order; "end_to_end" is the wall time of one request (all stages
+#: but load, which happens once per process).
+STAGES = ("load", "predict", "encode_gradient", "search", "sweep", "heatmap", "gif", "gradcam",
+          "integrated_gradients", "end_to_end")
+STAGE_LABELS = {
+    "load": "load (once per process)",
+    "predict": "predict",
+    "encode_gradient": "encode+gradient",
+    "search": "search",
+    "sweep": "sweep",
+    "heatmap": "heatmap",
+    "gif": "GIF",
+    "gradcam": "Grad-CAM (+ overlay)",
+    "integrated_gradients": "IG (+ overlay)",
+    "end_to_end": "end to end",
+}
+MODES = ("fixed", "search")
+SIDES = ("baseline", "ours")
+TOLERANCE = 1e-4
+
+#: The fixed seed image (a pneumonia case of the shared CXR data set), beside the repo.
+SHARED_CXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
+SEED_IMAGE = SHARED_CXR / "images" / "kermany" / "person1004_bacteria_2935.png"
+
+
+# ------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    """The Latent Shift options shared by both sides (``lambda_range`` None = search)."""
+
+    frames: int = 20
+    step_size: float = 10.0
+    lambda_range: tuple[float, float] | None = None
+    pred_diff: float = 0.8
+    pixel_budget: float = 0.05
+    max_lambda: float = 3000.0
+    floor: float = 0.05
+    ceiling: float = 0.95
+    ig_steps: int = 32
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a side's process loads its models from (a manifest and two ids)."""
+
+    name: str
+    manifest_path: str
+    classifier_id: str
+    autoencoder_id: str
+
+
+@dataclass(frozen=True)
+class SideJob:
+    """One side's work, sent to a fresh process."""
+
+    side: str
+    models: ModelSource
+    settings: ShiftSettings
+    device: str = "cpu"
+    repeats: int = 3
+    threads: int | None = None
+    target: str | None = None
+    image_path: str | None = None
+    profile: bool = False
+
+
+@dataclass
+class RequestOutcome:
+    """What one request produced: the answers compared between the sides."""
+
+    target_index: int
+    target_name: str
+    lambdas: np.ndarray
+    preds: np.ndarray
+    initial_pred: float
+    reconstruction_pred: float
+    stop_reasons: dict[str, str]
+    evaluations: int
+    heatmap: np.ndarray
+    gradcam: np.ndarray
+    integrated_gradients: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SideReport:
+    """A side's medians, answers and peak memory (returned by :func:`run_side`)."""
+
+    side: str
+    threads: int
+    repeats: list[dict[str, float]]
+    outcome: RequestOutcome
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    floor: dict[str, float] | None = None
+    profile_table: str | None = None
+
+    def median(self, stage: str) -> float | None:
+        values = [r[stage] for r in self.repeats if stage in r]
+        return statistics.median(values) if values else None
+
+
+# ------------------------------------------------------------------------- inputs
+
+
+def seed_image(resolution: int, path: str | None = None) -> np.ndarray:
+    """The benchmark image (R, R) in [-1024, 1024]: ``path``, the shared seed image, or a
+    seeded synthetic chest-like image when neither exists."""
+    from .imaging import load_xray
+
+    candidate = Path(path) if path else SEED_IMAGE
+    if candidate.is_file():
+        return load_xray(candidate, resolution=resolution).pixels
+    logger.warning("seed image %s not found; using a synthetic image", candidate)
+    generator = np.random.default_rng(0)
+    axis = np.linspace(-1, 1, resolution)
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    lungs = np.exp(-(((np.abs(xx) - 0.45) / 0.25) ** 2 + (yy / 0.6) ** 2))
+    image = 600 - 1400 * lungs + 60 * generator.standard_normal((resolution, resolution))
+    return np.clip(image, -1024, 1024).astype(np.float32)
+
+
+def write_xrv_manifest(folder: Path, seed: int = 0) -> ModelSource:
+    """Seeded untrained torchxrayvision-size models saved as safetensors + a manifest."""
+    import torchxrayvision as xrv
+    from safetensors.torch import save_file
+
+    from .models import XRVDenseNetClassifier, XRVResNetAE
+    from .weights import sha256_of
+
+    torch.manual_seed(seed)
+    pathologies = list(xrv.datasets.default_pathologies)
+    entries = []
+    for model_id, kind, architecture, model in (
+            ("bench-xrv-densenet121", "classifier", "xrv-densenet121", XRVDenseNetClassifier(pathologies)),
+            ("bench-xrv-resnetae101", "autoencoder", "xrv-resnetae101", XRVResNetAE())):
+        path = folder / f"{model_id}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        entry = {"id": model_id, "kind": kind, "architecture": architecture, "resolution": 224,
+                 "format": "safetensors", "embedded_default": True,
+                 "source": {"type": "file", "path": path.name, "sha256": sha256_of(path),
+                            "size": path.stat().st_size}}
+        if kind == "classifier":
+            entry["labels"] = pathologies
+        entries.append(entry)
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"format_version": 1, "models": entries}, indent=2))
+    return ModelSource("xrv (DenseNet121, 18 outputs + ResNetAE-101, untrained, seed %d)" % seed,
+                       str(manifest), entries[0]["id"], entries[1]["id"])
+
+
+def demo_model_source() -> ModelSource | None:
+    """The demo models of the repository's manifest, or None when it lists none yet."""
+    from .weights import Manifest, model_status
+
+    manifest = Manifest.load()
+    picked = {}
+    for kind in ("classifier", "autoencoder"):
+        candidates = [e for e in manifest.of_kind(kind) if e.id.startswith("demo-")]
+        candidates.sort(key=lambda e: not e.embedded_default)
+        available = [e for e in candidates if model_status(e, check_network=False).available]
+        if not available:
+            return None
+        picked[kind] = available[0].id
+    return ModelSource(f"demo ({picked['classifier']} + {picked['autoencoder']})", str(manifest.path),
+                       picked["classifier"], picked["autoencoder"])
+
+
+# ------------------------------------------------------------------------- timing helpers
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageClock:
+    """Collects seconds per stage; ``with clock("name"):`` times a block (synchronised)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        _synchronize(self.device)
+        started = time.perf_counter()
+        with torch.profiler.record_function(f"stage:{stage}"):
+            yield
+        _synchronize(self.device)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# ------------------------------------------------------------------------- the paper-style baseline
+
+
+class PaperStyleLatentShift:
+    """Latent Shift as the paper's code did it: one λ at a time, nothing cached.
+
+    The search walks λ_{k+1} = λ_k ∓ (step_size + |λ_k| / 10) (last rung clipped to
+    ±max_lambda) one decode+classify per rung, with the stop rules of
+    :mod:`latentshift.shift`; the sweep decodes and classifies every frame on its own.
+    """
+
+    def __init__(self, classifier: torch.nn.Module, autoencoder: torch.nn.Module):
+        self.classifier = classifier.eval()
+        self.autoencoder = autoencoder.eval()
+        self.evaluations = 0
+
+    def prediction(self, image: torch.Tensor, target: int) -> float:
+        with torch.no_grad():
+            return float(torch.sigmoid(self.classifier(image))[0, target])
+
+    def latent_gradient(self, x: torch.Tensor, target: int):
+        """(z, ∂p/∂z, reconstruction, p(reconstruction)) with one backward pass."""
+        with torch.no_grad():
+            z = self.autoencoder.encode(x)
+        z = z.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            reconstruction = self.autoencoder.decode(z)
+            prediction = torch.sigmoid(self.classifier(reconstruction))[:, target]
+            gradient = torch.autograd.grad(prediction.sum(), z)[0]
+        return z.detach(), gradient.detach(), reconstruction.detach().cpu(), float(prediction.detach()[0])
+
+    def decode_and_classify(self, z, gradient, lam: float, target: int) -> tuple[torch.Tensor, float]:
+        with torch.no_grad():
+            image = self.autoencoder.decode(z + lam * gradient)
+            pred = float(torch.sigmoid(self.classifier(image))[0, target])
+        self.evaluations += 1
+        return image.cpu(), pred
+
+    def search_side(self, z, gradient, reconstruction, start_pred: float, target: int, sign: int,
+                    settings: ShiftSettings) -> tuple[float, str]:
+        """Walk one side of the ladder; returns (last accepted λ, why it stopped)."""
+        reference_mass = float(reconstruction.abs().sum()) or 1.0
+        curtail = sign < 0
+        accepted_lambda, last_pred, lam = 0.0, start_pred, 0.0
+        while abs(lam) < settings.max_lambda:
+            lam = lam + sign * (settings.step_size + abs(lam) / 10.0)
+            if abs(lam) >= settings.max_lambda:
+                lam = sign * float(settings.max_lambda)
+            image, pred = self.decode_and_classify(z, gradient, lam, target)
+            change = float((image[0] - reconstruction[0]).abs().sum()) / reference_mass
+            if change > settings.pixel_budget:
+                return accepted_lambda, "pixel_budget"
+            if (curtail and pred >= last_pred) or (not curtail and pred <= last_pred):
+                return accepted_lambda, "not_moving"
+            accepted_lambda, last_pred = lam, pred
+            if abs(pred - start_pred) >= settings.pred_diff:
+                return lam, "pred_diff"
+            if curtail and pred < settings.floor:
+                return lam, "floor"
+            if not curtail and pred > settings.ceiling:
+                return lam, "ceiling"
+            if abs(lam) >= settings.max_lambda:
+                return lam, "max_lambda"
+        return accepted_lambda, "max_lambda"
+
+
+def _paper_style_gif(path: Path, input_pixels: np.ndarray, frames: np.ndarray, preds: np.ndarray,
+                     lambdas: np.ndarray, target_name: str, frame_duration_ms: int = 100) -> Path:
+    """One matplotlib figure saved per frame, then imageio assembles the palindromic GIF."""
+    import imageio.v2 as imageio
+    from matplotlib.figure import Figure
+
+    frame_folder = path.parent / "baseline_frames"
+    frame_folder.mkdir(parents=True, exist_ok=True)
+    frame_paths = []
+    for index, (frame, pred, lam) in enumerate(zip(frames, preds, lambdas)):
+        figure = Figure(figsize=(6, 3.4), dpi=100)
+        left, right = figure.subplots(1, 2)
+        left.imshow(input_pixels, cmap="gray", vmin=-1024, vmax=1024)
+        left.set_title("input")
+        right.imshow(frame, cmap="gray", vmin=-1024, vmax=1024)
+        right.set_title(f"λ = {lam:.1f}")
+        for axis in (left, right):
+            axis.axis("off")
+        figure.suptitle(f"{target_name}: {pred:.2f}")
+        frame_path = frame_folder / f"frame-{index:03d}.png"
+        figure.savefig(frame_path)
+        frame_paths.append(frame_path)
+    order = list(range(len(frame_paths))) + list(range(len(frame_paths) - 2, 0, -1))
+    images = [imageio.imread(frame_paths[i]) for i in order]
+    imageio.mimsave(path, images, duration=frame_duration_ms, loop=0)
+    return path
+
+
+def _paper_style_overlay(path: Path, input_pixels: np.ndarray, saliency: np.ndarray, title: str) -> Path:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4, 4), dpi=100)
+    axis = figure.subplots()
+    axis.imshow(input_pixels, cmap="gray", vmin=-1024, vmax=1024)
+    axis.imshow(saliency, cmap="jet", alpha=0.5)
+    axis.set_title(title)
+    axis.axis("off")
+    figure.savefig(path)
+    return path
+
+
+def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.ndarray,
+                         target: str | None, settings: ShiftSettings, out_dir: Path,
+                         device: torch.device) -> RequestOutcome:
+    """One request the paper-style way (see :class:`PaperStyleLatentShift`)."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+    from .attribution import find_gradcam_layer
+
+    clock = StageClock(device)
+    explainer = PaperStyleLatentShift(classifier, autoencoder)
+    started = time.perf_counter()
+    with clock("predict"):
+        with torch.no_grad():
+            probabilities = torch.sigmoid(classifier(x))[0].cpu()
+        target_index, target_name = _target(classifier, probabilities, target)
+
+    with clock("gradcam"):
+        inputs = x.detach().clone()
+        with torch.enable_grad():
+            layer_map = LayerGradCam(classifier, find_gradcam_layer(classifier)).attribute(
+                inputs, target=target_index, relu_attributions=True)
+        gradcam = LayerAttribution.interpolate(layer_map.detach(), tuple(x.shape[-2:]),
+                                               interpolate_mode="bilinear")[0, 0].cpu().numpy()
+        _paper_style_overlay(out_dir / "gradcam.png", input_pixels, gradcam, "Grad-CAM")
+
+    with clock("encode_gradient"):
+        z, gradient, reconstruction, reconstruction_pred = explainer.latent_gradient(x, target_index)
+        initial_pred = explainer.prediction(x, target_index)
+    with clock("search"):
+        if settings.lambda_range is not None:
+            lambda_min, lambda_max = settings.lambda_range
+            stop_reasons = {"curtail": "given_range", "exaggerate": "given_range"}
+        else:
+            lambda_min, curtail_reason = explainer.search_side(
+                z, gradient, reconstruction, reconstruction_pred, target_index, -1, settings)
+            lambda_max, exaggerate_reason = explainer.search_side(
+                z, gradient, reconstruction, reconstruction_pred, target_index, +1, settings)
+            stop_reasons = {"curtail": curtail_reason, "exaggerate": exaggerate_reason}
+    with clock("sweep"):
+        lambdas = sweep_lambdas(float(lambda_min), float(lambda_max), settings.frames)
+        decoded = [explainer.decode_and_classify(z, gradient, float(lam), target_index) for lam in lambdas]
+        frames = np.stack([image[0, 0].numpy() for image, _ in decoded])
+        preds = np.array([pred for _, pred in decoded])
+    with clock("heatmap"):
+        heatmap = np.abs(np.diff(frames, axis=0)).mean(0) if len(frames) > 1 else np.zeros_like(frames[0])
+    with clock("gif"):
+        _paper_style_gif(out_dir / "baseline.gif", input_pixels, frames, preds, lambdas, target_name)
+
+    with clock("integrated_gradients"):
+        inputs = x.detach().clone()
+        with torch.enable_grad():
+            attributions = IntegratedGradients(classifier).attribute(
+                inputs, baselines=torch.zeros_like(inputs), target=target_index,
+                n_steps=settings.ig_steps, method="gausslegendre")
+        integrated_gradients = attributions.detach().sum(1)[0].cpu().numpy()
+        _paper_style_overlay(out_dir / "integrated_gradients.png", input_pixels,
+                             np.abs(integrated_gradients), "Integrated Gradients")
+    _synchronize(device)
+    clock.seconds["end_to_end"] = time.perf_counter() - started
+    return RequestOutcome(target_index, target_name, lambdas, preds, initial_pred, reconstruction_pred,
+                          stop_reasons, explainer.evaluations, heatmap, gradcam, integrated_gradients,
+                          clock.seconds)
+
+
+# ------------------------------------------------------------------------- ours
+
+
+def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.ndarray,
+                    target: str | None, settings: ShiftSettings, out_dir: Path,
+                    device: torch.device) -> RequestOutcome:
+    """One request through the project's modules, in the pipeline's order."""
+    from . import render
+    from .attribution import GradCAM, IntegratedGradientsMap
+    from .shift import LatentShift
+
+    clock = StageClock(device)
+    started = time.perf_counter()
+    with clock("predict"):
+        with torch.inference_mode():
+            probabilities = torch.sigmoid(classifier(x))[0].cpu()
+        target_index, target_name = _target(classifier, probabilities, target)
+
+    with clock("gradcam"):
+        gradcam = GradCAM(classifier).attribute(x, target_index)
+        render.write_overlay(out_dir / "gradcam.png", input_pixels, gradcam, title="Grad-CAM")
+
+    shift_started = time.perf_counter()
+    result = LatentShift(classifier, autoencoder, apply_sigmoid=True).attribute(
+        x, target_index, lambda_range=settings.lambda_range, step_size=settings.step_size,
+        frames=settings.frames, pred_diff=settings.pred_diff, pixel_budget=settings.pixel_budget,
+        max_lambda=settings.max_lambda, floor=settings.floor, ceiling=settings.ceiling, heatmap="int")
+    shift_seconds = time.perf_counter() - shift_started
+    for stage in ("encode_gradient", "search", "sweep", "heatmap"):
+        clock.seconds[stage] = result.timings.get(stage, 0.0)
+    # what attribute spends outside its own stage timers (checks, result assembly)
+    clock.seconds["encode_gradient"] += max(0.0, shift_seconds - sum(result.timings.values()))
+
+    with clock("gif"):
+        render.write_gif(out_dir / "latentshift.gif", result.frames, result.preds, result.lambdas,
+                         input_image=input_pixels, target_name=target_name)
+
+    with clock("integrated_gradients"):
+        ig = IntegratedGradientsMap(classifier, n_steps=settings.ig_steps).attribute(x, target_index)
+        render.write_overlay(out_dir / "integrated_gradients.png", input_pixels, ig.map,
+                             title="Integrated Gradients", absolute=True)
+    _synchronize(device)
+    clock.seconds["end_to_end"] = time.perf_counter() - started
+    return RequestOutcome(target_index, target_name, np.asarray(result.lambdas, dtype=np.float64),
+                          np.asarray(result.preds, dtype=np.float64), float(result.initial_pred),
+                          float(result.reconstruction_pred), dict(result.stop_reasons), result.evaluations,
+                          result.heatmap, gradcam, ig.map, clock.seconds)
+
+
+def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, lambdas: np.ndarray,
+                  device: torch.device, batch_size: int = 8) -> dict[str, float]:
+    """The least any implementation needs: one gradient pass (encode, decode, classify,
+    backward) and one batched decode+classify of the sweep's frames."""
+    from .shift import LatentShift
+
+    explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True, batch_size=batch_size)
+    _synchronize(device)
+    started = time.perf_counter()
+    z, gradient = explainer.latent_gradient(x, target_index)
+    _synchronize(device)
+    gradient_seconds = time.perf_counter() - started
+    steps = torch.tensor(np.asarray(lambdas, dtype=np.float32), device=device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for start in range(0, len(steps), batch_size):
+            chunk = steps[start:start + batch_size]
+            latents = z + chunk.view(-1, *([1] * (z.dim() - 1))) * gradient
+            torch.sigmoid(classifier(autoencoder.decode(latents))[:, target_index]).cpu()
+    _synchronize(device)
+    frames_seconds = time.perf_counter() - started
+    return {"gradient": gradient_seconds, "frames": frames_seconds, "total": gradient_seconds + frames_seconds}
+
+
+def _target(classifier, probabilities: torch.Tensor, target: str | None) -> tuple[int, str]:
+    names = list(classifier.pathologies)
+    if target is None:
+        named = [i for i, name in enumerate(names) if name]
+        index = max(named, key=lambda i: float(probabilities[i]))
+    else:
+        matches = [i for i, name in enumerate(names) if name.lower() == target.lower()]
+        if not matches:
+            raise ValueError(f"the classifier has no output {target!r}")
+        index = matches[0]
+    return index, names[index]
+
+
+# ------------------------------------------------------------------------- one side, one process
+
+REQUEST_RUNNERS: dict[str, Callable[..., RequestOutcome]] = {
+    "baseline": run_baseline_request,
+    "ours": run_our_request,
+}
+
+
+def warm_up(classifier, autoencoder, x: torch.Tensor, batch_sizes=(1, 8)) -> None:
+    """First calls build the kernels' primitives; make them once for both sides alike."""
+    for size in batch_sizes:
+        batch = x.expand(size, -1, -1, -1).clone()
+        with torch.enable_grad():
+            z = autoencoder.encode(batch).detach().requires_grad_(True)
+            classifier(autoencoder.decode(z)).sum().backward()
+
+
+def run_side(job: SideJob) -> SideReport:
+    """Load the models, warm up, run ``job.repeats`` requests of one side; report."""
+    from .weights import Manifest, load_model
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    device = torch.device(job.device)
+    started = time.perf_counter()
+    manifest = Manifest.load(job.models.manifest_path)
+    classifier = load_model(manifest.get(job.models.classifier_id, "classifier"), device=device)
+    autoencoder = load_model(manifest.get(job.models.autoencoder_id, "autoencoder"), device=device)
+    load_seconds = time.perf_counter() - started
+
+    pixels = seed_image(int(getattr(classifier, "resolution", 224)), job.image_path)
+    x = torch.from_numpy(pixels).reshape(1, 1, *pixels.shape).to(device)
+    warm_up(classifier, autoencoder, x)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    runner = REQUEST_RUNNERS[job.side]
+    repeats, outcome = [], None
+    with tempfile.TemporaryDirectory(prefix=f"bench-{job.side}-") as folder:
+        for index in range(job.repeats):
+            outcome = runner(classifier, autoencoder, x, pixels, job.target, job.settings, Path(folder), device)
+            repeats.append({"load": load_seconds, **outcome.timings})
+            logger.info("%s %s %s repeat %d/%d: end to end %.2f s", job.models.name, job.side,
+                        "search" if job.settings.lambda_range is None else "fixed", index + 1,
+                        job.repeats, outcome.timings["end_to_end"])
+        floor = None
+        profile_table = None
+        if job.side == "ours":
+            floors = [measure_floor(classifier, autoencoder, x, outcome.target_index, outcome.lambdas, device)
+                      for _ in range(job.repeats)]
+            floor = {key: statistics.median(f[key] for f in floors) for key in floors[0]}
+            if job.profile:
+                profile_table = profile_request(runner, classifier, autoencoder, x, pixels, job, Path(folder),
+                                                device)
+    peak_cuda = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
+    return SideReport(job.side, torch.get_num_threads(), repeats, outcome, peak_rss_mb(), peak_cuda, floor,
+                      profile_table)
+
+
+def profile_request(runner, classifier, autoencoder, x, pixels, job: SideJob, out_dir: Path,
+                    device: torch.device, rows: int = 20) -> str:
+    """torch.profiler table (top ops by self CPU time) of one request, stage markers included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        runner(classifier, autoencoder, x, pixels, job.target, job.settings, out_dir, device)
+    averages = profiler.key_averages()
+    by_self = averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+    stages = [event for event in averages if event.key.startswith("stage:")]
+    stage_lines = "\n".join(f"{event.key:<32} {event.cpu_time_total / 1e6:8.2f} s"
+                            for event in sorted(stages, key=lambda e: -e.cpu_time_total))
+    return f"{by_self}\nstage markers (wall, incl. children):\n{stage_lines}"
+
+
+def run_isolated(job: SideJob, isolate: bool = True) -> SideReport:
+    """:func:`run_side` in a fresh process (own peak memory, own thread setting)."""
+    if not isolate:
+        return run_side(job)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(run_side, (job,))
+
+
+# ------------------------------------------------------------------------- comparison and table
+
+
+@dataclass
+class Equivalence:
+    passed: bool
+    max_lambda_difference: float
+    max_pred_difference: float
+    detail: str
+
+
+def compare_outcomes(baseline: RequestOutcome, ours: RequestOutcome, tolerance: float = TOLERANCE) -> Equivalence:
+    """Same target, λs (relative to max(1, |λ|)) and predictions to ``tolerance``?"""
+    problems = []
+    if baseline.target_index != ours.target_index:
+        problems.append(f"targets differ ({baseline.target_name} vs {ours.target_name})")
+    if baseline.lambdas.shape != ours.lambdas.shape:
+        problems.append(f"{len(baseline.lambdas)} vs {len(ours.lambdas)} frames")
+        return Equivalence(False, math.inf, math.inf, "; ".join(problems))
+    lambda_difference = float(np.max(np.abs(baseline.lambdas - ours.lambdas)
+                                     / np.maximum(1.0, np.abs(baseline.lambdas)), initial=0.0))
+    pred_difference = float(np.max(np.abs(baseline.preds - ours.preds), initial=0.0))
+    pred_difference = max(pred_difference, abs(baseline.initial_pred - ours.initial_pred),
+                          abs(baseline.reconstruction_pred - ours.reconstruction_pred))
+    if lambda_difference > tolerance:
+        problems.append(f"λs differ by {lambda_difference:.2e}")
+    if pred_difference > tolerance:
+        problems.append(f"predictions differ by {pred_difference:.2e}")
+    if baseline.stop_reasons != ours.stop_reasons:
+        problems.append(f"stop reasons differ ({baseline.stop_reasons} vs {ours.stop_reasons})")
+    detail = "; ".join(problems) if problems else (
+        f"{len(ours.lambdas)} λs in [{ours.lambdas[0]:.2f}, {ours.lambdas[-1]:.2f}], stops {ours.stop_reasons}")
+    return Equivalence(not problems, lambda_difference, pred_difference, detail)
+
+
+def _map_agreement(first: np.ndarray, second: np.ndarray) -> float:
+    """Largest difference between two maps relative to the first map's largest |value|."""
+    scale = float(np.max(np.abs(first))) or 1.0
+    return float(np.max(np.abs(np.asarray(first) - np.asarray(second)))) / scale
+
+
+@dataclass
+class Comparison:
+    """One model pair in one λ mode: both sides and the verdict."""
+
+    models: str
+    mode: str
+    settings: ShiftSettings
+    device: str
+    baseline: SideReport
+    ours: SideReport
+    equivalence: Equivalence
+
+    def table(self) -> str:
+        settings = self.settings
+        mode = (f"fixed λ range [{settings.lambda_range[0]:g}, {settings.lambda_range[1]:g}]"
+                if settings.lambda_range else
+                f"automatic search (step {settings.step_size:g}, max |λ| {settings.max_lambda:g}, "
+                f"pred_diff {settings.pred_diff:g}, pixel budget {settings.pixel_budget:g})")
+        lines = [f"{self.models} | {mode} | {settings.frames} frames, IG {settings.ig_steps} steps | "
+                 f"{self.device}, {self.ours.threads} thread(s), median of {len(self.ours.repeats)}",
+                 f"{'stage':<24}{'baseline s':>12}{'ours s':>10}{'baseline/ours':>15}"]
+        for stage in STAGES:
+            base, ours = self.baseline.median(stage), self.ours.median(stage)
+            if base is None or ours is None:
+                continue
+            if stage == "search" and settings.lambda_range is not None:
+                continue
+            ratio = f"{base / ours:.2f}x" if ours > 1e-4 else "-"
+            lines.append(f"{STAGE_LABELS[stage]:<24}{base:>12.3f}{ours:>10.3f}{ratio:>15}")
+        lines.append(f"{'λ evaluations':<24}{self.baseline.outcome.evaluations:>12d}"
+                     f"{self.ours.outcome.evaluations:>10d}")
+        if self.ours.floor:
+            floor = self.ours.floor
+            shift = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep"))
+            search_sweep = sum(self.ours.median(s) or 0.0 for s in ("search", "sweep"))
+            lines.append(f"floor: gradient pass {floor['gradient']:.3f} s + one batched evaluation of "
+                         f"{settings.frames} frames {floor['frames']:.3f} s = {floor['total']:.3f} s; "
+                         f"ours encode+gradient+search+sweep {shift:.3f} s = {shift / floor['total']:.2f}x floor; "
+                         f"search+sweep {search_sweep:.3f} s = {search_sweep / floor['frames']:.2f}x "
+                         f"the batched evaluation")
+        verdict = "PASS" if self.equivalence.passed else "FAIL"
+        lines.append(f"same answer (λs, predictions to {TOLERANCE:g}): {verdict}: max |Δλ| "
+                     f"{self.equivalence.max_lambda_difference:.1e}, max |Δpred| "
+                     f"{self.equivalence.max_pred_difference:.1e}; {self.equivalence.detail}")
+        lines.append(f"maps, max difference relative to the baseline's range: Grad-CAM "
+                     f"{_map_agreement(self.baseline.outcome.gradcam, self.ours.outcome.gradcam):.1e}, IG "
+                     f"{_map_agreement(self.baseline.outcome.integrated_gradients, self.ours.outcome.integrated_gradients):.1e}, "
+                     f"heatmap {_map_agreement(self.baseline.outcome.heatmap, self.ours.outcome.heatmap):.1e}")
+        memory = f"peak memory (maxrss): baseline {self.baseline.peak_rss_mb:.0f} MiB, ours {self.ours.peak_rss_mb:.0f} MiB"
+        if self.ours.peak_cuda_mb is not None:
+            memory += (f"; cuda max allocated: baseline {self.baseline.peak_cuda_mb:.0f} MiB, "
+                       f"ours {self.ours.peak_cuda_mb:.0f} MiB")
+        lines.append(memory)
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        def side(report: SideReport) -> dict:
+            outcome = report.outcome
+            return {"threads": report.threads, "median_seconds": {s: report.median(s) for s in STAGES},
+                    "repeats": report.repeats, "evaluations": outcome.evaluations,
+                    "lambdas": outcome.lambdas.tolist(), "preds": outcome.preds.tolist(),
+                    "stop_reasons": outcome.stop_reasons, "target": outcome.target_name,
+                    "peak_rss_mb": report.peak_rss_mb, "peak_cuda_mb": report.peak_cuda_mb,
+                    "floor_seconds": report.floor}
+
+        return {"models": self.models, "mode": self.mode, "device": self.device,
+                "settings": asdict(self.settings), "baseline": side(self.baseline), "ours": side(self.ours),
+                "equivalence": asdict(self.equivalence)}
+
+
+def compare(models: ModelSource, settings: ShiftSettings, *, device: str = "cpu", repeats: int = 3,
+            threads: int | None = None, target: str | None = None, image_path: str | None = None,
+            isolate: bool = True, profile: bool = False) -> Comparison:
+    """Run both sides on the same models, image, target and settings; compare."""
+    reports = {}
+    for side in SIDES:
+        job = SideJob(side, models, settings, device, repeats, threads, target, image_path,
+                      profile=profile and side == "ours")
+        reports[side] = run_isolated(job, isolate)
+    mode = "fixed" if settings.lambda_range is not None else "search"
+    return Comparison(models.name, mode, settings, device, reports["baseline"], reports["ours"],
+                      compare_outcomes(reports["baseline"].outcome, reports["ours"].outcome))
+
+
+def thread_table(models: ModelSource, settings: ShiftSettings, thread_counts: list[int], *, device: str,
+                 repeats: int, target: str | None, image_path: str | None, isolate: bool = True) -> str:
+    """Our side's median seconds per stage for each torch thread count."""
+    reports = [run_isolated(SideJob("ours", models, settings, device, repeats, count, target, image_path), isolate)
+               for count in thread_counts]
+    lines = [f"{models.name} | ours, median of {repeats}, by torch.set_num_threads",
+             f"{'stage':<24}" + "".join(f"{f'{r.threads} thread(s)':>14}" for r in reports)]
+    for stage in STAGES:
+        values = [r.median(stage) for r in reports]
+        if any(v is None for v in values):
+            continue
+        lines.append(f"{STAGE_LABELS[stage]:<24}" + "".join(f"{v:>14.3f}" for v in values))
+    lines.append(f"{'peak memory MiB':<24}" + "".join(f"{r.peak_rss_mb:>14.0f}" for r in reports))
+    return "\n".join(lines)
+
+
+def app_timings(repeats: int, frames: int, image_path: str | None, device: str = "cpu",
+                manifest_path: str | None = None) -> str:
+    """The pipeline's own stage timings (what the app shows), median of ``repeats``."""
+    from .imaging import XrayImage, to_display_uint8
+    from .pipeline import ExplainOptions, Pipeline
+
+    started = time.perf_counter()
+    pipeline = Pipeline.get(device=device, manifest_path=manifest_path)
+    load_seconds = time.perf_counter() - started
+    pixels = seed_image(pipeline.resolution, image_path)
+    image = XrayImage(pixels=pixels, display=to_display_uint8(pixels), source_format="PNG",
+                      original_size=pixels.shape[::-1], bit_depth=8)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as folder:
+        pipeline.explain(image, ExplainOptions(frames=frames), out_dir=folder)  # first-call warm-up
+        for _ in range(repeats):
+            runs.append(dict(pipeline.explain(image, ExplainOptions(frames=frames), out_dir=folder).timings))
+
+    def median(*stages: str) -> float:
+        return statistics.median(sum(run.get(s, 0.0) for s in stages) for run in runs)
+
+    visible = {"predictions + Grad-CAM visible": (median("predict", "gradcam"), 1.0),
+               "GIF visible (cumulative)": (median("predict", "gradcam", "latent_shift", "render"), 5.0),
+               "everything (total)": (median("total"), 10.0)}
+    lines = [f"app-level (Pipeline.get().explain, {pipeline.classifier_id} + {pipeline.autoencoder_id}, "
+             f"{frames} frames, median of {repeats}; models loaded once in {load_seconds:.2f} s)"]
+    for stage in ("predict", "gradcam", "latent_shift", "render", "integrated_gradients"):
+        lines.append(f"  {stage:<32}{median(stage):>8.3f} s")
+    for label, (seconds, goal) in visible.items():
+        lines.append(f"  {label:<32}{seconds:>8.3f} s  (goal < {goal:g} s: {'met' if seconds < goal else 'NOT met'})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m latentshift.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--models", default="both", choices=("demo", "xrv", "both"))
+    parser.add_argument("--modes", default="fixed,search", help="λ modes, comma separated: fixed,search")
+    parser.add_argument("--repeats", type=int, default=3, help="timed requests per side (median reported)")
+    parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--step-size", type=float, default=10.0)
+    parser.add_argument("--max-lambda", type=float, default=3000.0)
+    parser.add_argument("--range", type=float, nargs=2, default=(-200.0, 200.0), metavar=("LO", "HI"),
+                        help="the fixed λ range of the 'fixed' mode")
+    parser.add_argument("--ig-steps", type=int, default=32)
+    parser.add_argument("--target", default=None, help="pathology name (default: top prediction)")
+    parser.add_argument("--image", default=None, help="image file (default: the shared seed image)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
+    parser.add_argument("--thread-counts", default=None,
+                        help="also time our side of the xrv models at these thread counts, e.g. 1,2")
+    parser.add_argument("--app", action="store_true", help="also time Pipeline.explain with the demo models")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler table of one of our xrv requests (search mode)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained xrv weights")
+    parser.add_argument("--json", default=None, help="write every number to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        logger.error("--device cuda asked for, but torch sees no CUDA device")
+        return 2
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        logger.error("unknown mode(s) %s; choose from %s", unknown, MODES)
+        return 2
+    base_settings = ShiftSettings(frames=args.frames, step_size=args.step_size, max_lambda=args.max_lambda,
+                                  ig_steps=args.ig_steps)
+    settings_by_mode = {"fixed": ShiftSettings(**{**asdict(base_settings), "lambda_range": tuple(args.range)}),
+                        "search": base_settings}
+    common = dict(device=args.device, repeats=args.repeats, threads=args.threads, target=args.target,
+                  image_path=args.image)
+    record: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                                "default_threads": torch.get_num_threads(), "device": args.device,
+                                "load_average": list(os.getloadavg())},
+                    "comparisons": [], "notes": []}
+    outputs: list[str] = []
+
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as folder:
+        sources: list[ModelSource] = []
+        if args.models in ("demo", "both"):
+            demo = demo_model_source()
+            if demo is None:
+                note = "demo models: the manifest lists no available demo-* classifier and autoencoder; skipped"
+                logger.warning(note)
+                record["notes"].append(note)
+                outputs.append(note)
+            else:
+                sources.append(demo)
+        xrv = write_xrv_manifest(Path(folder), args.seed) if args.models in ("xrv", "both") else None
+        if xrv is not None:
+            sources.append(xrv)
+
+        for source in sources:
+            for mode in modes:
+                comparison = compare(source, settings_by_mode[mode], profile=False, **common)
+                print(comparison.table() + "\n", flush=True)
+                outputs.append(comparison.table())
+                record["comparisons"].append(comparison.to_json())
+
+        if xrv is not None and args.thread_counts:
+            counts = [int(c) for c in args.thread_counts.split(",") if c.strip()]
+            table = thread_table(xrv, settings_by_mode[modes[-1]], counts, **{**common, "threads": None})
+            print(table + "\n", flush=True)
+            outputs.append(table)
+            record["thread_table"] = table
+
+        if xrv is not None and args.profile:
+            job = SideJob("ours", xrv, settings_by_mode["search"], args.device, 1, args.threads, args.target,
+                          args.image, profile=True)
+            report = run_isolated(job)
+            print(f"profile of one of our xrv requests (search mode), top ops by self CPU time:\n"
+                  f"{report.profile_table}\n", flush=True)
+            record["profile"] = report.profile_table
+
+    if args.app:
+        demo = demo_model_source()
+        if demo is None:
+            note = "app-level timings skipped: no demo models in the manifest"
+            logger.warning(note)
+            record["notes"].append(note)
+        else:
+            table = app_timings(args.repeats, args.frames, args.image, args.device)
+            print(table + "\n", flush=True)
+            record["app"] = table
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str))
+        logger.info("wrote %s", args.json)
+    failed = [c for c in record["comparisons"] if not c["equivalence"]["passed"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
