@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "latentshift.explain_cli",
     "latentshift.train",
     "latentshift.weights_cli",
+    "latentshift.evaluation",
 )
 
 logger = logging.getLogger("latentshift")
