@@ -42,7 +42,7 @@ class TinyClassifier(nn.Module):
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-@register_architecture("test-tiny-classifier")
+@register_architecture("test-hub-tiny-classifier")
 def _build_tiny(*, labels, thresholds=None, resolution=8, **_):
     return TinyClassifier(labels, thresholds, resolution)
 
@@ -78,7 +78,7 @@ def hub_entry(repo_id: str, data: bytes | None, *, commit: str | None, fmt="safe
     """A manifest entry for the tiny classifier on the (fake) Hub."""
     digest = sha256_hex(data) if sha256 == "auto" else sha256
     return ModelEntry.from_dict({
-        "id": entry_id, "kind": "classifier", "architecture": "test-tiny-classifier",
+        "id": entry_id, "kind": "classifier", "architecture": "test-hub-tiny-classifier",
         "labels": LABELS, "thresholds": [0.5, None, 0.4], "resolution": 8, "format": fmt,
         "source": {"type": "hub", "repo_id": repo_id, "filename": filename, "revision": commit,
                    "sha256": digest, "size": size if size is not None else (len(data) if data else None)},
@@ -253,11 +253,11 @@ def test_offline_without_cache_is_unavailable_and_falls_back_to_default(tmp_path
     default_file.write_bytes(safetensors_bytes(reference))
     manifest_path = tmp_path / "manifest.json"
     manifest_path.write_text(json.dumps({"models": [
-        {"id": "embedded", "kind": "classifier", "architecture": "test-tiny-classifier",
+        {"id": "embedded", "kind": "classifier", "architecture": "test-hub-tiny-classifier",
          "labels": LABELS, "resolution": 8, "embedded_default": True,
          "source": {"type": "file", "path": "default.safetensors",
                     "sha256": sha256_hex(default_file.read_bytes()), "size": default_file.stat().st_size}},
-        {"id": "remote", "kind": "classifier", "architecture": "test-tiny-classifier",
+        {"id": "remote", "kind": "classifier", "architecture": "test-hub-tiny-classifier",
          "labels": LABELS, "resolution": 8,
          "source": {"type": "hub", "repo_id": "test-org/remote", "filename": "model.safetensors",
                     "revision": git_like_commit("remote"), "sha256": "ab" * 32, "size": 10}},
@@ -354,7 +354,7 @@ def test_unverified_whole_pickled_model_is_refused_with_a_clear_message(fake_hub
 
 def url_entry(url: str, sha256: str | None = None) -> ModelEntry:
     return ModelEntry.from_dict({
-        "id": "ae", "kind": "classifier", "architecture": "test-tiny-classifier", "labels": LABELS,
+        "id": "ae", "kind": "classifier", "architecture": "test-hub-tiny-classifier", "labels": LABELS,
         "format": "torch-pickle",
         "source": {"type": "url", "url": url, "sha256": sha256, "size": None},
     }, Path("."))

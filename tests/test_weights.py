@@ -39,7 +39,7 @@ class TinyLinear(nn.Module):
         return self.linear(x.mean(dim=(1, 2, 3)).unsqueeze(1))
 
 
-@register_architecture("test-tiny-linear")
+@register_architecture("test-weights-tiny-linear")
 def _build_tiny_linear(*, labels, resolution=4, **_):
     return TinyLinear(labels, resolution)
 
@@ -68,7 +68,7 @@ def write_safetensors(path: Path, model: nn.Module) -> Path:
 
 
 def file_entry(entry_id: str, path: Path, *, sha256="auto", default=False, fmt="safetensors") -> dict:
-    return {"id": entry_id, "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+    return {"id": entry_id, "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
             "resolution": 4, "format": fmt, "embedded_default": default,
             "source": {"type": "file", "path": path.name,
                        "sha256": sha256_hex(path.read_bytes()) if sha256 == "auto" else sha256,
@@ -187,10 +187,10 @@ def fallback_manifest(tmp_path: Path) -> Manifest:
     default = write_safetensors(tmp_path / "default.safetensors", model_with(1.0))
     return Manifest.load(write_manifest(tmp_path, [
         file_entry("embedded", default, default=True),
-        {"id": "remote", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "remote", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": {"type": "hub", "repo_id": "test-org/remote", "filename": "model.safetensors",
                     "revision": git_like_commit("remote"), "sha256": "cd" * 32, "size": 1}},
-        {"id": "unpinned", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "unpinned", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": {"type": "hub", "repo_id": "test-org/unpinned", "filename": "model.pt",
                     "revision": None, "sha256": "ef" * 32, "size": 1}},
     ]))
@@ -212,7 +212,7 @@ def test_fallback_to_the_embedded_default_names_model_and_reason(tmp_path):
 
 def test_no_default_means_the_original_error(tmp_path):
     manifest = Manifest.load(write_manifest(tmp_path, [
-        {"id": "remote", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "remote", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": {"type": "hub", "repo_id": "o/r", "filename": "f", "revision": git_like_commit("r"),
                     "sha256": "ab" * 32, "size": 1}}]))
     with pytest.raises(ModelUnavailableError, match="offline"):
@@ -287,13 +287,13 @@ def cli_manifest(tmp_path: Path) -> Path:
     hub_source = {"type": "hub", "filename": "model.pt", "size": None}
     return write_manifest(tmp_path, [
         file_entry("demo-good", good, default=True),
-        {"id": "hub-cached", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "hub-cached", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": dict(hub_source, repo_id="test-org/cached", revision=commit, sha256=sha256_hex(cached_data))},
-        {"id": "hub-remote", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "hub-remote", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": dict(hub_source, repo_id="test-org/remote", revision=git_like_commit("x"), sha256="ab" * 32)},
-        {"id": "hub-unpinned", "kind": "classifier", "architecture": "test-tiny-linear", "labels": LABELS,
+        {"id": "hub-unpinned", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": dict(hub_source, repo_id="test-org/unpinned", revision=None, sha256="cd" * 32)},
-        {"id": "ae-url", "kind": "autoencoder", "architecture": "test-tiny-linear",
+        {"id": "ae-url", "kind": "autoencoder", "architecture": "test-weights-tiny-linear",
          "source": {"type": "url", "url": "https://example.invalid/releases/ae.pt", "sha256": None, "size": None}},
     ])
 
