@@ -94,6 +94,8 @@ def find_gradcam_layer(model: nn.Module) -> nn.Module:
         if not conv_children:  # node is itself a convolution
             return node
         if len(conv_children) > 1:
+            logger.debug("Grad-CAM layer of %s: last conv block %s", type(model).__name__,
+                         type(conv_children[-1]).__name__)
             return conv_children[-1]
         only_child = conv_children[0]
         if isinstance(only_child, nn.Conv2d):
