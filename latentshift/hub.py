@@ -55,6 +55,8 @@ COMMIT_PATTERN = re.compile(r"^[0-9a-f]{40}$")
 PROBE_TIMEOUT_S = 2.0
 #: How long a reachability verdict is remembered (seconds).
 REACHABILITY_TTL_S = 600.0
+#: Seconds to wait for the Hub's answer to the metadata (HEAD) request of a reachable host.
+METADATA_TIMEOUT_S = 10.0
 URL_DOWNLOAD_TIMEOUT_S = 30.0
 _TRUE_VALUES = ("1", "true", "yes", "on")
 
@@ -213,7 +215,7 @@ def _download_from_hub(entry: ModelEntry, revision: str) -> Path:
     try:
         return Path(huggingface_hub.hf_hub_download(
             repo_id, filename, revision=revision, cache_dir=str(cache_dir), endpoint=endpoint,
-            etag_timeout=PROBE_TIMEOUT_S * 5))
+            etag_timeout=METADATA_TIMEOUT_S))
     except RepositoryNotFoundError:  # also gated/private repositories
         raise ModelUnavailableError(
             f"{entry.id!r} is unavailable: repository {repo_id} not found on {endpoint} "
@@ -298,7 +300,7 @@ def source_status(entry: ModelEntry, check_network: bool = True,
                   allow_unverified: bool | None = None) -> ModelStatus:
     """Cheap status of a ``hub``/``url`` entry for dropdowns and ``weights list``."""
     if entry.source_type == "hub" and pinned_revision(entry) is None:
-        return ModelStatus(False, False, None, "unavailable: revision not pinned")
+        return ModelStatus(False, False, None, "revision not pinned")
     allowed = allow_unverified_requested(allow_unverified)
     path = cached_path(entry)
     if path is not None:
@@ -311,14 +313,14 @@ def source_status(entry: ModelEntry, check_network: bool = True,
                   else "cached, hash unknown: refused without opt-in")
         return ModelStatus(allowed, True, None, reason)
     if not entry.sha256 and not allowed:
-        return ModelStatus(False, False, None, "unavailable: hash unknown, refused without opt-in")
+        return ModelStatus(False, False, None, "hash unknown, refused without opt-in")
     if is_offline():
-        return ModelStatus(False, False, None, "unavailable: offline (HF_HUB_OFFLINE) and not cached")
+        return ModelStatus(False, False, None, "offline (HF_HUB_OFFLINE) and not cached")
     target = hub_endpoint() if entry.source_type == "hub" else entry.source.get("url", "")
     host = urllib.parse.urlsplit(target).netloc or target
     if not check_network:
         return ModelStatus(False, False, None, f"not cached; {host} not checked")
     if not is_reachable(target):
-        return ModelStatus(False, False, None, f"unavailable: {host} unreachable and not cached")
+        return ModelStatus(False, False, None, f"{host} unreachable and not cached")
     suffix = "" if entry.sha256 else " (unverified, by opt-in)"
     return ModelStatus(True, False, None, f"downloadable from {host}{suffix}")

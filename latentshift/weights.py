@@ -450,7 +450,8 @@ def load_model_or_default(manifest: Manifest, model_id: str | None, kind: str,
             raise exc from None
         if default.id == model_id:
             raise
-        warning = (f"model {model_id!r} is unavailable here ({exc}); "
+        reason = str(exc).removeprefix(f"{model_id!r} is unavailable: ")
+        warning = (f"model {model_id!r} is unavailable here ({reason}); "
                    f"using the embedded default {default.id!r} instead")
         logger.warning("%s", warning)
         model, default_warning = load_model_with_warning(default, device, allow_unverified)

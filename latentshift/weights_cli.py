@@ -80,9 +80,8 @@ def run_list(args: argparse.Namespace) -> int:
         status = model_status(entry, check_network=not args.no_network,
                               allow_unverified=args.allow_unverified)
         state = "available" if status.available else "unavailable"
-        reason = status.reason.removeprefix("unavailable: ")
         rows.append((entry.id, entry.kind, describe_source(entry), _yes_no(status.cached),
-                     _yes_no(status.verified), f"{state}: {reason}"))
+                     _yes_no(status.verified), f"{state}: {status.reason}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])

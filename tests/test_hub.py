@@ -225,7 +225,7 @@ def test_unpinned_revision_is_refused_without_network(fake_hub):
     branch = hub_entry("test-org/tiny", b"abc", commit="main")
     with pytest.raises(ModelUnavailableError, match="revision not pinned"):
         weights.fetch(branch)
-    assert model_status(entry).reason == "unavailable: revision not pinned"
+    assert model_status(entry).reason == "revision not pinned"
     assert fake_hub.requests == []
 
 
@@ -308,7 +308,7 @@ def test_unknown_hash_refused_without_opt_in_before_downloading(fake_hub):
         load_model(entry)
 
     assert fake_hub.requests == []
-    assert model_status(entry).reason == "unavailable: hash unknown, refused without opt-in"
+    assert model_status(entry).reason == "hash unknown, refused without opt-in"
 
 
 def test_unknown_hash_accepted_with_opt_in_through_weights_only(fake_hub, monkeypatch):
