@@ -361,7 +361,7 @@ def url_entry(url: str, sha256: str | None = None) -> ModelEntry:
 
 
 def test_url_source_needs_opt_in_and_fails_fast_when_unreachable(monkeypatch, tmp_path):
-    entry = url_entry(closed_port_url() + "/releases/download/v1/ae.pt")
+    entry = url_entry(closed_port_url() + "/assets/v1/ae.pt")
     with pytest.raises(ModelUnavailableError, match="no sha256"):
         weights.fetch(entry)
     started = time.monotonic()
@@ -374,8 +374,8 @@ def test_url_source_needs_opt_in_and_fails_fast_when_unreachable(monkeypatch, tm
 def test_url_source_downloads_into_the_cache_with_opt_in(fake_hub):
     reference = reference_model()
     data = pickle_bytes(reference.state_dict())
-    commit = fake_hub.add_file("releases/v1", "ae.pt", data)
-    entry = url_entry(f"{fake_hub.url}/releases/v1/resolve/{commit}/ae.pt")
+    commit = fake_hub.add_file("assets/v1", "ae.pt", data)
+    entry = url_entry(f"{fake_hub.url}/assets/v1/resolve/{commit}/ae.pt")
 
     model, warning = weights.load_model_with_warning(entry, allow_unverified=True)
 

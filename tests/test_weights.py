@@ -294,7 +294,7 @@ def cli_manifest(tmp_path: Path) -> Path:
         {"id": "hub-unpinned", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": dict(hub_source, repo_id="test-org/unpinned", revision=None, sha256="cd" * 32)},
         {"id": "ae-url", "kind": "autoencoder", "architecture": "test-weights-tiny-linear",
-         "source": {"type": "url", "url": "https://example.invalid/releases/ae.pt", "sha256": None, "size": None}},
+         "source": {"type": "url", "url": "https://example.invalid/assets/ae.pt", "sha256": None, "size": None}},
     ])
 
 
