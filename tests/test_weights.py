@@ -259,7 +259,7 @@ def test_project_autoencoder_is_an_honest_url_entry():
 
 
 def test_space_card_preloads_exactly_the_pinned_commits():
-    text = (REPO / "docs" / "space-card.md").read_text(encoding="utf-8")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     raw_front_matter = text.split("---\n")[1]
     card = yaml.safe_load(raw_front_matter)
     assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
