@@ -142,7 +142,4 @@ def build_architecture(name: str, **kwargs) -> nn.Module:
 
 def _import_demo_architectures() -> None:
     """The demo architectures register themselves when their module is imported."""
-    try:
-        from . import demo_models  # noqa: F401
-    except ImportError:  # the demo module is optional while it is being written
-        pass
+    from . import demo_models  # noqa: F401
