@@ -28,16 +28,20 @@ from typing import Iterator
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Latent Shift demo: animated counterfactual explanations of chest X-ray classifiers.")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; use 0.0.0.0 to serve on the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    # Defaults follow Gradio's environment variables, which Hugging Face Spaces set (0.0.0.0:7860).
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default $GRADIO_SERVER_NAME or 127.0.0.1; "
+                             "0.0.0.0 serves the network)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default $GRADIO_SERVER_PORT or 7860)")
     parser.add_argument("--share", action="store_true",
                         help="also create a temporary public gradio.live link (needs internet)")
     parser.add_argument("--offline", action="store_true",
                         help="never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1): "
                              "only embedded and already cached models are offered")
-    parser.add_argument("--root-path", default=None,
-                        help="URL prefix when served behind a reverse proxy, e.g. /latentshift")
+    parser.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH"),
+                        help="URL prefix when served behind a reverse proxy, e.g. /latentshift "
+                             "(default $GRADIO_ROOT_PATH)")
     return parser.parse_args(argv)
 
 
@@ -90,9 +94,9 @@ STAGE_NAMES = {"predict": "prediction", "gradcam": "Grad-CAM", "latent_shift": "
 # (fraction done, what runs next) shown by gr.Progress after each stage.
 NEXT_STEP = {
     "predict": (0.05, "Grad-CAM"),
-    "gradcam": (0.15, "Latent Shift: searching λ, decoding frames, writing the GIF"),
+    "gradcam": (0.15, "Latent Shift (λ search, frames, GIF)"),
     "latent_shift": (0.75, "Integrated Gradients"),
-    "integrated_gradients": (0.95, "Writing summary.json"),
+    "integrated_gradients": (0.95, "summary.json"),
 }
 # What /explain returns, in this order (keys of Explanation.files).
 EXPLAIN_API_FILES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "counterfactual",
@@ -248,7 +252,7 @@ def describe_progress(explanation: Explanation) -> str:
                              for name, seconds in explanation.timings.items() if name in STAGE_NAMES)
         lines.append(f"Done in {explanation.timings['total']:.1f} s ({timings}).")
     else:
-        lines.append(f"Computing {NEXT_STEP[explanation.stage][1]}…")
+        lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
     lines += [f"⚠ {warning}" for warning in explanation.warnings]
     return "\n\n".join(lines)
 
@@ -363,11 +367,12 @@ def build_demo() -> gr.Blocks:
                                                    interactive=False, height=250, buttons=["fullscreen"])
                 with gr.Row():
                     heatmap = gr.Image(label="Latent Shift heatmap", type="filepath", interactive=False,
-                                       height=320, buttons=["fullscreen"])
+                                       height=320, buttons=["fullscreen"], elem_id="heatmap-map")
                     gradcam = gr.Image(label="Grad-CAM", type="filepath", interactive=False, height=320,
-                                       buttons=["fullscreen"])
+                                       buttons=["fullscreen"], elem_id="gradcam-map")
                     integrated_gradients = gr.Image(label="Integrated Gradients", type="filepath",
-                                                    interactive=False, height=320, buttons=["fullscreen"])
+                                                    interactive=False, height=320, buttons=["fullscreen"],
+                                                    elem_id="integrated-gradients-map")
                 with gr.Row(equal_height=False):
                     before_after = gr.ImageSlider(label="Before / after (drag)", type="filepath",
                                                   interactive=False, max_height=300)

@@ -1,0 +1,121 @@
+"""The Gradio app served on 127.0.0.1 and driven through gradio_client, as collaborators use it.
+
+Small settings (6 frames, 4 Integrated-Gradients steps) keep each explanation to seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+from latentshift.errors import ImageInputError
+from latentshift.pipeline import Pipeline
+
+FAST = dict(frames=6, ig_steps=4)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def example_image() -> str:
+    examples = app.example_images()
+    assert examples, f"no example PNGs in {app.EXAMPLES_DIR}"
+    return examples[0]
+
+
+@pytest.fixture(scope="module")
+def client():
+    demo = app.build_demo()
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                           quiet=True)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def text_named_png(tmp_path) -> Path:
+    path = tmp_path / "scan.png"
+    path.write_text("patient notes, not an image\n", encoding="utf-8")
+    return path
+
+
+def gif_frame_count(path: str) -> int:
+    with Image.open(path) as gif:
+        assert gif.format == "GIF"
+        return gif.n_frames
+
+
+def test_only_predict_and_explain_are_public(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/predict", "/explain"}
+
+
+def test_predict_returns_probabilities(client, example_image):
+    probabilities = client.predict(handle_file(example_image), api_name="/predict")
+    assert set(probabilities) == set(Pipeline.get(app.default_model_id("classifier"),
+                                                  app.default_model_id("autoencoder")).pathologies)
+    assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+
+
+def test_explain_with_a_manual_range_returns_the_requested_frames_and_maps(client, example_image):
+    gif, heatmap, gradcam, integrated_gradients, plot, counterfactual, summary_path = client.predict(
+        handle_file(example_image), lambda_min=-40.0, lambda_max=40.0, **FAST, api_name="/explain")
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    assert len(summary["lambdas"]) == FAST["frames"]
+    # The GIF plays the sweep forth and back: 2F-2 frames for F sweep frames.
+    assert gif_frame_count(gif) == 2 * FAST["frames"] - 2 == summary["gif_frames"]
+    for path in (heatmap, gradcam, integrated_gradients, plot, counterfactual):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 64
+    assert summary["options"]["lambda_range"] == [-40.0, 40.0]
+
+
+def test_explain_with_the_automatic_search(client, example_image):
+    gif, *_, summary_path = client.predict(handle_file(example_image), **FAST, api_name="/explain")
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    sweep_frames = len(summary["lambdas"])
+    assert 1 <= sweep_frames <= FAST["frames"]
+    assert gif_frame_count(gif) == (2 * sweep_frames - 2 if sweep_frames > 2 else sweep_frames)
+
+
+def test_bad_upload_gives_the_imaging_message_and_the_server_keeps_serving(client, example_image,
+                                                                          text_named_png):
+    with pytest.raises(ImageInputError) as expected:
+        Pipeline.get(app.default_model_id("classifier"), app.default_model_id("autoencoder")).load_image(
+            text_named_png)
+    with pytest.raises(AppError) as refused:
+        client.predict(handle_file(str(text_named_png)), **FAST, api_name="/explain")
+    assert str(expected.value) in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+
+    probabilities = client.predict(handle_file(example_image), api_name="/predict")
+    assert probabilities
+
+
+def test_unknown_finding_is_refused_with_the_choices(client, example_image):
+    with pytest.raises(AppError, match="choose one of"):
+        client.predict(handle_file(example_image), target="No Such Finding", **FAST, api_name="/explain")
+
+
+def test_command_line_defaults(monkeypatch):
+    for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_ROOT_PATH"):
+        monkeypatch.delenv(variable, raising=False)
+    options = app.parse_args([])
+    assert (options.host, options.port, options.share, options.offline, options.root_path) == (
+        "127.0.0.1", 7860, False, False, None)
+    assert app.parse_args(["--offline", "--root-path", "/latentshift"]).root_path == "/latentshift"
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")     # as on Hugging Face Spaces
+    assert app.parse_args([]).host == "0.0.0.0"
