@@ -1,0 +1,119 @@
+"""Launch the Gradio app in-process on 127.0.0.1 for tests, with tiny models and small settings.
+
+``serve_app(folder)`` is a context manager yielding an :class:`AppUnderTest` (url, the demo,
+the app module, the Gradio cache folder). Settings are module constants of ``app.py``
+patched for the duration (queue size, delete_cache) plus ``launch`` overrides
+(max_file_size); the environment is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+from tiny_models import write_tiny_manifest
+
+#: Small /explain settings: a whole run takes well under a second with the tiny models.
+FAST_EXPLAIN = dict(classifier="", autoencoder="", target="", direction="both", frames=4, step_size=10.0,
+                    lambda_min=-40.0, lambda_max=25.0, frame_duration_ms=50, ig_steps=4)
+
+
+def app_committed() -> bool:
+    """Whether app.py is tracked by git (the app tests need the finished app)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        listed = subprocess.run(["git", "ls-files", "--error-unmatch", "app.py"], cwd=repo,
+                                capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return (repo / "app.py").is_file()
+    return listed.returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class AppUnderTest:
+    url: str
+    demo: object
+    app: ModuleType
+    gradio_cache: Path
+    downloads: Path
+
+    def client(self):
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False, download_files=str(self.downloads))
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def serve_app(folder: Path, *, queue_max_size: int | None = None,
+              delete_cache: tuple[int, int] | None = None, max_file_size: str | int | None = None,
+              run_folder_max_age_s: float | None = None) -> Iterator[AppUnderTest]:
+    """Build and launch the app on a free loopback port; close it afterwards."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    models = folder / "models"
+    models.mkdir(exist_ok=True)
+    manifest = write_tiny_manifest(models)
+    cache = folder / "gradio-cache"
+    downloads = folder / "downloads"
+    cache.mkdir(exist_ok=True)
+    downloads.mkdir(exist_ok=True)
+    with _environ(LATENTSHIFT_MANIFEST=str(manifest), GRADIO_TEMP_DIR=str(cache),
+                  GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost"):
+        import app
+
+        patched = {}
+        if queue_max_size is not None:
+            patched["QUEUE_MAX_SIZE"] = queue_max_size
+        if delete_cache is not None:
+            patched["DELETE_CACHE"] = delete_cache
+        saved = {name: getattr(app, name) for name in patched}
+        for name, value in patched.items():
+            setattr(app, name, value)
+        app.default_model_id.cache_clear()
+        folders = app.run_folders()
+        saved_age = folders.max_age_s
+        if run_folder_max_age_s is not None:
+            folders.max_age_s = run_folder_max_age_s
+        demo = None
+        try:
+            demo = app.build_demo()
+            overrides = dict(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                             quiet=True, share=False)
+            if max_file_size is not None:
+                overrides["max_file_size"] = max_file_size
+            app.launch(demo, **overrides)
+            yield AppUnderTest(url=demo.local_url, demo=demo, app=app, gradio_cache=cache, downloads=downloads)
+        finally:
+            if demo is not None:
+                demo.close(verbose=False)
+            for name, value in saved.items():
+                setattr(app, name, value)
+            folders.max_age_s = saved_age
+            app.default_model_id.cache_clear()
