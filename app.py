@@ -119,8 +119,8 @@ gives a direction, and decoding z + λ·dy/dz over a range of λ gives the frame
 with λ below 0 the finding fades, with λ above 0 it is exaggerated. Compare the animation with the
 Grad-CAM and Integrated Gradients maps. Paper: [Cohen et al., MIDL 2021](https://arxiv.org/abs/2102.09475).
 """
-DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The models here are small "
-              "demonstration models; do not use the predictions or images for diagnosis. "
+DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The default models are small "
+              "models trained for this demo; do not use the predictions or images for diagnosis. "
               "Uploads are processed on this server and deleted within about an hour.")
 
 
@@ -428,14 +428,21 @@ def build_demo() -> gr.Blocks:
         def on_predict_click(image_path, upload_path, classifier_id, autoencoder_id):
             return predict_upload(chosen_upload(image_path, upload_path), classifier_id, autoencoder_id)
 
-        def on_models_change(classifier_id, autoencoder_id):
-            """Load the chosen pair; an unavailable model falls back to the default, with a warning."""
+        def on_models_change(classifier_id, autoencoder_id, image_path, upload_path):
+            """Load the chosen pair (an unavailable model falls back to the default, with a warning),
+            offer its findings as targets and predict the current upload again."""
             with errors_for_people("loading the models"):
                 pipeline = pipeline_for(classifier_id, autoencoder_id)
             for warning in pipeline.warnings:
                 gr.Warning(warning)
-            return {classifier: pipeline.classifier_id, autoencoder: pipeline.autoencoder_id,
-                    target: gr.update(choices=target_choices(pipeline), value=TOP_PREDICTION)}
+            values = {classifier: pipeline.classifier_id, autoencoder: pipeline.autoencoder_id,
+                      target: gr.update(choices=target_choices(pipeline), value=TOP_PREDICTION)}
+            if image_path or upload_path:
+                prediction = predict_upload(image_path or upload_path, pipeline.classifier_id,
+                                            pipeline.autoencoder_id)
+                values[target] = gr.update(choices=target_choices(pipeline), value=prediction.pop(target))
+                values.update(prediction)
+            return values
 
         def on_range_mode_change(mode):
             return gr.update(visible=mode == RANGE_MANUAL)
@@ -493,8 +500,9 @@ def build_demo() -> gr.Blocks:
                           [image_input, *prediction_outputs], **upload_events)
         predict_button.click(on_predict_click, [image_input, file_input, classifier, autoencoder],
                              prediction_outputs, **upload_events)
-        gr.on([classifier.change, autoencoder.change], on_models_change, [classifier, autoencoder],
-              [classifier, autoencoder, target], api_visibility="private", concurrency_id="predict",
+        gr.on([classifier.change, autoencoder.change], on_models_change,
+              [classifier, autoencoder, image_input, file_input],
+              [classifier, autoencoder, *prediction_outputs], api_visibility="private", concurrency_id="predict",
               concurrency_limit=PREDICT_CONCURRENCY, show_progress="minimal")
         range_mode.change(on_range_mode_change, range_mode, manual_range_row, queue=False,
                           api_visibility="private", show_progress="hidden")
