@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -75,7 +76,7 @@ PREDICT_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 20
 MAX_FILE_SIZE = "32mb"
 DELETE_CACHE = (600, 3600)        # every 10 min, delete Gradio's copies older than 1 h
-RUN_FOLDER_MAX_AGE_S = 3600       # our own output folders live as long
+RUN_FOLDER_MAX_AGE_S = 3600       # our own output folders live as long (checked every minute)
 
 UPLOAD_FILE_TYPES = [".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"]
 TOP_PREDICTION = ""               # target value meaning "explain the top prediction"
@@ -125,26 +126,46 @@ DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The default
 
 
 class RunFolders:
-    """Output folders of the runs, under one ``tempfile.mkdtemp()`` root; old ones are pruned.
+    """Output folders of the runs, under one ``tempfile.mkdtemp()`` root.
 
-    Gradio serves copies of returned files from its own cache (cleaned by ``delete_cache``);
-    these are the originals the pipeline writes.
+    A daemon thread deletes folders older than ``max_age_s`` (checked every ``max_age_s / 4``
+    seconds, at most every minute), so an idle server keeps nothing for long; the root goes at
+    exit. Gradio serves copies of the returned files from its own cache (``delete_cache``).
     """
 
     def __init__(self, max_age_s: float = RUN_FOLDER_MAX_AGE_S):
         self.root = Path(tempfile.mkdtemp(prefix="latentshift-app-"))
-        self.max_age_s = max_age_s
+        self._max_age_s = max_age_s
+        self._schedule_changed = threading.Event()
         atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+        threading.Thread(target=self._prune_periodically, name="prune-run-folders", daemon=True).start()
+
+    @property
+    def max_age_s(self) -> float:
+        return self._max_age_s
+
+    @max_age_s.setter
+    def max_age_s(self, seconds: float) -> None:
+        self._max_age_s = seconds
+        self._schedule_changed.set()
 
     def new(self) -> Path:
-        self.prune()
         return Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
 
     def prune(self) -> None:
         cutoff = time.time() - self.max_age_s
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+            if folder.name.startswith("run-") and folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def _prune_periodically(self) -> None:
+        while self.root.exists():
+            self._schedule_changed.wait(timeout=max(1.0, min(self.max_age_s / 4, 60.0)))
+            self._schedule_changed.clear()
+            try:
+                self.prune()
+            except OSError:
+                logger.exception("could not prune old run folders in %s", self.root)
 
 
 @functools.cache
