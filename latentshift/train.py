@@ -538,7 +538,7 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
     report = {"pixel_budget": 0.05, "threshold": threshold, "subset": subset}
     for name, ids, direction in (("curtail_true_positives", tps, "curtail"),
                                  ("exaggerate_true_negatives", tns, "exaggerate")):
-        hits, extremes, stops, saved = 0, [], {}, 0
+        hits, extremes, stops, saved, rec_crossed, changes = 0, [], {}, 0, 0, []
         for i in ids:
             x = to_model_range(data.images[i:i + 1])
             res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05)
@@ -546,18 +546,26 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
             preds = np.asarray(_as_numpy(res.preds), dtype=np.float64).reshape(-1)
             change = np.asarray(_as_numpy(res.pixel_change), dtype=np.float64).reshape(-1)
             side = (lambdas < 0 if direction == "curtail" else lambdas > 0) & (change <= 0.05 + 1e-9)
-            vals = preds[side] if side.any() else preds[lambdas == 0]
-            ext = float(vals.min() if direction == "curtail" else vals.max())
+            # success needs a shifted frame (λ ≠ 0) within the pixel budget past the threshold
+            if side.any():
+                ext = float(preds[side].min() if direction == "curtail" else preds[side].max())
+                ok = ext < threshold if direction == "curtail" else ext >= threshold
+            else:
+                ext, ok = float("nan"), False
             extremes.append(ext)
-            ok = ext < threshold if direction == "curtail" else ext >= threshold
             hits += int(ok)
+            rec_pred = float(res.reconstruction_pred)
+            rec_crossed += int(rec_pred < threshold if direction == "curtail" else rec_pred >= threshold)
+            changes.append(float(change[side].max()) if side.any() else 0.0)
             for reason in _stop_reasons(res, direction):
                 stops[reason] = stops.get(reason, 0) + 1
             if gif_dir is not None and saved < n_gifs // 2:
                 _save_explanation(res, x, threshold, gif_dir, f"{direction}-{Path(data.rows[i]['file']).stem}")
                 saved += 1
         report[name] = {"n": len(ids), "success": hits, "share": hits / len(ids) if ids else float("nan"),
-                        "median_extreme_pred": float(np.median(extremes)) if extremes else float("nan"),
+                        "median_extreme_pred": float(np.nanmedian(extremes)) if extremes else float("nan"),
+                        "reconstruction_already_crossed": rec_crossed,
+                        "median_pixel_change_at_end": float(np.median(changes)) if changes else float("nan"),
                         "stop_reasons": stops}
     return report
 
@@ -649,7 +657,10 @@ def _format_results(results: dict) -> str:
         for key, label in (("curtail_true_positives", "Latent Shift: TPs curtailed below threshold"),
                            ("exaggerate_true_negatives", "Latent Shift: TNs exaggerated above threshold")):
             r = ls[key]
-            row(label, f"{r['share']:.3f}  ({r['success']}/{r['n']})")
+            row(label, f"{r['share']:.3f}  ({r['success']}/{r['n']}; reconstruction alone: "
+                       f"{r['reconstruction_already_crossed']})")
+        row("Latent Shift images", "all test TPs/TNs" if not ls.get("subset")
+            else f"seeded subset of up to {ls['subset']} TPs and TNs")
     return "\n".join(lines)
 
 
