@@ -171,8 +171,35 @@ def seed_image(resolution: int, path: str | None = None) -> np.ndarray:
     return np.clip(image, -1024, 1024).astype(np.float32)
 
 
-def write_xrv_manifest(folder: Path, seed: int = 0) -> ModelSource:
-    """Seeded untrained torchxrayvision-size models saved as safetensors + a manifest."""
+def calibrate_untrained(classifier, autoencoder, x: torch.Tensor, logit_spread: float = 2.0,
+                        sensitivity: float = 10.0) -> None:
+    """Rescale two weight tensors of untrained xrv models so that they behave like trained
+    ones in magnitude (same architectures, same work per call).
+
+    Untrained, the ResNetAE decodes to almost zero (std ~0.02 for images of std ~500) and
+    the DenseNet's logits on that are ~0.01, so p(z) hardly moves along ∂p/∂z and every
+    search stops at its first rung. The decoder's last transposed convolution is scaled so
+    that the reconstruction has the image's spread; the classifier's linear head is scaled
+    and shifted so that the logits of the reconstruction span ±``logit_spread`` (a clear
+    top prediction) and move ``sensitivity`` times faster with the image than the plain
+    rescaling would make them (so the search stops after tens of rungs, as with trained
+    models, rather than at max_lambda).
+    """
+    with torch.no_grad():
+        reconstruction = autoencoder.decode(autoencoder.encode(x))
+        autoencoder.net.conv1_1.weight.mul_(float(x.std()) / max(float(reconstruction.std()), 1e-12))
+        logits = classifier(autoencoder.decode(autoencoder.encode(x)))[0]
+        centred = logits - logits.mean()
+        spread = max(float(centred.abs().max()), 1e-12)
+        scale = sensitivity * logit_spread / spread
+        head = classifier.net.classifier
+        head.weight.mul_(scale)
+        head.bias.copy_(scale * (head.bias - logits) + logit_spread * centred / spread)
+
+
+def write_xrv_manifest(folder: Path, seed: int = 0, image_path: str | None = None) -> ModelSource:
+    """Seeded untrained torchxrayvision-size models (calibrated with
+    :func:`calibrate_untrained` on the benchmark image) saved as safetensors + a manifest."""
     import torchxrayvision as xrv
     from safetensors.torch import save_file
 
@@ -181,10 +208,13 @@ def write_xrv_manifest(folder: Path, seed: int = 0) -> ModelSource:
 
     torch.manual_seed(seed)
     pathologies = list(xrv.datasets.default_pathologies)
+    classifier, autoencoder = XRVDenseNetClassifier(pathologies).eval(), XRVResNetAE().eval()
+    pixels = seed_image(224, image_path)
+    calibrate_untrained(classifier, autoencoder, torch.from_numpy(pixels).reshape(1, 1, 224, 224))
     entries = []
     for model_id, kind, architecture, model in (
-            ("bench-xrv-densenet121", "classifier", "xrv-densenet121", XRVDenseNetClassifier(pathologies)),
-            ("bench-xrv-resnetae101", "autoencoder", "xrv-resnetae101", XRVResNetAE())):
+            ("bench-xrv-densenet121", "classifier", "xrv-densenet121", classifier),
+            ("bench-xrv-resnetae101", "autoencoder", "xrv-resnetae101", autoencoder)):
         path = folder / f"{model_id}.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         entry = {"id": model_id, "kind": kind, "architecture": architecture, "resolution": 224,
@@ -526,6 +556,7 @@ def run_side(job: SideJob) -> SideReport:
     """Load the models, warm up, run ``job.repeats`` requests of one side; report."""
     from .weights import Manifest, load_model
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if job.threads:
         torch.set_num_threads(job.threads)
     device = torch.device(job.device)
@@ -825,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
                 outputs.append(note)
             else:
                 sources.append(demo)
-        xrv = write_xrv_manifest(Path(folder), args.seed) if args.models in ("xrv", "both") else None
+        xrv = write_xrv_manifest(Path(folder), args.seed, args.image) if args.models in ("xrv", "both") else None
         if xrv is not None:
             sources.append(xrv)
 
