@@ -10,7 +10,8 @@ Documented behaviour (docs/limits.md, "Privacy"):
 * No analytics and no outbound connection: explaining an image opens no socket to any
   non-loopback address, in the CLI or in the app.
 * Gradio's copies of uploads and outputs are deleted after the cache expiry
-  (tests/test_load.py checks the bytes); the app's own run folders should be too.
+  (tests/test_load.py checks the bytes), and so are the app's own run folders, on a timer,
+  without waiting for another request.
 """
 
 from __future__ import annotations
@@ -198,12 +199,6 @@ def test_app_serves_an_explanation_without_outbound_connections_and_forgets_the_
 
 
 @needs_app
-@pytest.mark.xfail(strict=True, reason=(
-    "app.RunFolders prunes old run folders only when the next run starts (RunFolders.new), so the "
-    "pipeline's outputs of the last upload (input.png is the upload, downscaled) stay on disk for as "
-    "long as the server is idle. Needed in app.py: prune on a schedule too, e.g. start a daemon "
-    "thread in RunFolders.__init__ (or from build_demo) that calls self.prune() every DELETE_CACHE[0] "
-    "seconds, as Gradio's delete_cache does for its own copies."))
 def test_app_run_folders_expire_without_another_request(tmp_path):
     from gradio_client import handle_file
 

@@ -1,0 +1,92 @@
+"""Short CI variant of the load test (latentshift/loadtest.py) against the app on 127.0.0.1.
+
+3 clients × 2 explain requests on tiny models: zero failures, every answer complete; a
+queue of size 1 under a burst answers "Queue is full" and nothing else fails; open file
+descriptors and Gradio's cache return to their baseline once the (shortened) cache
+expiry has passed. The full 8 × 5 run and its figures are in docs/limits.md.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from appserver import FAST_EXPLAIN, app_committed, serve_app
+from latentshift.loadtest import check_loopback, folder_bytes, main as loadtest_main, open_fds, run_load
+
+pytestmark = pytest.mark.skipif(not app_committed(), reason="app.py is not committed yet")
+
+LOAD_EXPLAIN = {key: FAST_EXPLAIN[key] for key in ("frames", "ig_steps", "lambda_min", "lambda_max",
+                                                   "frame_duration_ms")}
+#: Gradio deletes its copies every second once they are 3 s old (the app: every 10 min, 1 h).
+SHORT_DELETE_CACHE = (1, 3)
+
+
+def wait_until(condition, timeout: float, interval: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def test_loadtest_refuses_non_loopback_addresses(capsys):
+    for url in ("http://example.org:7860", "http://10.0.0.5:7860", "https://huggingface.co/spaces/x/y"):
+        with pytest.raises(ValueError, match="loopback"):
+            check_loopback(url)
+    assert loadtest_main(["--url", "http://192.0.2.1:7860", "--clients", "1", "--requests", "1"]) == 2
+    assert "only loopback" in capsys.readouterr().err
+    check_loopback("http://127.0.0.1:7860/")
+    check_loopback("http://localhost:7860")
+
+
+def test_concurrent_clients_complete_and_leave_no_open_files_or_cached_copies(tmp_path):
+    with serve_app(tmp_path / "app", delete_cache=SHORT_DELETE_CACHE) as served:
+        # baseline: what the app caches at start (copies of its example images, kept for good)
+        cache_baseline = folder_bytes(served.gradio_cache)
+        warm = run_load(served.url, clients=1, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
+        assert warm.ok == 1, warm.report()
+        assert wait_until(lambda: folder_bytes(served.gradio_cache) == cache_baseline, timeout=15)
+        fds_before = open_fds()
+
+        result = run_load(served.url, clients=3, requests=2, explain_kwargs=LOAD_EXPLAIN, time_limit=60,
+                          request_timeout=60, watch=[str(served.gradio_cache)])
+        print(result.report())
+        assert result.failed == 0 and result.queue_full == 0, result.report()
+        assert result.ok == 6 and len(result.records) == 6
+        assert result.percentile(50) <= result.percentile(95)
+        assert result.watched_after[str(served.gradio_cache)] > cache_baseline, "uploads and outputs were cached"
+
+        # Gradio 6.31 leaves one empty 'tmpXXXXXXXX' file per upload (its multipart parser's
+        # temporary file); bytes are what must come back.
+        assert wait_until(lambda: folder_bytes(served.gradio_cache) == cache_baseline, timeout=15), \
+            "Gradio's copies of uploads and outputs outlived the cache expiry"
+        assert wait_until(lambda: open_fds() <= fds_before + 2, timeout=10), (fds_before, open_fds())
+
+
+def test_full_queue_answers_clearly_and_the_rest_complete(tmp_path):
+    slow = dict(LOAD_EXPLAIN, frames=30, ig_steps=128)  # each request long enough for a burst to pile up
+    with serve_app(tmp_path / "app", queue_max_size=1) as served:
+        assert served.demo._queue.max_size == 1
+        result = run_load(served.url, clients=6, requests=1, explain_kwargs=slow, time_limit=60,
+                          request_timeout=90)
+        print(result.report())
+        assert result.failed == 0, result.report()
+        assert result.queue_full >= 1 and result.ok >= 1, result.report()
+        assert result.ok + result.queue_full == 6
+        assert all("queue is full" in r.detail.lower() for r in result.records if r.outcome == "queue_full")
+        after = run_load(served.url, clients=1, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
+        assert after.ok == 1, "the server serves again once the burst has passed"
+
+
+def test_app_serving_limits_are_the_documented_ones():
+    import app
+
+    limits = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text(encoding="utf-8")
+    assert f"max_size={app.QUEUE_MAX_SIZE}" in limits
+    assert f"concurrency_limit={app.EXPLAIN_CONCURRENCY}" in limits
+    assert f"max_file_size=\"{app.MAX_FILE_SIZE}\"" in limits
+    assert f"delete_cache={tuple(app.DELETE_CACHE)}" in limits
