@@ -136,7 +136,7 @@ needs_app = pytest.mark.skipif(not app_committed(), reason="app.py is not commit
 def served(tmp_path_factory):
     if not app_committed():
         pytest.skip("app.py is not committed yet")
-    with serve_app(tmp_path_factory.mktemp("app"), max_file_size="200kb") as server:
+    with serve_app(tmp_path_factory.mktemp("app")) as server:  # the app's own max_file_size
         yield server
 
 
@@ -189,18 +189,24 @@ def test_app_answers_every_case_and_keeps_serving(client, corpus):
 @needs_app
 def test_app_oversize_upload_is_refused_clearly_and_server_keeps_serving(served, client, corpus, tmp_path):
     import httpx
-    from gradio_client import handle_file
+    from gradio.utils import _parse_file_size
 
+    limit = _parse_file_size(served.app.MAX_FILE_SIZE)
     big = tmp_path / "big.png"
-    big.write_bytes(badinputs.png_bytes(Image.new("L", (64, 64), 0)) + b"\0" * 300_000)  # 300 kB > 200 kB
-    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+    with big.open("wb") as handle:  # sparse: one byte over the limit, no disk used for the zeros
+        handle.write(badinputs.png_bytes(Image.new("L", (64, 64), 0)))
+        handle.truncate(limit + 1)
+    with pytest.raises(ValueError, match=f"exceeds the maximum file size of {limit} bytes"):
         explain_via_app(client, big)
     # a client that does not check: the server refuses the upload itself (HTTP 413)
     with big.open("rb") as handle:
         response = httpx.post(served.url + "gradio_api/upload", files={"files": ("big.png", handle)},
-                              timeout=30, trust_env=False)
+                              timeout=60, trust_env=False)
     assert response.status_code == 413, response.text
-    assert "maximum" in response.text.lower() or "size" in response.text.lower()
+    assert f"maximum allowed size of {limit} bytes" in response.text
+    assert not [p for p in served.gradio_cache.rglob("big.png")], "nothing of the refused upload is kept"
+    assert all(p.stat().st_size < limit // 2 for p in served.gradio_cache.rglob("*") if p.is_file()), \
+        "a partial copy of the refused upload stayed in the cache"
     assert explain_via_app(client, corpus / "good.png")[0]
 
 
