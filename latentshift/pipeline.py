@@ -200,6 +200,11 @@ class Pipeline:
         self.explainer = LatentShift(self.classifier, self.autoencoder, apply_sigmoid=True)
         self.gradcam = GradCAM(self.classifier)
         self.ood_threshold = float(self.autoencoder_entry.info.get("ood_threshold", DEFAULT_OOD_THRESHOLD))
+        # One computation on these models at a time: Grad-CAM hooks a classifier layer for
+        # the length of its call, so a forward pass from another request (a prediction, a
+        # λ search) would overwrite the hooked activations. On a 2-core server the work is
+        # compute-bound anyway; requests queue here instead of competing for the cores.
+        self._compute_lock = threading.RLock()
 
     def _note(self, warning: str | None) -> None:
         if warning:
@@ -242,10 +247,15 @@ class Pipeline:
 
     def predict(self, image: XrayImage) -> dict[str, float]:
         """Pathology name -> probability (σ of the classifier's logit) for the image."""
-        with torch.inference_mode():
+        with self._compute_lock, torch.inference_mode():
             logits = self.classifier(image.tensor(self.device))[0]
         probabilities = torch.sigmoid(logits).cpu().tolist()
         return {name: float(p) for name, p in zip(self.classifier.pathologies, probabilities) if name}
+
+    def gradcam_map(self, x: torch.Tensor, target: int) -> np.ndarray:
+        """Grad-CAM (H, W) map of output ``target`` for x (1, 1, H, W), one call at a time."""
+        with self._compute_lock:
+            return self.gradcam.attribute(x, target)
 
     def target_index(self, target: str | None, predictions: dict[str, float]) -> tuple[str, int]:
         """(name, output index) of the requested target, or of the top prediction."""
@@ -290,12 +300,12 @@ class Pipeline:
 
         if "gradcam" in options.maps:
             with _timed(explanation, "gradcam"):
-                explanation.gradcam = self.gradcam.attribute(x, explanation.target_index)
+                explanation.gradcam = self.gradcam_map(x, explanation.target_index)
                 explanation.files["gradcam"] = render.write_overlay(
                     out_dir / FILE_NAMES["gradcam"], image.pixels, explanation.gradcam, title="Grad-CAM")
             yield _at(explanation, "gradcam")
 
-        with _timed(explanation, "latent_shift"):
+        with _timed(explanation, "latent_shift"), self._compute_lock:
             shift = self.explainer.attribute(
                 x, explanation.target_index, lambda_range=options.lambda_range, step_size=options.step_size,
                 frames=int(options.frames), direction=options.direction, pred_diff=options.pred_diff,
@@ -308,7 +318,7 @@ class Pipeline:
         yield _at(explanation, "latent_shift")
 
         if "integrated_gradients" in options.maps:
-            with _timed(explanation, "integrated_gradients"):
+            with _timed(explanation, "integrated_gradients"), self._compute_lock:
                 method = (IntegratedGradientsMap(self.classifier) if options.ig_steps is None
                           else IntegratedGradientsMap(self.classifier, n_steps=int(options.ig_steps)))
                 result = method.attribute(x, explanation.target_index)

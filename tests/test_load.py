@@ -101,16 +101,6 @@ def test_app_serving_limits_are_the_documented_ones():
     assert f"delete_cache={tuple(app.DELETE_CACHE)}" in limits
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Grad-CAM (captum LayerGradCam) hooks the classifier's layer for the whole call and holds "
-    "attribution._layer_lock, but Pipeline.predict runs the same classifier without that lock: a "
-    "prediction on another thread (the app runs /predict and /explain under different concurrency "
-    "ids, so one upload's prediction can overlap another user's explanation) overwrites the hooked "
-    "activations and Grad-CAM fails with 'The differentiated Tensor ... appears to not have been used "
-    "in the graph' (67 of 2385 Grad-CAM calls in an 8 s free-running race on the tiny models). "
-    "Fix in latentshift/pipeline.py, Pipeline.predict: run the forward pass under the same lock, "
-    "`with _layer_lock(self.gradcam.layer), torch.inference_mode(): logits = self.classifier(...)[0]` "
-    "(import _layer_lock from .attribution, or make it public there)."))
 def test_a_prediction_during_gradcam_does_not_break_the_explanation(tmp_path):
     """Deterministic interleaving: Grad-CAM pauses inside its forward pass while another thread predicts."""
     pipeline = Pipeline.get(manifest_path=str(write_tiny_manifest(tmp_path)))
@@ -134,7 +124,7 @@ def test_a_prediction_during_gradcam_does_not_break_the_explanation(tmp_path):
     handle = head.register_forward_pre_hook(pause_inside_gradcam)
     try:
         other.start()
-        result = pipeline.gradcam.attribute(image.tensor(), 0)
+        result = pipeline.gradcam_map(image.tensor(), 0)
     finally:
         handle.remove()
         other.join(timeout=30)
