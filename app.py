@@ -579,7 +579,10 @@ def launch(demo: gr.Blocks, **overrides):
 
 def main(command_line: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = build_demo()
+    try:
+        demo = build_demo()
+    except LatentShiftError as exc:
+        raise SystemExit(f"cannot start the app: {exc}") from None
     launch(demo, server_name=command_line.host, server_port=command_line.port, share=command_line.share,
            root_path=command_line.root_path)
 
