@@ -54,7 +54,7 @@ AE_ID = "demo-autoencoder"
 CLF_ID = "demo-pneumonia-classifier"
 AE_KWARGS = {"latent_channels": 16, "widths": [16, 32, 64, 128]}
 CLF_KWARGS = {"widths": [16, 32, 64, 96, 128], "dropout": 0.2}
-DEFAULT_EPOCHS = {"autoencoder": 12, "classifier": 16}
+DEFAULT_EPOCHS = {"autoencoder": 10, "classifier": 12}
 
 
 # --------------------------------------------------------------------------- data

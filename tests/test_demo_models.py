@@ -1,0 +1,116 @@
+"""The embedded demo models: shipped files, loading, output shapes, a tiny training run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from latentshift import train
+from latentshift.weights import Manifest, load_model, sha256_of
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
+IDS = {"autoencoder": train.AE_ID, "classifier": train.CLF_ID}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return Manifest.load(REPO / "weights_manifest.json")
+
+
+@pytest.mark.parametrize("kind", ["autoencoder", "classifier"])
+def test_shipped_files_match_manifest(manifest, kind):
+    entry = manifest.get(IDS[kind], kind)
+    assert entry.embedded_default
+    assert entry.format == "safetensors" and entry.source_type == "file"
+    path = REPO / entry.source["path"]
+    assert path.is_file()
+    assert path.stat().st_size == entry.size
+    assert sha256_of(path) == entry.sha256
+    assert manifest.default(kind).id == entry.id
+    card = REPO / entry.info["model_card"]
+    assert card.is_file() and "not for clinical use" in card.read_text(encoding="utf-8")
+    metrics = json.loads((path.parent / f"{entry.id}.metrics.json").read_text(encoding="utf-8"))
+    assert metrics["id"] == entry.id
+
+
+def test_shipped_weights_total_size(manifest):
+    total = sum(manifest.get(i).size for i in IDS.values())
+    assert total <= 25 * 1024 * 1024
+
+
+def test_classifier_loads_and_returns_logits(manifest):
+    model = load_model(manifest.get(train.CLF_ID, "classifier"))
+    assert model.pathologies == ["Pneumonia"]
+    assert len(model.thresholds) == 1 and 0.0 < model.thresholds[0] < 1.0
+    assert model.resolution == 224 and tuple(model.input_range) == (-1024.0, 1024.0)
+    assert isinstance(model.gradcam_layer, torch.nn.Module)
+    x = torch.linspace(-1024, 1024, 2 * 224 * 224).reshape(2, 1, 224, 224)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 1) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_autoencoder_loads_and_reconstructs(manifest):
+    model = load_model(manifest.get(train.AE_ID, "autoencoder"))
+    assert model.resolution == 224 and tuple(model.input_range) == (-1024.0, 1024.0)
+    x = torch.linspace(-1024, 1024, 2 * 224 * 224).reshape(2, 1, 224, 224)
+    with torch.no_grad():
+        z = model.encode(x)
+        rec = model.decode(z)
+    assert z.shape == (2, 16, 14, 14)
+    assert rec.shape == (2, 1, 224, 224) and torch.isfinite(rec).all()
+
+
+def test_latent_gradient_reaches_the_latent(manifest):
+    """The classifier's gradient flows through the decoder into z (Latent Shift needs it)."""
+    ae = load_model(manifest.get(train.AE_ID, "autoencoder"))
+    clf = load_model(manifest.get(train.CLF_ID, "classifier"))
+    z = ae.encode(torch.zeros(1, 1, 224, 224)).clone().requires_grad_(True)
+    torch.sigmoid(clf(ae.decode(z)))[0, 0].backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+
+
+def test_cli_registers_the_training_commands():
+    from latentshift import cli
+
+    assert "latentshift.train" in cli.COMMAND_MODULES
+
+
+def test_metrics_helpers():
+    assert train.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert train.roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    t = train.youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9])
+    assert 0.2 < t < 0.7
+    r = train.binary_report([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.3], 0.5)
+    assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (1, 1, 1, 1)
+
+
+@pytest.mark.skipif(not (DATA / "labels.csv").is_file(),
+                    reason=f"chest X-ray data folder not found at {DATA} (checkout beside shared/)")
+@pytest.mark.parametrize("kind", ["autoencoder", "classifier"])
+def test_tiny_training_run_end_to_end(tmp_path, kind):
+    parser = argparse.ArgumentParser()
+    train.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", kind, "--data", str(DATA), "--out", str(tmp_path),
+                              "--epochs", "1", "--limit", "2", "--batch-size", "2", "--seed", "1"])
+    assert args.func(args) == 0
+    model_id = IDS[kind]
+    weights = tmp_path / f"{model_id}.safetensors"
+    metrics = json.loads((tmp_path / f"{model_id}.metrics.json").read_text(encoding="utf-8"))
+    assert weights.is_file() and weights.stat().st_size > 0
+    assert metrics["id"] == model_id and len(metrics["history"]) == 1
+    from safetensors.torch import load_file
+
+    from latentshift.models import build_architecture
+
+    kwargs = dict(train.AE_KWARGS if kind == "autoencoder" else train.CLF_KWARGS)
+    if kind == "classifier":
+        kwargs["labels"] = ["Pneumonia"]
+    model = build_architecture("demo-" + kind, **kwargs)
+    model.load_state_dict(load_file(str(weights)), strict=True)
