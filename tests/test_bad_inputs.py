@@ -101,11 +101,6 @@ def test_cli_gives_a_result_or_one_line(case, manifest, tmp_path, monkeypatch, c
         assert not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.main configures logging at INFO, so a real run prints 'INFO latentshift.weights: loading ...' "
-    "and 'INFO latentshift.imaging: image refused: ...' on stderr before the 'error:' line "
-    "(in-process tests do not see it because pytest's log handlers make basicConfig a no-op). "
-    "Fix in latentshift/cli.py: logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, ...)"))
 def test_real_cli_process_prints_exactly_one_line_for_a_bad_image(tmp_path):
     bad = tmp_path / "upload.png"
     bad.write_text("not an image")
