@@ -85,9 +85,10 @@ RANGE_AUTOMATIC = "Automatic search"
 RANGE_MANUAL = "Manual λ range"
 DIRECTIONS = [("Both", "both"), ("Curtail (fade)", "curtail"), ("Exaggerate", "exaggerate")]
 
-# Defaults of the controls: the library's. Measured on 2 shared CPU cores with the demo models,
-# 12 instead of 16 frames or 16 instead of 32 IG steps saved no noticeable time (the λ search
-# dominates), while 32 IG steps keep the convergence delta low (see latentshift.attribution).
+# Defaults of the controls: the library's (16 frames, 32 IG steps). With the demo models a whole
+# run took 5-7 s from the click on 2 CPU cores (the λ search dominates); Integrated Gradients
+# comes last, after the GIF is shown, and 32 steps keep its convergence delta low (see
+# latentshift.attribution), so the app does not trade its accuracy for a second or two.
 PIPELINE_DEFAULTS = ExplainOptions()
 DEFAULT_FRAMES = PIPELINE_DEFAULTS.frames
 
