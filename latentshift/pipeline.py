@@ -214,11 +214,17 @@ class Pipeline:
     @classmethod
     def get(cls, classifier_id: str | None = None, autoencoder_id: str | None = None,
             device: str = "cpu", manifest_path: str | None = None) -> "Pipeline":
-        """The cached pipeline for this pair (built on first use)."""
-        key = (classifier_id, autoencoder_id, str(device), manifest_path)
+        """The cached pipeline for this pair (built on first use).
+
+        ``None`` means the embedded default, so ``get()`` and ``get(default ids)`` are one
+        pipeline. A pair that fell back to the default keeps its own entry (and warnings).
+        """
         with cls._lock:
+            manifest = Manifest.load(manifest_path)
+            classifier_id = classifier_id or manifest.default("classifier").id
+            autoencoder_id = autoencoder_id or manifest.default("autoencoder").id
+            key = (classifier_id, autoencoder_id, str(device), manifest_path)
             if key not in cls._cache:
-                manifest = Manifest.load(manifest_path) if manifest_path else None
                 cls._cache[key] = cls(classifier_id, autoencoder_id, device, manifest)
             return cls._cache[key]
 
