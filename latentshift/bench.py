@@ -573,7 +573,7 @@ def run_side(job: SideJob) -> SideReport:
         torch.cuda.reset_peak_memory_stats(device)
 
     runner = REQUEST_RUNNERS[job.side]
-    repeats, outcome = [], None
+    repeats, floors, outcome = [], [], None
     with tempfile.TemporaryDirectory(prefix=f"bench-{job.side}-") as folder:
         for index in range(job.repeats):
             outcome = runner(classifier, autoencoder, x, pixels, job.target, job.settings, Path(folder), device)
@@ -581,12 +581,12 @@ def run_side(job: SideJob) -> SideReport:
             logger.info("%s %s %s repeat %d/%d: end to end %.2f s", job.models.name, job.side,
                         "search" if job.settings.lambda_range is None else "fixed", index + 1,
                         job.repeats, outcome.timings["end_to_end"])
-        floor = None
+            if job.side == "ours":  # right after the request, under the same machine load
+                floors.append(measure_floor(classifier, autoencoder, x, outcome.target_index,
+                                            outcome.lambdas, device))
+        floor = {key: statistics.median(f[key] for f in floors) for key in floors[0]} if floors else None
         profile_table = None
         if job.side == "ours":
-            floors = [measure_floor(classifier, autoencoder, x, outcome.target_index, outcome.lambdas, device)
-                      for _ in range(job.repeats)]
-            floor = {key: statistics.median(f[key] for f in floors) for key in floors[0]}
             if job.profile:
                 profile_table = profile_request(runner, classifier, autoencoder, x, pixels, job, Path(folder),
                                                 device)
@@ -814,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
     parser.add_argument("--thread-counts", default=None,
                         help="also time our side of the xrv models at these thread counts, e.g. 1,2")
+    parser.add_argument("--skip-comparison", action="store_true",
+                        help="only the extra measurements (--thread-counts, --profile, --app)")
     parser.add_argument("--app", action="store_true", help="also time Pipeline.explain with the demo models")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler table of one of our xrv requests (search mode)")
@@ -860,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         if xrv is not None:
             sources.append(xrv)
 
-        for source in sources:
+        for source in [] if args.skip_comparison else sources:
             for mode in modes:
                 comparison = compare(source, settings_by_mode[mode], profile=False, **common)
                 print(comparison.table() + "\n", flush=True)
