@@ -8,7 +8,7 @@ from latentshift import bench
 from latentshift.shift import LatentShift
 from tiny_models import LinearAutoencoder, LinearClassifier, write_tiny_manifest
 
-TINY_SETTINGS = dict(frames=6, ig_steps=4, step_size=10.0)
+TINY_SETTINGS = dict(frames=4, ig_steps=2, step_size=10.0)
 
 
 @pytest.fixture(scope="module")
