@@ -17,6 +17,8 @@ import functools
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -125,6 +127,25 @@ Grad-CAM and Integrated Gradients maps. Paper: [Cohen et al., MIDL 2021](https:/
 DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The default models are small "
               "models trained for this demo; do not use the predictions or images for diagnosis. "
               "Uploads are processed on this server and deleted within about an hour.")
+
+
+class XrayUpload(gr.Image):
+    """The upload box: a ``gr.Image`` that hands any uploaded file on to the pipeline.
+
+    ``gr.Image`` opens every upload with Pillow before the handler runs, so an empty file,
+    a text file, a DICOM or a decompression bomb would end as a bare "Error" on the page.
+    Passing the (already size-checked, cached) path on lets ``load_xray`` say what is wrong.
+    """
+
+    is_template = True  # rendered by the front end as a plain Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:  # noqa: BLE001 - whatever Pillow raises, the imaging layer explains it
+            return None if payload is None else str(payload.path)
 
 
 class RunFolders:
@@ -338,7 +359,7 @@ def build_demo() -> gr.Blocks:
         with gr.Row(equal_height=False):
             # ---------------------------------------------------------------- inputs
             with gr.Column(scale=2, min_width=320):
-                image_input = gr.Image(
+                image_input = XrayUpload(
                     label="Chest X-ray (PNG or JPEG; 16-bit PNGs keep their depth)", type="filepath",
                     image_mode=None, sources=["upload", "clipboard"], height=300,
                     buttons=["fullscreen"])
@@ -580,6 +601,8 @@ def launch(demo: gr.Blocks, **overrides):
 
 def main(command_line: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A stop from the host (SIGTERM) exits like Ctrl-C, so the run folders are deleted at exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         demo = build_demo()
     except LatentShiftError as exc:

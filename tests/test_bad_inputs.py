@@ -247,15 +247,6 @@ def test_app_upload_name_with_path_separators_stays_in_the_cache(served, client,
 
 
 @needs_app
-@pytest.mark.xfail(strict=True, reason=(
-    "The upload box is gr.Image(type='filepath', image_mode=None), whose preprocess opens every upload "
-    "with PIL.Image.open before the app's handler runs: an empty file, a text file named .png, a DICOM "
-    "or a decompression bomb dropped on it raises UnidentifiedImageError/DecompressionBombError inside "
-    "Gradio, which the page shows as a bare 'Error' (show_error=False), not the imaging message. Fix in "
-    "app.py: a gr.Image subclass for the input whose preprocess falls back to the uploaded file's path, "
-    "`def preprocess(self, payload): try: return super().preprocess(payload) except gr.Error: raise "
-    "except Exception: return None if payload is None else str(payload.path)`, so load_xray in the handler "
-    "gives the message (the path has already been checked and moved into Gradio's cache by then)."))
 def test_ui_upload_box_lets_the_imaging_message_through(served, corpus):
     """What the browser's upload box does with each refused case: pass the file on, or a gr.Error."""
     import gradio as gr
