@@ -18,7 +18,10 @@ once as uint8 tensors; pixel p in 0..255 becomes p/255·2048 − 1024.
   (``skimage.metrics.structural_similarity`` on [0, 1] images).
 * classifier: Kermany only, normal (0) vs pneumonia (1), class-weighted BCE,
   augmentation with random affine (rotation, scale, shift), brightness, contrast,
-  gamma and blur, so that global intensity and borders carry no label information.
+  gamma and blur, so that global intensity and borders carry no label information;
+  half of the training images are replaced by their demo-autoencoder reconstructions
+  (train the autoencoder first) so the classifier reads the decoded frames of Latent
+  Shift like real images.
   The epoch with the best validation AUC is kept; the decision threshold maximises
   Youden's J (sensitivity + specificity − 1) on the *validation* split. NIH images
   (never used for training) give an out-of-domain report: NIH pneumonia vs all other
@@ -436,13 +439,49 @@ def nih_report(model: nn.Module, data: CXRData, threshold: float, device="cpu",
     return report
 
 
+@torch.no_grad()
+def reconstruct_uint8(ae: nn.Module, u8: torch.Tensor, device="cpu", batch_size: int = 16) -> torch.Tensor:
+    """AE reconstructions of uint8 images, rounded back to uint8 (N, H, W)."""
+    ae.eval()
+    out = []
+    for start in range(0, len(u8), batch_size):
+        x = to_model_range(u8[start:start + batch_size]).to(device)
+        rec = from_model_range(ae.decode(ae.encode(x))).cpu()
+        out.append((rec[:, 0] * 255.0).round().to(torch.uint8))
+    return torch.cat(out) if out else u8.clone()
+
+
+def load_demo_autoencoder(path: str | os.PathLike) -> nn.Module:
+    """The demo autoencoder from a safetensors file written by ``train autoencoder``."""
+    from safetensors.torch import load_file
+
+    from .demo_models import DemoAutoencoder
+
+    ae = DemoAutoencoder(**AE_KWARGS)
+    ae.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    return ae.eval()
+
+
 def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str = "cpu", seed: int = 0,
                      limit: int | None = None, batch_size: int = 32, lr: float = 2e-3,
-                     weight_decay: float = 1e-4) -> dict:
+                     weight_decay: float = 1e-4, autoencoder: nn.Module | None = None,
+                     recon_prob: float = 0.5) -> dict:
+    """Train the pneumonia classifier (see the module docstring).
+
+    With ``autoencoder``, each training image is replaced by its (precomputed)
+    reconstruction with probability ``recon_prob``, before augmentation: Latent Shift
+    classifies decoded frames, and a classifier that never saw the autoencoder's
+    smoothing reads it as haziness (opacity), shifting every frame towards pneumonia.
+    """
     from .demo_models import DemoClassifier
 
     gen = _seed_everything(seed)
     train_idx, train_y = _kermany_xy(data, "train", limit)
+    recon = None
+    if autoencoder is not None and recon_prob > 0:
+        t_rec = time.time()
+        recon = dict(zip(train_idx, reconstruct_uint8(autoencoder.to(device), data.images[train_idx], device)))
+        logger.info("precomputed %d reconstructions in %.0f s", len(recon), time.time() - t_rec)
     val_idx, val_y = _kermany_xy(data, "val", limit)
     test_idx, test_y = _kermany_xy(data, "test", limit)
     n_pos, n_neg = sum(train_y), len(train_y) - sum(train_y)
@@ -465,7 +504,11 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
         total, count = 0.0, 0
         batches = _batches(train_idx, batch_size, gen, drop_last=True)
         for batch in _progress(batches, f"clf epoch {epoch}/{epochs}", len(batches)):
-            x = augment_classifier(data.images[batch], gen).to(device)
+            u8 = data.images[batch]
+            if recon is not None:
+                use = (torch.rand(len(batch), generator=gen) < recon_prob).tolist()
+                u8 = torch.stack([recon[i] if r else u8[k] for k, (i, r) in enumerate(zip(batch, use))])
+            x = augment_classifier(u8, gen).to(device)
             y = torch.tensor([[float(label_of[i])] for i in batch], device=device)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -504,11 +547,19 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
                    "loss": "BCE with pos_weight = n_normal / n_pneumonia",
                    "augmentation": "affine (rot 10 deg, scale 0.9-1.15, shift 6%), contrast 25%, "
                                    "brightness 10%, gamma 0.7-1.4, blur p=1/3",
+                   "autoencoder_reconstructions": (f"each training image replaced by its demo-autoencoder "
+                                                   f"reconstruction with p={recon_prob}" if recon is not None
+                                                   else "none"),
                    "limit": limit, "device": device},
         "data": {"train": len(train_idx), "train_pneumonia": n_pos, "train_normal": n_neg,
                  "val": len(val_idx), "test": len(test_idx), "source": "kermany only"},
         "val": binary_report(val_y, val_probs, threshold),
         "test": binary_report(test_y, test_probs, threshold),
+        **({"val_on_reconstructions": binary_report(
+                val_y, predict_probs(model, data.images[val_idx], device, autoencoder=autoencoder), threshold),
+            "test_on_reconstructions": binary_report(
+                test_y, predict_probs(model, data.images[test_idx], device, autoencoder=autoencoder), threshold)}
+           if autoencoder is not None else {}),
         "nih_out_of_domain": nih_report(model, data, threshold, device, limit),
         "history": history, "train_time_s": round(train_time, 1), "torch": torch.__version__,
     }
@@ -539,7 +590,11 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
     for name, ids, direction in (("curtail_true_positives", tps, "curtail"),
                                  ("exaggerate_true_negatives", tns, "exaggerate")):
         hits, extremes, stops, saved, rec_crossed, changes = 0, [], {}, 0, 0, []
-        for i in ids:
+        t_dir = time.time()
+        for n_done, i in enumerate(ids):
+            if n_done and n_done % 10 == 0:
+                logger.info("latent shift %s: %d/%d images (%.1f s per image)", direction, n_done, len(ids),
+                            (time.time() - t_dir) / n_done)
             x = to_model_range(data.images[i:i + 1])
             res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05)
             lambdas = np.asarray(_as_numpy(res.lambdas), dtype=np.float64).reshape(-1)
@@ -562,7 +617,8 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
             if gif_dir is not None and saved < n_gifs // 2:
                 _save_explanation(res, x, threshold, gif_dir, f"{direction}-{Path(data.rows[i]['file']).stem}")
                 saved += 1
-        report[name] = {"n": len(ids), "success": hits, "share": hits / len(ids) if ids else float("nan"),
+        report[name] = {"seconds_per_image": (time.time() - t_dir) / len(ids) if ids else float("nan"),
+                        "n": len(ids), "success": hits, "share": hits / len(ids) if ids else float("nan"),
                         "median_extreme_pred": float(np.nanmedian(extremes)) if extremes else float("nan"),
                         "reconstruction_already_crossed": rec_crossed,
                         "median_pixel_change_at_end": float(np.median(changes)) if changes else float("nan"),
@@ -678,8 +734,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           limit=args.limit, batch_size=args.batch_size or 32)
     else:
         data = load_data(args.data, per_group=args.limit)  # NIH only for the out-of-domain report
+        ae = None
+        if args.autoencoder.lower() != "none":
+            if not Path(args.autoencoder).is_file():
+                raise LatentShiftError(f"autoencoder weights not found: {args.autoencoder} (train the "
+                                       "autoencoder first, or pass --autoencoder none)")
+            ae = load_demo_autoencoder(args.autoencoder)
         train_classifier(data, Path(args.out), epochs=epochs, device=args.device, seed=args.seed,
-                         limit=args.limit, batch_size=args.batch_size or 32)
+                         limit=args.limit, batch_size=args.batch_size or 32, autoencoder=ae)
     return 0
 
 
@@ -711,6 +773,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="use at most N images per split (quick test runs)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--autoencoder", default=str(REPO_ROOT / "weights" / f"{AE_ID}.safetensors"),
+                   help="classifier only: demo autoencoder weights whose reconstructions replace half of "
+                        "the training images ('none' to disable; default: the shipped demo autoencoder)")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("evaluate-models", help="recompute the demo models' figures from the shipped weights")
