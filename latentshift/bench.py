@@ -871,7 +871,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if xrv is not None and args.thread_counts:
             counts = [int(c) for c in args.thread_counts.split(",") if c.strip()]
-            table = thread_table(xrv, settings_by_mode[modes[-1]], counts, **{**common, "threads": None})
+            table = thread_table(xrv, settings_by_mode[modes[-1]], counts,
+                                 **{k: v for k, v in common.items() if k != "threads"})
             print(table + "\n", flush=True)
             outputs.append(table)
             record["thread_table"] = table
