@@ -35,6 +35,11 @@ HeatmapMode = Literal["int", "max", "mean", "mm"]
 DIRECTIONS = ("both", "curtail", "exaggerate")
 HEATMAP_MODES = ("int", "max", "mean", "mm")
 
+#: Ladder rungs per direction evaluated together at most: the batch doubles from
+#: ``search_batch`` up to this, so a long search needs few rounds while a batch rarely
+#: overshoots the stop by many rungs (each overshooting rung is a wasted decode).
+MAX_SEARCH_BATCH = 8
+
 #: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
 STOP_REASONS = {
     "pred_diff": "the prediction moved by at least pred_diff",
@@ -201,7 +206,8 @@ class LatentShift:
             heatmap: "int" (mean |Δ| of consecutive frames), "max"/"mean" (of |x0 − frame|),
                 "mm" (|first − last|).
             floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
-            search_batch: ladder rungs per direction evaluated in one batch (doubles each round).
+            search_batch: ladder rungs per direction in the first batch (doubles each round,
+                up to :data:`MAX_SEARCH_BATCH`).
         """
         self._check_options(x, target, lambda_range, step_size, frames, direction, pred_diff,
                             pixel_budget, max_lambda, heatmap, search_batch)
@@ -295,7 +301,7 @@ class LatentShift:
                     break
                 if not side_state.done and side_state.next_rung >= len(ladders[side]):
                     side_state.finish("max_lambda")
-            batch *= 2
+            batch = min(batch * 2, max(search_batch, MAX_SEARCH_BATCH))
         return ({side: s.last_lambda for side, s in state.items()},
                 {side: s.reason for side, s in state.items()})
 
