@@ -334,6 +334,16 @@ def _save(model: nn.Module, out_dir: Path, model_id: str, metrics: dict, metadat
     return path
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, sched, steps: int, loss: torch.Tensor) -> float:
+    """One optimiser step (and learning-rate schedule step, while it lasts); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched.last_epoch + 1 < steps:
+        sched.step()
+    return float(loss.detach())
+
+
 def _batches(indices: list[int], batch_size: int, gen: torch.Generator, drop_last: bool):
     perm = torch.randperm(len(indices), generator=gen).tolist()
     idx = [indices[i] for i in perm]
@@ -371,12 +381,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
             rec = model.decode(z)
             a, b = from_model_range(rec.clamp(-1100, 1100)), from_model_range(x)
             loss = (rec - x).abs().mean() / 1024.0 + ssim_weight * (1.0 - ssim_torch(a, b))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched.last_epoch + 1 < steps:
-                sched.step()
-            total += float(loss.detach()) * len(batch)
+            total += _optimizer_step(opt, sched, steps, loss) * len(batch)
             count += len(batch)
         val = reconstruction_report(model, data.images[val_idx], device)
         history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_mae": val["mae"],
@@ -511,12 +516,7 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
             x = augment_classifier(u8, gen).to(device)
             y = torch.tensor([[float(label_of[i])] for i in batch], device=device)
             loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched.last_epoch + 1 < steps:
-                sched.step()
-            total += float(loss.detach()) * len(batch)
+            total += _optimizer_step(opt, sched, steps, loss) * len(batch)
             count += len(batch)
         probs = predict_probs(model, data.images[val_idx], device)
         val_auc = roc_auc(val_y, probs)
