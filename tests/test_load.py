@@ -41,7 +41,7 @@ def wait_until(condition, timeout: float, interval: float = 0.5) -> bool:
 
 
 def test_loadtest_refuses_non_loopback_addresses(capsys):
-    for url in ("http://example.org:7860", "http://10.0.0.5:7860", "https://huggingface.co/spaces/x/y"):
+    for url in ("http://example.org:7860", "http://10.0.0.5:7860", "https://hub.example/spaces/x/y"):
         with pytest.raises(ValueError, match="loopback"):
             check_loopback(url)
     assert loadtest_main(["--url", "http://192.0.2.1:7860", "--clients", "1", "--requests", "1"]) == 2

@@ -144,7 +144,7 @@ def test_guard_catches_an_outbound_connection(monkeypatch):
     with pytest.raises(OSError):
         socket.create_connection(("192.0.2.1", 443), timeout=1)
     with pytest.raises(OSError):
-        socket.create_connection(("huggingface.co", 443), timeout=1)
+        socket.create_connection(("hub.example", 443), timeout=1)
     assert len(guard.attempts) == 2
 
 
