@@ -220,12 +220,15 @@ class Pipeline:
         pipeline. A pair that fell back to the default keeps its own entry (and warnings).
         """
         with cls._lock:
-            manifest = Manifest.load(manifest_path)
-            classifier_id = classifier_id or manifest.default("classifier").id
-            autoencoder_id = autoencoder_id or manifest.default("autoencoder").id
+            manifest = None
+            if not (classifier_id and autoencoder_id):  # the manifest names the defaults
+                manifest = Manifest.load(manifest_path)
+                classifier_id = classifier_id or manifest.default("classifier").id
+                autoencoder_id = autoencoder_id or manifest.default("autoencoder").id
             key = (classifier_id, autoencoder_id, str(device), manifest_path)
             if key not in cls._cache:
-                cls._cache[key] = cls(classifier_id, autoencoder_id, device, manifest)
+                cls._cache[key] = cls(classifier_id, autoencoder_id, device,
+                                      manifest or Manifest.load(manifest_path))
             return cls._cache[key]
 
     @property
