@@ -411,12 +411,13 @@ def build_demo() -> gr.Blocks:
                                                    interactive=False, height=250, buttons=["fullscreen"])
                 with gr.Row():
                     heatmap = gr.Image(label="Latent Shift heatmap", type="filepath", interactive=False,
-                                       height=320, buttons=["fullscreen"], elem_id="heatmap-map")
+                                       height=320, buttons=["fullscreen"], elem_id="heatmap-map",
+                                       show_label=False)  # the PNG carries its own title
                     gradcam = gr.Image(label="Grad-CAM", type="filepath", interactive=False, height=320,
-                                       buttons=["fullscreen"], elem_id="gradcam-map")
+                                       buttons=["fullscreen"], elem_id="gradcam-map", show_label=False)
                     integrated_gradients = gr.Image(label="Integrated Gradients", type="filepath",
                                                     interactive=False, height=320, buttons=["fullscreen"],
-                                                    elem_id="integrated-gradients-map")
+                                                    elem_id="integrated-gradients-map", show_label=False)
                 with gr.Row(equal_height=False):
                     before_after = gr.ImageSlider(label="Before / after (drag)", type="filepath",
                                                   interactive=False, max_height=300)
