@@ -470,15 +470,13 @@ def load_demo_autoencoder(path: str | os.PathLike) -> nn.Module:
 def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str = "cpu", seed: int = 0,
                      limit: int | None = None, batch_size: int = 32, lr: float = 2e-3,
                      weight_decay: float = 1e-4, autoencoder: nn.Module | None = None,
-                     recon_prob: float = 0.5, label_smoothing: float = 0.0) -> dict:
+                     recon_prob: float = 0.5) -> dict:
     """Train the pneumonia classifier (see the module docstring).
 
     With ``autoencoder``, each training image is replaced by its (precomputed)
     reconstruction with probability ``recon_prob``, before augmentation: Latent Shift
     classifies decoded frames, and a classifier that never saw the autoencoder's
     smoothing reads it as haziness (opacity), shifting every frame towards pneumonia.
-    ``label_smoothing`` ε trains towards ε/2 and 1 − ε/2 instead of 0 and 1 (a less
-    saturated classifier, whose prediction moves sooner along a latent shift).
     """
     from .demo_models import DemoClassifier
 
@@ -517,7 +515,6 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
                 u8 = torch.stack([recon[i] if r else u8[k] for k, (i, r) in enumerate(zip(batch, use))])
             x = augment_classifier(u8, gen).to(device)
             y = torch.tensor([[float(label_of[i])] for i in batch], device=device)
-            y = y * (1.0 - label_smoothing) + label_smoothing / 2
             loss = loss_fn(model(x), y)
             total += _optimizer_step(opt, sched, steps, loss) * len(batch)
             count += len(batch)
@@ -547,7 +544,7 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
         "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the Kermany validation split",
         "recipe": {"epochs": epochs, "best_epoch": best_epoch, "seed": seed, "batch_size": batch_size,
                    "lr": lr, "weight_decay": weight_decay, "optimizer": "AdamW + OneCycle",
-                   "loss": "BCE with pos_weight = n_normal / n_pneumonia", "label_smoothing": label_smoothing,
+                   "loss": "BCE with pos_weight = n_normal / n_pneumonia",
                    "augmentation": "affine (rot 10 deg, scale 0.9-1.15, shift 6%), contrast 25%, "
                                    "brightness 10%, gamma 0.7-1.4, blur p=1/3",
                    "autoencoder_reconstructions": (f"each training image replaced by its demo-autoencoder "
@@ -744,8 +741,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                        "autoencoder first, or pass --autoencoder none)")
             ae = load_demo_autoencoder(args.autoencoder)
         train_classifier(data, Path(args.out), epochs=epochs, device=args.device, seed=args.seed,
-                         limit=args.limit, batch_size=args.batch_size or 32, autoencoder=ae,
-                         label_smoothing=args.label_smoothing)
+                         limit=args.limit, batch_size=args.batch_size or 32, autoencoder=ae)
     return 0
 
 
@@ -780,8 +776,6 @@ def add_cli(subparsers) -> None:
     p.add_argument("--autoencoder", default=str(REPO_ROOT / "weights" / f"{AE_ID}.safetensors"),
                    help="classifier only: demo autoencoder weights whose reconstructions replace half of "
                         "the training images ('none' to disable; default: the shipped demo autoencoder)")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="classifier only: train towards ε/2 and 1 − ε/2 instead of 0 and 1 (default 0)")
     p.set_defaults(func=_cmd_train)
 
     e = subparsers.add_parser("evaluate-models", help="recompute the demo models' figures from the shipped weights")
