@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .imaging import to_display_uint8
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -95,11 +97,6 @@ def _check_probability(value: float | None, name: str) -> float | None:
     if not np.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
     return value
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Model range [-1024, 1024] -> uint8 display [0, 255]."""
-    return np.clip((x + 1024.0) / 2048.0 * 255.0, 0, 255).round().astype(np.uint8)
 
 
 def _prepare_path(path: str | os.PathLike) -> Path:
@@ -302,7 +299,7 @@ def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *,
     layout = _gif_layout(h, w, scale)
 
     def panel(img: np.ndarray) -> Image.Image:
-        im = Image.fromarray(_to_uint8(img))
+        im = Image.fromarray(to_display_uint8(img))
         if scale > 1:
             im = im.resize((w * scale, h * scale), Image.Resampling.NEAREST)
         return im.convert("RGB")
@@ -401,7 +398,7 @@ def overlay_array(image: Any, attribution_map: Any, *, cmap: str = "jet", alpha:
                        clip_percentile=clip_percentile)
     lut = _colormap_lut(cmap)
     colour = lut[np.round(m * 255).astype(np.int64)].astype(np.float64)
-    gray = _to_uint8(img).astype(np.float64)[..., None]
+    gray = to_display_uint8(img).astype(np.float64)[..., None]
     out = (1.0 - alpha) * gray + alpha * colour
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
@@ -525,6 +522,6 @@ def write_png(path: str | os.PathLike, image: Any) -> Path:
     """Write one model-range image (H, W) float in [-1024, 1024] as an 8-bit grayscale PNG."""
     img = _as_image(image, "image")
     path = _prepare_path(path)
-    Image.fromarray(_to_uint8(img)).save(path, format="PNG")
+    Image.fromarray(to_display_uint8(img)).save(path, format="PNG")
     logger.info("wrote PNG %s (%dx%d)", path, img.shape[1], img.shape[0])
     return path

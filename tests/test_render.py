@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from latentshift import render
+from latentshift.imaging import to_display_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def test_gif_order_and_input_panel(tmp_path, sweep):
     p = render.write_gif(tmp_path / "o.gif", frames, preds, lambdas, input_image=base,
                          target_name="Pneumonia", threshold=0.5)
     layout = render._gif_layout(H, W)
-    expected_input = render._to_uint8(base).astype(int)
+    expected_input = to_display_uint8(base).astype(int)
     with Image.open(p) as im:
         panels = []
         for i in range(im.n_frames):
@@ -110,7 +111,7 @@ def test_gif_order_and_input_panel(tmp_path, sweep):
     # palindrome: 0..19 then 18..1
     order = list(range(20)) + list(range(18, 0, -1))
     for k, i in enumerate(order):
-        expected = render._to_uint8(frames[i]).astype(int)
+        expected = to_display_uint8(frames[i]).astype(int)
         assert np.abs(panels[k] - expected).mean() < 1.5, (k, i)
 
 
@@ -186,7 +187,7 @@ def test_overlay_array_shape_and_known_corner():
     assert b > r + 40                 # elsewhere: blue end of jet
     # alpha = 0 shows the grayscale input unchanged
     plain = render.overlay_array(img, _corner_map(), alpha=0.0)
-    assert np.all(plain == render._to_uint8(img)[..., None])
+    assert np.all(plain == to_display_uint8(img)[..., None])
 
 
 def test_overlay_absolute_versus_positive_part():
@@ -259,7 +260,7 @@ def test_write_png_roundtrip(tmp_path):
             assert im.mode == "L" and im.size == (48, 32)
             arr = np.asarray(im)
         assert arr[0, 0] == 0 and arr[-1, -1] == 255
-        assert np.array_equal(arr, render._to_uint8(img))
+        assert np.array_equal(arr, to_display_uint8(img))
     with pytest.raises(ValueError, match="image must be one image"):
         render.write_png(tmp_path / "bad.png", np.zeros((2, 8, 8)))
 
