@@ -47,6 +47,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import LatentShiftError
+from .imaging import to_display_uint8
+from .render import write_gif
 
 logger = logging.getLogger(__name__)
 
@@ -597,9 +599,7 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
                             (time.time() - t_dir) / n_done)
             x = to_model_range(data.images[i:i + 1])
             res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05)
-            lambdas = np.asarray(_as_numpy(res.lambdas), dtype=np.float64).reshape(-1)
-            preds = np.asarray(_as_numpy(res.preds), dtype=np.float64).reshape(-1)
-            change = np.asarray(_as_numpy(res.pixel_change), dtype=np.float64).reshape(-1)
+            lambdas, preds, change = res.lambdas, res.preds, res.pixel_change
             side = (lambdas < 0 if direction == "curtail" else lambdas > 0) & (change <= 0.05 + 1e-9)
             # success needs a shifted frame (λ ≠ 0) within the pixel budget past the threshold
             if side.any():
@@ -612,8 +612,8 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
             rec_pred = float(res.reconstruction_pred)
             rec_crossed += int(rec_pred < threshold if direction == "curtail" else rec_pred >= threshold)
             changes.append(float(change[side].max()) if side.any() else 0.0)
-            for reason in _stop_reasons(res, direction):
-                stops[reason] = stops.get(reason, 0) + 1
+            reason = res.stop_reasons[direction]
+            stops[reason] = stops.get(reason, 0) + 1
             if gif_dir is not None and saved < n_gifs // 2:
                 _save_explanation(res, x, threshold, gif_dir, f"{direction}-{Path(data.rows[i]['file']).stem}")
                 saved += 1
@@ -626,37 +626,15 @@ def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_
     return report
 
 
-def _as_numpy(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _stop_reasons(res, direction):
-    reasons = getattr(res, "stop_reasons", None)
-    if isinstance(reasons, dict):
-        value = reasons.get(direction)
-        return [str(value)] if value is not None else []
-    if isinstance(reasons, (list, tuple)):
-        return [str(r) for r in reasons]
-    return [str(reasons)] if reasons is not None else []
-
-
 def _save_explanation(res, x: torch.Tensor, threshold: float, out_dir: Path, name: str) -> None:
     """A GIF through latentshift.render and a PNG strip of the frames (for looking at)."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = _as_numpy(res.frames).reshape(-1, 224, 224)
-    tiles = [np.clip((f + 1024.0) / 2048.0 * 255.0, 0, 255).astype(np.uint8) for f in frames]
+    tiles = [to_display_uint8(frame) for frame in res.frames[:, 0].numpy()]
     Image.fromarray(np.concatenate(tiles, axis=1)).save(out_dir / f"{name}.png")
-    try:
-        from .render import write_gif
-
-        write_gif(out_dir / f"{name}.gif", res.frames, res.preds, res.lambdas,
-                  input_image=x[0, 0].cpu().numpy(), target_name="Pneumonia", threshold=threshold)
-    except Exception as exc:  # the strip is enough to look at
-        logger.warning("no GIF for %s: %s", name, exc)
+    write_gif(out_dir / f"{name}.gif", res.frames, res.preds, res.lambdas,
+              input_image=x[0, 0].cpu().numpy(), target_name="Pneumonia", threshold=threshold)
 
 
 def evaluate_models(data_dir=None, device: str = "cpu", limit: int | None = None,
