@@ -57,9 +57,9 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cxr"
 DATA_ENV = "LATENTSHIFT_DATA"
 AE_ID = "demo-autoencoder"
 CLF_ID = "demo-pneumonia-classifier"
-AE_KWARGS = {"latent_channels": 16, "widths": [16, 32, 64, 128]}
+AE_KWARGS = {"latent_channels": 4, "widths": [16, 32, 64]}
 CLF_KWARGS = {"widths": [16, 32, 64, 96, 128], "dropout": 0.2}
-DEFAULT_EPOCHS = {"autoencoder": 10, "classifier": 12}
+DEFAULT_EPOCHS = {"autoencoder": 16, "classifier": 12}
 
 
 # --------------------------------------------------------------------------- data
@@ -355,14 +355,17 @@ def _batches(indices: list[int], batch_size: int, gen: torch.Generator, drop_las
 
 def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str = "cpu", seed: int = 0,
                       limit: int | None = None, batch_size: int = 32, lr: float = 1e-3,
-                      crop: int = 128, z_noise: float = 0.05, ssim_weight: float = 0.5) -> dict:
+                      crop: int = 128, z_noise: float = 0.05, ssim_weight: float = 0.5,
+                      architecture: dict | None = None) -> dict:
     from .demo_models import DemoAutoencoder
+
+    arch = dict(architecture or AE_KWARGS)
 
     gen = _seed_everything(seed)
     train_idx = limit_indices(data.select(split="train"), limit)
     val_idx = limit_indices(data.select(split="val"), limit)
     test_idx = limit_indices(data.select(split="test"), limit)
-    model = DemoAutoencoder(**AE_KWARGS).to(device)
+    model = DemoAutoencoder(**arch).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = max(1, epochs * len(_batches(train_idx, batch_size, torch.Generator(), True)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -400,7 +403,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
         z_shape = list(model.encode(torch.zeros(1, 1, 224, 224, device=device)).shape[1:])
     metrics = {
         "id": AE_ID, "kind": "autoencoder", "architecture": "demo-autoencoder",
-        "architecture_kwargs": AE_KWARGS, "latent_shape": z_shape,
+        "architecture_kwargs": arch, "latent_shape": z_shape,
         "parameters": sum(p.numel() for p in model.parameters()),
         "recipe": {"epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
                    "optimizer": "Adam + OneCycle", "crop": crop, "z_noise": z_noise,
@@ -413,7 +416,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
         "torch": torch.__version__,
     }
     logger.info("ae test: MAE %.1f (model units), SSIM %.4f", test["mae"], test["ssim"])
-    _save(model.cpu(), out_dir, AE_ID, metrics, {"architecture_kwargs": AE_KWARGS})
+    _save(model.cpu(), out_dir, AE_ID, metrics, {"architecture_kwargs": arch})
     return metrics
 
 
@@ -460,11 +463,15 @@ def reconstruct_uint8(ae: nn.Module, u8: torch.Tensor, device="cpu", batch_size:
 
 def load_demo_autoencoder(path: str | os.PathLike) -> nn.Module:
     """The demo autoencoder from a safetensors file written by ``train autoencoder``."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from .demo_models import DemoAutoencoder
 
-    ae = DemoAutoencoder(**AE_KWARGS)
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    kwargs = json.loads(metadata["architecture_kwargs"]) if "architecture_kwargs" in metadata else AE_KWARGS
+    ae = DemoAutoencoder(**kwargs)
     ae.load_state_dict(load_file(str(path), device="cpu"), strict=True)
     return ae.eval()
 

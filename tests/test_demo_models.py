@@ -63,7 +63,7 @@ def test_autoencoder_loads_and_reconstructs(manifest):
     with torch.no_grad():
         z = model.encode(x)
         rec = model.decode(z)
-    assert z.shape == (2, 16, 14, 14)
+    assert z.shape == (2, 4, 28, 28)
     assert rec.shape == (2, 1, 224, 224) and torch.isfinite(rec).all()
 
 
