@@ -272,17 +272,24 @@ def binary_report(y_true, probs, threshold: float) -> dict:
     }
 
 
+def _model_range_batches(u8: torch.Tensor, device, batch_size: int, autoencoder: nn.Module | None = None):
+    """Yield (x, reconstruction or None) per batch of uint8 images (N, H, W): x (B, 1, H, W) in
+    model range on ``device``; the autoencoder's reconstruction clamped to [-1024, 1024]."""
+    if autoencoder is not None:
+        autoencoder.eval()
+    for start in range(0, len(u8), batch_size):
+        x = to_model_range(u8[start:start + batch_size]).to(device)
+        rec = None if autoencoder is None else autoencoder.decode(autoencoder.encode(x)).clamp(-1024.0, 1024.0)
+        yield x, rec
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, u8: torch.Tensor, device="cpu", batch_size: int = 32,
                   autoencoder: nn.Module | None = None) -> np.ndarray:
     """Sigmoid of the first logit for uint8 images; optionally of their reconstructions."""
     model.eval()
-    out = []
-    for start in range(0, len(u8), batch_size):
-        x = to_model_range(u8[start:start + batch_size]).to(device)
-        if autoencoder is not None:
-            x = autoencoder.decode(autoencoder.encode(x)).clamp(-1024.0, 1024.0)
-        out.append(torch.sigmoid(model(x)[:, 0]).cpu())
+    out = [torch.sigmoid(model(x if rec is None else rec)[:, 0]).cpu()
+           for x, rec in _model_range_batches(u8, device, batch_size, autoencoder)]
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -291,11 +298,8 @@ def reconstruction_report(ae: nn.Module, u8: torch.Tensor, device="cpu", batch_s
     """MAE in model units and SSIM (skimage, [0, 1] images) of the reconstructions."""
     from skimage.metrics import structural_similarity
 
-    ae.eval()
     maes, ssims = [], []
-    for start in range(0, len(u8), batch_size):
-        x = to_model_range(u8[start:start + batch_size]).to(device)
-        rec = ae.decode(ae.encode(x)).clamp(-1024.0, 1024.0)
+    for x, rec in _model_range_batches(u8, device, batch_size, ae):
         maes.extend((rec - x).abs().mean(dim=(1, 2, 3)).cpu().tolist())
         a, b = from_model_range(x).cpu().numpy(), from_model_range(rec).cpu().numpy()
         for i in range(len(a)):
@@ -452,27 +456,24 @@ def nih_report(model: nn.Module, data: CXRData, threshold: float, device="cpu",
 @torch.no_grad()
 def reconstruct_uint8(ae: nn.Module, u8: torch.Tensor, device="cpu", batch_size: int = 16) -> torch.Tensor:
     """AE reconstructions of uint8 images, rounded back to uint8 (N, H, W)."""
-    ae.eval()
-    out = []
-    for start in range(0, len(u8), batch_size):
-        x = to_model_range(u8[start:start + batch_size]).to(device)
-        rec = from_model_range(ae.decode(ae.encode(x))).cpu()
-        out.append((rec[:, 0] * 255.0).round().to(torch.uint8))
+    out = [(from_model_range(rec).cpu()[:, 0] * 255.0).round().to(torch.uint8)
+           for _, rec in _model_range_batches(u8, device, batch_size, ae)]
     return torch.cat(out) if out else u8.clone()
 
 
 def load_demo_autoencoder(path: str | os.PathLike) -> nn.Module:
-    """The demo autoencoder from a safetensors file written by ``train autoencoder``."""
+    """The demo autoencoder from a safetensors file written by ``train autoencoder``
+    (its architecture arguments are in the file's metadata)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    from .demo_models import DemoAutoencoder
+    from .models import build_architecture
+    from .weights import read_state_dict
 
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
     kwargs = json.loads(metadata["architecture_kwargs"]) if "architecture_kwargs" in metadata else AE_KWARGS
-    ae = DemoAutoencoder(**kwargs)
-    ae.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    ae = build_architecture("demo-autoencoder", **kwargs)
+    ae.load_state_dict(read_state_dict(Path(path), "safetensors"), strict=True)
     return ae.eval()
 
 
