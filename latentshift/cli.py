@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m latentshift",
         description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log progress (-v) or debug messages (-vv); by default only warnings")
+                        help="log progress (-v) or debug messages (-vv); by default only warnings "
+                             "(train and evaluate-models log progress by default)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_cli(subparsers)
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    levels = {0: logging.WARNING, 1: logging.INFO}
+    quiet = getattr(args, "default_log_level", logging.WARNING)  # long commands log progress by default
+    levels = {0: quiet, 1: min(quiet, logging.INFO)}
     logging.basicConfig(level=levels.get(args.verbose, logging.DEBUG),
                         format="%(levelname)s %(name)s: %(message)s")
     try:

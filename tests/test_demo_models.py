@@ -82,6 +82,17 @@ def test_cli_registers_the_training_commands():
     assert "latentshift.train" in cli.COMMAND_MODULES
 
 
+def test_training_commands_log_progress_by_default():
+    import logging
+
+    from latentshift import cli
+
+    parser = cli.build_parser()
+    for argv in (["train", "classifier"], ["train", "autoencoder"], ["evaluate-models"]):
+        assert parser.parse_args(argv).default_log_level == logging.INFO  # loss per epoch without -v
+    assert not hasattr(parser.parse_args(["explain", "x.png", "--out", "out"]), "default_log_level")  # one-line errors stay quiet
+
+
 def test_metrics_helpers():
     assert train.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
     assert train.roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
@@ -91,20 +102,59 @@ def test_metrics_helpers():
     assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (1, 1, 1, 1)
 
 
+def test_mixup_blends_images_and_labels_alike():
+    # each image is constant and equal to its label, so a correct blend keeps image == label
+    labels = torch.tensor([[0.0], [1.0], [0.0], [1.0], [1.0], [0.0]])
+    images = labels.view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
+    torch.manual_seed(0)
+    mixed, mixed_labels = train.mixup_batch(images, labels, 0.4, torch.Generator().manual_seed(0))
+    assert mixed.shape == images.shape and mixed_labels.shape == labels.shape
+    assert torch.allclose(mixed[:, 0, 0, 0], mixed_labels[:, 0], atol=1e-6)
+    assert torch.allclose(mixed.amax(dim=(1, 2, 3)), mixed.amin(dim=(1, 2, 3)))
+    assert ((mixed_labels > 0) & (mixed_labels < 1)).any()  # some pairs of unlike labels were blended
+    assert float(mixed_labels.min()) >= 0.0 and float(mixed_labels.max()) <= 1.0
+
+
+def test_training_rejects_a_negative_mixup(tmp_path):
+    with pytest.raises(train.LatentShiftError, match="mixup"):
+        train.train_classifier(None, tmp_path, epochs=1, mixup=-0.1)
+
+
+def test_candidate_choice_prefers_latent_shift_working_both_ways():
+    def run(curtail, exaggerate, auc):
+        return ({"val_curtail_share": curtail, "val_exaggerate_share": exaggerate, "val_auc": auc},)
+
+    one_sided, balanced, balanced_better_auc = run(0.95, 0.40, 0.99), run(0.80, 0.85, 0.97), run(0.80, 0.90, 0.98)
+    assert max([one_sided, balanced], key=train._candidate_score) is balanced
+    assert max([balanced, balanced_better_auc], key=train._candidate_score) is balanced_better_auc
+    assert train._candidate_score(run(float("nan"), 0.9, 0.9))[0] == 0.0  # no TPs on val counts as failure
+
+
+def test_choosing_candidates_needs_the_autoencoder(tmp_path):
+    with pytest.raises(train.LatentShiftError, match="autoencoder"):
+        train.train_classifier(None, tmp_path, epochs=1, candidates=2)
+
+
 @pytest.mark.skipif(not (DATA / "labels.csv").is_file(),
                     reason=f"chest X-ray data folder not found at {DATA} (checkout beside shared/)")
 @pytest.mark.parametrize("kind", ["autoencoder", "classifier"])
 def test_tiny_training_run_end_to_end(tmp_path, kind):
     parser = argparse.ArgumentParser()
     train.add_cli(parser.add_subparsers(dest="command"))
+    extra = ["--candidates", "2"] if kind == "classifier" else []  # two seeds, chosen on val
     args = parser.parse_args(["train", kind, "--data", str(DATA), "--out", str(tmp_path),
-                              "--epochs", "1", "--limit", "2", "--batch-size", "2", "--seed", "1"])
+                              "--epochs", "1", "--limit", "2", "--batch-size", "2", "--seed", "1", *extra])
     assert args.func(args) == 0
     model_id = IDS[kind]
     weights = tmp_path / f"{model_id}.safetensors"
     metrics = json.loads((tmp_path / f"{model_id}.metrics.json").read_text(encoding="utf-8"))
     assert weights.is_file() and weights.stat().st_size > 0
     assert metrics["id"] == model_id and len(metrics["history"]) == 1
+    if kind == "classifier":
+        tried = metrics["recipe"]["candidates"]
+        assert [c["seed"] for c in tried] == [1, 2] and metrics["recipe"]["seed"] in (1, 2)
+        best = max(tried, key=lambda c: train._candidate_score((c,)))
+        assert metrics["recipe"]["seed"] == best["seed"] and metrics["threshold"] == best["threshold"]
     from safetensors.torch import load_file
 
     from latentshift.models import build_architecture
