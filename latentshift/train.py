@@ -616,7 +616,7 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
         "threshold": threshold,
         "threshold_rule": "Youden's J (sensitivity + specificity - 1) maximised on the Kermany validation split",
         "recipe": {"epochs": epochs, "best_epoch": best_epoch, "seed": seed,
-                   "candidates": [r for r, *_ in runs] if candidates > 1 else "one run",
+                   "candidates": [r for r, *_ in runs],
                    "batch_size": batch_size,
                    "lr": lr, "weight_decay": weight_decay, "optimizer": "AdamW + OneCycle",
                    "loss": "BCE with pos_weight = n_normal / n_pneumonia",
@@ -659,15 +659,16 @@ def _candidate_score(run: tuple) -> tuple[float, float]:
 
 # ------------------------------------------------------------------- evaluation
 
-def _latent_shift_report(classifier, autoencoder, data: CXRData, test_idx, test_y, probs, threshold,
+def _latent_shift_report(classifier, autoencoder, data: CXRData, ids, labels, probs, threshold,
                          subset: int | None, gif_dir: Path | None, n_gifs: int) -> dict:
-    """Share of test TPs the curtail search brings below the threshold, and of TNs the
-    exaggerate search lifts above it, within a 5 % pixel budget."""
+    """Share of the true positives among ``ids`` (images of one split, with their ``labels``
+    and predicted ``probs``) that the curtail search brings below the threshold, and of the
+    true negatives the exaggerate search lifts above it, within a 5 % pixel budget."""
     from .shift import LatentShift
 
     explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
-    tps = [i for i, y, p in zip(test_idx, test_y, probs) if y == 1 and p >= threshold]
-    tns = [i for i, y, p in zip(test_idx, test_y, probs) if y == 0 and p < threshold]
+    tps = [i for i, y, p in zip(ids, labels, probs) if y == 1 and p >= threshold]
+    tns = [i for i, y, p in zip(ids, labels, probs) if y == 0 and p < threshold]
     if subset:
         rng = np.random.default_rng(0)
         tps = sorted(rng.choice(tps, min(subset, len(tps)), replace=False).tolist()) if tps else []
@@ -807,7 +808,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise LatentShiftError(f"autoencoder weights not found: {args.autoencoder} (train the "
                                        "autoencoder first, or pass --autoencoder none)")
             ae = load_demo_autoencoder(args.autoencoder)
-        candidates = args.candidates or (DEFAULT_CANDIDATES if ae is not None else 1)
+        candidates = args.candidates
+        if candidates is None:
+            candidates = DEFAULT_CANDIDATES if ae is not None else 1
         train_classifier(data, Path(args.out), epochs=epochs, device=args.device, seed=args.seed,
                          candidates=candidates, limit=args.limit, batch_size=args.batch_size or 32,
                          autoencoder=ae, mixup=args.mixup)
