@@ -27,9 +27,9 @@ once as uint8 tensors; pixel p in 0..255 becomes p/255·2048 − 1024.
   The epoch with the best validation AUC is kept; the decision threshold maximises
   Youden's J (sensitivity + specificity − 1) on the *validation* split. The command
   trains three seeds and keeps the one whose Latent Shift works best on the validation
-  split (seeds of the same recipe differ widely there); the test split decides nothing. NIH images
-  (never used for training) give an out-of-domain report: NIH pneumonia vs all other
-  NIH findings.
+  split (seeds of the same recipe differ widely there); the test split decides nothing.
+  NIH images (never used for training) give an out-of-domain report: NIH pneumonia vs
+  all other NIH findings.
 """
 
 from __future__ import annotations
@@ -206,8 +206,8 @@ def mixup_batch(x: torch.Tensor, y: torch.Tensor, alpha: float,
     """
     lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1)).to(x.device)
     partner = torch.randperm(x.shape[0], generator=gen).to(x.device)
-    return (lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner],
-            lam * y + (1 - lam) * y[partner])
+    weight = lam.view(-1, 1, 1, 1)
+    return weight * x + (1 - weight) * x[partner], lam * y + (1 - lam) * y[partner]
 
 
 def augment_autoencoder(u8: torch.Tensor, gen: torch.Generator, crop: int) -> torch.Tensor:
@@ -577,11 +577,13 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
     if candidates > 1 and autoencoder is None:
         raise LatentShiftError("choosing among several candidate classifiers needs the autoencoder "
                                "(their Latent Shift on the validation split decides)")
+    if autoencoder is not None:
+        autoencoder = autoencoder.to(device)
     train_idx, train_y = _kermany_xy(data, "train", limit)
     recon = None
     if autoencoder is not None and recon_prob > 0:
         t_rec = time.time()
-        recon = dict(zip(train_idx, reconstruct_uint8(autoencoder.to(device), data.images[train_idx], device)))
+        recon = dict(zip(train_idx, reconstruct_uint8(autoencoder, data.images[train_idx], device)))
         logger.info("precomputed %d reconstructions in %.0f s", len(recon), time.time() - t_rec)
     val_idx, val_y = _kermany_xy(data, "val", limit)
     test_idx, test_y = _kermany_xy(data, "test", limit)
@@ -597,7 +599,7 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
         run = {"seed": run_seed, "best_epoch": best_epoch, "threshold": threshold,
                "val_auc": roc_auc(val_y, val_probs), "train_time_s": round(fit_time, 1)}
         if candidates > 1:
-            shift = _latent_shift_report(model, autoencoder.to(device), data, val_idx, val_y, val_probs,
+            shift = _latent_shift_report(model, autoencoder, data, val_idx, val_y, val_probs,
                                          threshold, None, None, 0)
             run["val_curtail_share"] = shift["curtail_true_positives"]["share"]
             run["val_exaggerate_share"] = shift["exaggerate_true_negatives"]["share"]
