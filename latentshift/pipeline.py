@@ -1,12 +1,13 @@
-"""One call from an image to everything the app and the CLI show.
+"""One call from an image to everything the app and the CLI show (orchestration only).
 
-``Pipeline.get(classifier_id, autoencoder_id)`` loads (and caches) a pair of models from
-the manifest; ``pipeline.explain(image, options, out_dir)`` returns an
-:class:`Explanation`; ``pipeline.iter_explain`` yields the same object after each stage
-so a UI can show fast results first (predictions, Grad-CAM, then the GIF, then IG).
+``Pipeline.get(classifier_id, autoencoder_id)`` pairs two models of the model store (each
+model is loaded once, whatever it is paired with); ``Pipeline.from_models(classifier,
+autoencoder)`` wraps any two ``nn.Module`` that follow :mod:`latentshift.models.conventions`.
+``pipeline.explain(image, options, out_dir)`` returns an :class:`Explanation`;
+``pipeline.iter_explain`` yields the same object after each stage so a UI can show fast
+results first (predictions, Grad-CAM, then the GIF, then IG).
 
-Data flows one way: app/CLI -> pipeline -> core modules (shift, attribution, imaging,
-render, weights).
+Data flows one way: app/CLI -> pipeline -> core, io, models, weights.
 """
 
 from __future__ import annotations
@@ -14,26 +15,30 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from . import render
-from .attribution import GradCAM, IntegratedGradientsMap
+from .core.attribution import GradCAM, IntegratedGradientsMap
+from .core.shift import LatentShift, ShiftResult
 from .errors import OptionsError
-from .imaging import XrayImage, load_xray
-from .shift import DIRECTIONS, HEATMAP_MODES, LatentShift, ShiftResult
-from .weights import Manifest, load_model_or_default, model_status
+from .io import render
+from .io.imaging import XrayImage, load_xray
+from .options import ExplainOptions
+from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
+from .weights.store import LoadedModel, ModelStore
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("predict", "gradcam", "latent_shift", "integrated_gradients", "done")
-MAP_NAMES = ("gradcam", "integrated_gradients")
 #: Reconstruction error (mean |x − x̂| / 2048) above which an upload is probably not a
 #: chest X-ray, used when the autoencoder's manifest entry gives no ``ood_threshold``.
 DEFAULT_OOD_THRESHOLD = 0.08
@@ -60,51 +65,6 @@ class ModelChoice:
     available: bool
     reason: str
     is_default: bool
-
-
-@dataclass
-class ExplainOptions:
-    """What to explain and how (see :meth:`latentshift.shift.LatentShift.attribute`).
-
-    target: pathology name, or None for the top prediction. lambda_range: (λ_min, λ_max)
-    or None for the automatic search. frame_duration_ms: GIF time per frame.
-    ig_steps: Integrated-Gradients steps (None = the method's default).
-    """
-
-    target: str | None = None
-    step_size: float = 10.0
-    lambda_range: tuple[float, float] | None = None
-    frames: int = 16
-    direction: str = "both"
-    heatmap: str = "int"
-    frame_duration_ms: int = 100
-    maps: tuple[str, ...] = MAP_NAMES
-    ig_steps: int | None = None
-    pred_diff: float = 0.8
-    pixel_budget: float = 0.05
-    max_lambda: float = 3000.0
-
-    def validate(self) -> None:
-        """Raise :class:`OptionsError` naming the first bad option."""
-        if self.direction not in DIRECTIONS:
-            raise OptionsError(f"direction must be one of {', '.join(DIRECTIONS)}, not {self.direction!r}")
-        if self.heatmap not in HEATMAP_MODES:
-            raise OptionsError(f"heatmap must be one of {', '.join(HEATMAP_MODES)}, not {self.heatmap!r}")
-        if not 2 <= int(self.frames) <= 100:
-            raise OptionsError(f"frames must be between 2 and 100, not {self.frames}")
-        if not (math.isfinite(self.step_size) and self.step_size > 0):
-            raise OptionsError(f"step size must be a positive number, not {self.step_size}")
-        if not 10 <= int(self.frame_duration_ms) <= 5000:
-            raise OptionsError(f"GIF frame duration must be 10–5000 ms, not {self.frame_duration_ms}")
-        if self.lambda_range is not None:
-            low, high = (float(v) for v in self.lambda_range)
-            if not (math.isfinite(low) and math.isfinite(high)) or not low <= 0 <= high or low == high:
-                raise OptionsError(f"the λ range must have λ min ≤ 0 ≤ λ max and min < max, got ({low}, {high})")
-        unknown = [m for m in self.maps if m not in MAP_NAMES]
-        if unknown:
-            raise OptionsError(f"unknown map(s) {', '.join(unknown)}; choose from {', '.join(MAP_NAMES)}")
-        if self.ig_steps is not None and not 2 <= int(self.ig_steps) <= 512:
-            raise OptionsError(f"Integrated-Gradients steps must be 2–512, not {self.ig_steps}")
 
 
 @dataclass
@@ -175,23 +135,19 @@ def list_models(kind: str, manifest: Manifest | None = None) -> list[ModelChoice
 class Pipeline:
     """A classifier + autoencoder pair with the methods that explain it.
 
-    Use :meth:`get` (cached, thread-safe) rather than the constructor.
+    Use :meth:`get` (models from the manifest, through the model store) or
+    :meth:`from_models` (your own modules) rather than the constructor.
     """
 
-    _cache: dict[tuple, "Pipeline"] = {}
-    _lock = threading.Lock()
+    _stores: dict[tuple[str, str], ModelStore] = {}
+    _stores_lock = threading.Lock()
 
-    def __init__(self, classifier_id: str | None = None, autoencoder_id: str | None = None,
-                 device: str = "cpu", manifest: Manifest | None = None):
-        self.manifest = manifest or Manifest.load()
+    def __init__(self, classifier: LoadedModel, autoencoder: LoadedModel, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.warnings: list[str] = []
-        self.classifier, self.classifier_entry, warning = load_model_or_default(
-            self.manifest, classifier_id or self.manifest.default("classifier").id, "classifier", device=device)
-        self._note(warning)
-        self.autoencoder, self.autoencoder_entry, warning = load_model_or_default(
-            self.manifest, autoencoder_id or self.manifest.default("autoencoder").id, "autoencoder", device=device)
-        self._note(warning)
+        self.classifier_model, self.autoencoder_model = classifier, autoencoder
+        self.classifier, self.classifier_entry = classifier.model, classifier.entry
+        self.autoencoder, self.autoencoder_entry = autoencoder.model, autoencoder.entry
+        self.warnings = [w for w in (classifier.warning, autoencoder.warning) if w]
         if self.classifier_entry.resolution != self.autoencoder_entry.resolution:
             raise OptionsError(f"classifier {self.classifier_entry.id!r} works at "
                                f"{self.classifier_entry.resolution} px but autoencoder "
@@ -200,36 +156,70 @@ class Pipeline:
         self.explainer = LatentShift(self.classifier, self.autoencoder, apply_sigmoid=True)
         self.gradcam = GradCAM(self.classifier)
         self.ood_threshold = float(self.autoencoder_entry.info.get("ood_threshold", DEFAULT_OOD_THRESHOLD))
-        # One computation on these models at a time: Grad-CAM hooks a classifier layer for
-        # the length of its call, so a forward pass from another request (a prediction, a
-        # λ search) would overwrite the hooked activations. On a 2-core server the work is
-        # compute-bound anyway; requests queue here instead of competing for the cores.
-        self._compute_lock = threading.RLock()
 
-    def _note(self, warning: str | None) -> None:
-        if warning:
-            logger.warning("%s", warning)
-            self.warnings.append(warning)
+    @classmethod
+    def store(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None) -> ModelStore:
+        """The process's model store for this manifest and device (created on first use)."""
+        path = str(manifest_path or os.environ.get(MANIFEST_ENV) or "")
+        key = (path, str(torch.device(device)))
+        with cls._stores_lock:
+            if key not in cls._stores:
+                cls._stores[key] = ModelStore(Manifest.load(path or None), device)
+            return cls._stores[key]
 
     @classmethod
     def get(cls, classifier_id: str | None = None, autoencoder_id: str | None = None,
             device: str = "cpu", manifest_path: str | None = None) -> "Pipeline":
-        """The cached pipeline for this pair (built on first use).
+        """The pipeline of this pair; ``None`` means the embedded default.
 
-        ``None`` means the embedded default, so ``get()`` and ``get(default ids)`` are one
-        pipeline. A pair that fell back to the default keeps its own entry (and warnings).
+        A model that cannot be loaded here falls back to the embedded default of its kind,
+        and the pipeline's ``warnings`` say so.
         """
-        with cls._lock:
-            manifest = None
-            if not (classifier_id and autoencoder_id):  # the manifest names the defaults
-                manifest = Manifest.load(manifest_path)
-                classifier_id = classifier_id or manifest.default("classifier").id
-                autoencoder_id = autoencoder_id or manifest.default("autoencoder").id
-            key = (classifier_id, autoencoder_id, str(device), manifest_path)
-            if key not in cls._cache:
-                cls._cache[key] = cls(classifier_id, autoencoder_id, device,
-                                      manifest or Manifest.load(manifest_path))
-            return cls._cache[key]
+        store = cls.store(device, manifest_path)
+        return cls(store.get(classifier_id, "classifier"), store.get(autoencoder_id, "autoencoder"), device)
+
+    @classmethod
+    def from_models(cls, classifier: nn.Module, autoencoder: nn.Module, *, labels: Sequence[str] | None = None,
+                    thresholds: Sequence[float | None] | None = None, resolution: int = 224,
+                    device: str = "cpu") -> "Pipeline":
+        """A pipeline around your own models.
+
+        classifier: (N, 1, R, R) in [-1024, 1024] -> logits (N, C); ``labels`` (C names) or its
+        ``pathologies`` attribute name the outputs. autoencoder: ``encode``/``decode`` with
+        x̂ = decode(encode(x)) of x's shape and range. R = ``resolution``.
+        """
+        names = list(labels if labels is not None else getattr(classifier, "pathologies", []))
+        if not names:
+            raise OptionsError("name the classifier's outputs: pass labels=[...] or give it a pathologies list")
+        if not (hasattr(autoencoder, "encode") and hasattr(autoencoder, "decode")):
+            raise OptionsError("the autoencoder needs encode(x) -> z and decode(z) -> x̂ methods")
+        classifier.pathologies = names
+        if thresholds is not None:
+            classifier.thresholds = [math.nan if t is None else float(t) for t in thresholds]
+        entries = [ModelEntry(id=getattr(m, "model_id", f"user-{kind}"), kind=kind, architecture="user",
+                              source={"type": "module"}, labels=tuple(names) if kind == "classifier" else (),
+                              resolution=resolution) for m, kind in ((classifier, "classifier"),
+                                                                      (autoencoder, "autoencoder"))]
+        for model in (classifier, autoencoder):
+            model.eval().to(device)
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+        return cls(LoadedModel(classifier, entries[0]), LoadedModel(autoencoder, entries[1]), device)
+
+    @contextmanager
+    def _computing(self, *, autoencoder: bool = True):
+        """Hold the models' locks (classifier first, always) for one computation.
+
+        Grad-CAM hooks a classifier layer for the length of its call, so a forward pass of
+        another request would overwrite the hooked activations; on a 2-core server the work is
+        compute-bound anyway, so requests for the same model queue here.
+        """
+        with self.classifier_model.lock:
+            if autoencoder:
+                with self.autoencoder_model.lock:
+                    yield
+            else:
+                yield
 
     @property
     def classifier_id(self) -> str:
@@ -256,15 +246,15 @@ class Pipeline:
 
     def predict(self, image: XrayImage) -> dict[str, float]:
         """Pathology name -> probability (σ of the classifier's logit) for the image."""
-        with self._compute_lock, torch.inference_mode():
+        with self._computing(autoencoder=False), torch.inference_mode():
             logits = self.classifier(image.tensor(self.device))[0]
         probabilities = torch.sigmoid(logits).cpu().tolist()
         return {name: float(p) for name, p in zip(self.classifier.pathologies, probabilities) if name}
 
     def gradcam_map(self, x: torch.Tensor, target: int) -> np.ndarray:
         """Grad-CAM (H, W) map of output ``target`` for x (1, 1, H, W), one call at a time."""
-        with self._compute_lock:
-            return self.gradcam.attribute(x, target)
+        with self._computing(autoencoder=False):
+            return self.gradcam.attribute(x, target).map
 
     def target_index(self, target: str | None, predictions: dict[str, float]) -> tuple[str, int]:
         """(name, output index) of the requested target, or of the top prediction."""
@@ -314,11 +304,8 @@ class Pipeline:
                     out_dir / FILE_NAMES["gradcam"], image.pixels, explanation.gradcam, title="Grad-CAM")
             yield _at(explanation, "gradcam")
 
-        with _timed(explanation, "latent_shift"), self._compute_lock:
-            shift = self.explainer.attribute(
-                x, explanation.target_index, lambda_range=options.lambda_range, step_size=options.step_size,
-                frames=int(options.frames), direction=options.direction, pred_diff=options.pred_diff,
-                pixel_budget=options.pixel_budget, max_lambda=options.max_lambda, heatmap=options.heatmap)
+        with _timed(explanation, "latent_shift"), self._computing():
+            shift = self.explainer.attribute(x, explanation.target_index, **options.shift_kwargs())
             explanation.shift = shift
             self._check_reconstruction(explanation)
             self._note_degenerate_range(explanation)
@@ -327,9 +314,8 @@ class Pipeline:
         yield _at(explanation, "latent_shift")
 
         if "integrated_gradients" in options.maps:
-            with _timed(explanation, "integrated_gradients"), self._compute_lock:
-                method = (IntegratedGradientsMap(self.classifier) if options.ig_steps is None
-                          else IntegratedGradientsMap(self.classifier, n_steps=int(options.ig_steps)))
+            with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
+                method = IntegratedGradientsMap(self.classifier, n_steps=int(options.ig_steps))
                 result = method.attribute(x, explanation.target_index)
                 explanation.integrated_gradients = result.map
                 explanation.ig_convergence_delta = float(result.convergence_delta)

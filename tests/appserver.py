@@ -1,7 +1,7 @@
 """Launch the Gradio app in-process on 127.0.0.1 for tests, with tiny models and small settings.
 
 ``serve_app(folder)`` is a context manager yielding an :class:`AppUnderTest` (url, the demo,
-the app module, the Gradio cache folder). Settings are module constants of ``app.py``
+the app module, the Gradio cache folder). Settings are module constants of ``latentshift.app.serving``
 patched for the duration (queue size, delete_cache) plus ``launch`` overrides
 (max_file_size); the environment is restored afterwards.
 """
@@ -46,7 +46,7 @@ def free_port() -> int:
 class AppUnderTest:
     url: str
     demo: object
-    app: ModuleType
+    app: ModuleType  # latentshift.app.serving (its settings)
     gradio_cache: Path
     downloads: Path
 
@@ -86,34 +86,34 @@ def serve_app(folder: Path, *, queue_max_size: int | None = None,
     downloads.mkdir(exist_ok=True)
     with _environ(LATENTSHIFT_MANIFEST=str(manifest), GRADIO_TEMP_DIR=str(cache),
                   GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost"):
-        import app
+        from latentshift.app import handlers, layout, server, serving
 
         patched = {}
         if queue_max_size is not None:
             patched["QUEUE_MAX_SIZE"] = queue_max_size
         if delete_cache is not None:
             patched["DELETE_CACHE"] = delete_cache
-        saved = {name: getattr(app, name) for name in patched}
+        saved = {name: getattr(serving, name) for name in patched}
         for name, value in patched.items():
-            setattr(app, name, value)
-        app.default_model_id.cache_clear()
-        folders = app.run_folders()
+            setattr(serving, name, value)
+        handlers.default_model_id.cache_clear()
+        folders = serving.run_folders()
         saved_age = folders.max_age_s
         if run_folder_max_age_s is not None:
             folders.max_age_s = run_folder_max_age_s
         demo = None
         try:
-            demo = app.build_demo()
+            demo = layout.build_demo()
             overrides = dict(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                              quiet=True, share=False)
             if max_file_size is not None:
                 overrides["max_file_size"] = max_file_size
-            app.launch(demo, **overrides)
-            yield AppUnderTest(url=demo.local_url, demo=demo, app=app, gradio_cache=cache, downloads=downloads)
+            server.launch(demo, **overrides)
+            yield AppUnderTest(url=demo.local_url, demo=demo, app=serving, gradio_cache=cache, downloads=downloads)
         finally:
             if demo is not None:
                 demo.close(verbose=False)
             for name, value in saved.items():
-                setattr(app, name, value)
+                setattr(serving, name, value)
             folders.max_age_s = saved_age
-            app.default_model_id.cache_clear()
+            handlers.default_model_id.cache_clear()

@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import app
+from latentshift.app import handlers, layout, server, serving
 from latentshift.errors import ImageInputError
 from latentshift.pipeline import Pipeline
 
@@ -29,15 +29,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def example_image() -> str:
-    examples = app.example_images()
-    assert examples, f"no example PNGs in {app.EXAMPLES_DIR}"
+    examples = layout.example_images()
+    assert examples, f"no example PNGs in {layout.EXAMPLES_DIR}"
     return examples[0]
 
 
 @pytest.fixture(scope="module")
 def client():
-    demo = app.build_demo()
-    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+    demo = layout.build_demo()
+    _, url, _ = server.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                            quiet=True)
     try:
         yield Client(url, verbose=False)
@@ -65,8 +65,8 @@ def test_only_predict_and_explain_are_public(client):
 
 def test_predict_returns_probabilities(client, example_image):
     probabilities = client.predict(handle_file(example_image), api_name="/predict")
-    assert set(probabilities) == set(Pipeline.get(app.default_model_id("classifier"),
-                                                  app.default_model_id("autoencoder")).pathologies)
+    assert set(probabilities) == set(Pipeline.get(handlers.default_model_id("classifier"),
+                                                  handlers.default_model_id("autoencoder")).pathologies)
     assert all(0.0 <= p <= 1.0 for p in probabilities.values())
 
 
@@ -94,7 +94,7 @@ def test_explain_with_the_automatic_search(client, example_image):
 def test_bad_upload_gives_the_imaging_message_and_the_server_keeps_serving(client, example_image,
                                                                           text_named_png):
     with pytest.raises(ImageInputError) as expected:
-        Pipeline.get(app.default_model_id("classifier"), app.default_model_id("autoencoder")).load_image(
+        Pipeline.get(handlers.default_model_id("classifier"), handlers.default_model_id("autoencoder")).load_image(
             text_named_png)
     with pytest.raises(AppError) as refused:
         client.predict(handle_file(str(text_named_png)), **FAST, api_name="/explain")
@@ -113,9 +113,9 @@ def test_unknown_finding_is_refused_with_the_choices(client, example_image):
 def test_command_line_defaults(monkeypatch):
     for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_ROOT_PATH"):
         monkeypatch.delenv(variable, raising=False)
-    options = app.parse_args([])
+    options = serving.parse_args([])
     assert (options.host, options.port, options.share, options.offline, options.root_path) == (
         "127.0.0.1", 7860, False, False, None)
-    assert app.parse_args(["--offline", "--root-path", "/latentshift"]).root_path == "/latentshift"
+    assert serving.parse_args(["--offline", "--root-path", "/latentshift"]).root_path == "/latentshift"
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")     # as on Hugging Face Spaces
-    assert app.parse_args([]).host == "0.0.0.0"
+    assert serving.parse_args([]).host == "0.0.0.0"

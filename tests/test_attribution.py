@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 
 from latentshift import cli
-from latentshift.attribution import (DEFAULT_IG_STEPS, GradCAM, IntegratedGradientsMap,
+from latentshift.core.attribution import (DEFAULT_IG_STEPS, GradCAM, IntegratedGradientsMap,
                                      find_gradcam_layer, normalize_map)
 from latentshift.errors import OptionsError
-from latentshift.evaluation import (build_methods, evaluate, format_table, iou_at_mask_area,
+from latentshift.evaluation.maps import (build_methods, evaluate, format_table, iou_at_mask_area,
                                     match_target, pointing_game_hit, select_boxed_images, summarize,
                                     top_k_selection)
 
@@ -97,7 +97,7 @@ def two_region_model() -> RegionClassifier:
 
 def test_gradcam_concentrates_in_the_region_the_output_depends_on():
     model = RegionClassifier()
-    saliency = GradCAM(model).attribute(make_image(), target=0)
+    saliency = GradCAM(model).attribute(make_image(), target=0).map
     assert saliency.shape == (SIDE, SIDE) and saliency.dtype == np.float32
     assert saliency.min() >= 0 and saliency.sum() > 0
     assert mass_fraction(saliency, QUADRANT_A) > 0.99
@@ -116,7 +116,7 @@ def test_integrated_gradients_concentrate_in_the_region_the_output_depends_on():
 @pytest.mark.parametrize("target, inside, outside", [(0, QUADRANT_A, QUADRANT_B), (1, QUADRANT_B, QUADRANT_A)])
 def test_target_index_selects_the_output_explained(two_region_model, target, inside, outside):
     x = make_image(1)
-    gradcam = GradCAM(two_region_model).attribute(x, target)
+    gradcam = GradCAM(two_region_model).attribute(x, target).map
     integrated = IntegratedGradientsMap(two_region_model, n_steps=8).attribute(x, target).map
     for saliency in (gradcam, integrated):
         assert mass_fraction(saliency, inside) > 0.99
@@ -169,10 +169,10 @@ def test_bad_targets_and_inputs_are_refused(two_region_model):
 
 def test_works_without_parameter_gradients_inside_inference_mode(two_region_model):
     x = make_image()
-    expected = GradCAM(two_region_model).attribute(x, 0)
+    expected = GradCAM(two_region_model).attribute(x, 0).map
     with torch.inference_mode():
         inference_x = x.clone()
-        gradcam = GradCAM(two_region_model).attribute(inference_x, 0)
+        gradcam = GradCAM(two_region_model).attribute(inference_x, 0).map
         integrated = IntegratedGradientsMap(two_region_model, n_steps=4).attribute(inference_x, 0)
     np.testing.assert_allclose(gradcam, expected, rtol=1e-6)
     assert np.isfinite(integrated.map).all()
@@ -183,12 +183,12 @@ def test_works_without_parameter_gradients_inside_inference_mode(two_region_mode
 
 def test_gradcam_from_concurrent_threads_matches_sequential(two_region_model):
     x = make_image(3)
-    expected = {t: GradCAM(two_region_model).attribute(x, t) for t in (0, 1)}
+    expected = {t: GradCAM(two_region_model).attribute(x, t).map for t in (0, 1)}
     mismatches = []
 
     def work(target):
         for _ in range(10):
-            if not np.allclose(GradCAM(two_region_model).attribute(x, target), expected[target]):
+            if not np.allclose(GradCAM(two_region_model).attribute(x, target).map, expected[target]):
                 mismatches.append(target)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in (0, 1, 0, 1)]
@@ -231,7 +231,7 @@ def test_gradcam_layer_attribute_and_argument_are_honoured():
     assert GradCAM(model).layer is model.features[0]
     assert GradCAM(model, layer=model.features[1]).layer is model.features[1]
     # The conv output ignores the region mask, so the chosen layer really is used.
-    unmasked = GradCAM(model).attribute(make_image(), 0)
+    unmasked = GradCAM(model).attribute(make_image(), 0).map
     assert mass_fraction(unmasked, QUADRANT_A) < 0.5
 
 
@@ -268,11 +268,11 @@ def densenet_image() -> torch.Tensor:
 def test_gradcam_on_untrained_densenet(densenet):
     assert find_gradcam_layer(densenet) is densenet.net.features.denseblock4
     x = densenet_image()
-    positive = GradCAM(densenet).attribute(x, 0)
+    positive = GradCAM(densenet).attribute(x, 0).map
     assert positive.shape == (224, 224) and positive.dtype == np.float32
     assert np.isfinite(positive).all() and positive.min() >= 0
     # Untrained heads can give an all-negative map (zero after the ReLU): compare signed maps.
-    signed = [GradCAM(densenet, relu_attributions=False).attribute(x, t) for t in (0, 7)]
+    signed = [GradCAM(densenet, relu_attributions=False).attribute(x, t).map for t in (0, 7)]
     for saliency in signed:
         assert saliency.shape == (224, 224) and np.isfinite(saliency).all()
     assert not np.allclose(signed[0], signed[1])

@@ -27,7 +27,7 @@ from PIL import Image
 import badinputs
 from appserver import FAST_EXPLAIN, app_committed, serve_app
 from latentshift.cli import main
-from latentshift.render import gif_frame_count
+from latentshift.io.render import gif_frame_count
 from tiny_models import write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,17 +207,17 @@ def test_app_oversize_upload_is_refused_clearly_and_server_keeps_serving(served,
 
 @needs_app
 def test_app_launches_with_a_max_file_size_and_without_error_details():
-    import app
+    from latentshift.app import server, serving
 
     class RecordingDemo:
         def launch(self, **options):
             return options
 
-    options = app.launch(RecordingDemo())
-    assert options["max_file_size"] == app.MAX_FILE_SIZE
+    options = server.launch(RecordingDemo())
+    assert options["max_file_size"] == serving.MAX_FILE_SIZE
     from gradio.utils import _parse_file_size
 
-    assert 0 < _parse_file_size(app.MAX_FILE_SIZE) <= 100 * 1024 * 1024
+    assert 0 < _parse_file_size(serving.MAX_FILE_SIZE) <= 100 * 1024 * 1024
     assert options.get("show_error") is False
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentshift import bench
-from latentshift.shift import LatentShift
+from latentshift.tools import bench
+from latentshift.core.shift import LatentShift
 from tiny_models import LinearAutoencoder, LinearClassifier, write_tiny_manifest
 
 TINY_SETTINGS = dict(frames=4, ig_steps=2, step_size=10.0)

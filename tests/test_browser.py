@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import app
+from latentshift.app import layout, server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,9 +34,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url():
-    assert app.example_images(), f"no example PNGs in {app.EXAMPLES_DIR}"
-    demo = app.build_demo()
-    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+    assert layout.example_images(), f"no example PNGs in {layout.EXAMPLES_DIR}"
+    demo = layout.build_demo()
+    _, url, _ = server.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                            quiet=True)
     try:
         yield url
@@ -95,4 +95,4 @@ def test_page_loads_inside_an_iframe(page, app_url):
     page.set_content(f'<iframe src="{app_url}" style="border:0" width="1200" height="900"></iframe>')
     frame = page.frame_locator("iframe")
     frame.get_by_role("button", name="Explain", exact=True).wait_for(timeout=60_000)
-    assert frame.locator("#examples button.gallery-item").count() == len(app.example_images())
+    assert frame.locator("#examples button.gallery-item").count() == len(layout.example_images())

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentshift import train
+from latentshift.cli import training as training_cli
+from latentshift.training import data, metrics, train
 from latentshift.weights import Manifest, load_model, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def test_latent_gradient_reaches_the_latent(manifest):
 def test_cli_registers_the_training_commands():
     from latentshift import cli
 
-    assert "latentshift.train" in cli.COMMAND_MODULES
+    assert "latentshift.cli.training" in cli.COMMAND_MODULES
 
 
 def test_training_commands_log_progress_by_default():
@@ -94,11 +95,11 @@ def test_training_commands_log_progress_by_default():
 
 
 def test_metrics_helpers():
-    assert train.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    assert train.roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
-    t = train.youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9])
+    assert metrics.roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert metrics.roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    t = metrics.youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9])
     assert 0.2 < t < 0.7
-    r = train.binary_report([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.3], 0.5)
+    r = metrics.binary_report([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.3], 0.5)
     assert (r["tp"], r["tn"], r["fp"], r["fn"]) == (1, 1, 1, 1)
 
 
@@ -107,7 +108,7 @@ def test_mixup_blends_images_and_labels_alike():
     labels = torch.tensor([[0.0], [1.0], [0.0], [1.0], [1.0], [0.0]])
     images = labels.view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone()
     torch.manual_seed(0)
-    mixed, mixed_labels = train.mixup_batch(images, labels, 0.4, torch.Generator().manual_seed(0))
+    mixed, mixed_labels = data.mixup_batch(images, labels, 0.4, torch.Generator().manual_seed(0))
     assert mixed.shape == images.shape and mixed_labels.shape == labels.shape
     assert torch.allclose(mixed[:, 0, 0, 0], mixed_labels[:, 0], atol=1e-6)
     assert torch.allclose(mixed.amax(dim=(1, 2, 3)), mixed.amin(dim=(1, 2, 3)))
@@ -140,7 +141,7 @@ def test_choosing_candidates_needs_the_autoencoder(tmp_path):
 @pytest.mark.parametrize("kind", ["autoencoder", "classifier"])
 def test_tiny_training_run_end_to_end(tmp_path, kind):
     parser = argparse.ArgumentParser()
-    train.add_cli(parser.add_subparsers(dest="command"))
+    training_cli.add_cli(parser.add_subparsers(dest="command"))
     extra = ["--candidates", "2"] if kind == "classifier" else []  # two seeds, chosen on val
     args = parser.parse_args(["train", kind, "--data", str(DATA), "--out", str(tmp_path),
                               "--epochs", "1", "--limit", "2", "--batch-size", "2", "--seed", "1", *extra])

@@ -20,7 +20,8 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from fakehub import FakeHub, SilentServer, closed_port_url, fill_hub_cache, git_like_commit, sha256_hex
-from latentshift import hub, weights
+from latentshift import weights
+from latentshift.weights import hub
 from latentshift.errors import IntegrityError, ModelUnavailableError, WeightsError
 from latentshift.models import register_architecture
 from latentshift.weights import Manifest, ModelEntry, load_model, load_model_or_default, model_status

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageFile
 
 from latentshift.errors import ImageInputError
-from latentshift.imaging import XrayImage, from_uint8, load_xray, to_display_uint8
+from latentshift.io.imaging import XrayImage, from_uint8, load_xray, to_display_uint8
 
 REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr" / "images" / "kermany"
 

@@ -19,7 +19,7 @@ from torch import nn
 import badinputs
 
 from appserver import FAST_EXPLAIN, app_committed, serve_app
-from latentshift.loadtest import check_loopback, folder_bytes, main as loadtest_main, open_fds, run_load
+from latentshift.tools.loadtest import check_loopback, folder_bytes, main as loadtest_main, open_fds, run_load
 from latentshift.pipeline import Pipeline
 from tiny_models import write_tiny_manifest
 
@@ -104,20 +104,20 @@ def test_full_queue_answers_clearly_and_the_rest_complete(tmp_path):
 
 @needs_app
 def test_app_serving_limits_are_the_documented_ones():
-    import app
+    from latentshift.app import serving
 
     limits = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text(encoding="utf-8")
-    assert f"max_size={app.QUEUE_MAX_SIZE}" in limits
-    assert f"concurrency_limit={app.EXPLAIN_CONCURRENCY}" in limits
-    assert f"max_file_size=\"{app.MAX_FILE_SIZE}\"" in limits
-    assert f"delete_cache={tuple(app.DELETE_CACHE)}" in limits
+    assert f"max_size={serving.QUEUE_MAX_SIZE}" in limits
+    assert f"concurrency_limit={serving.EXPLAIN_CONCURRENCY}" in limits
+    assert f"max_file_size=\"{serving.MAX_FILE_SIZE}\"" in limits
+    assert f"delete_cache={tuple(serving.DELETE_CACHE)}" in limits
 
 
 def test_a_prediction_during_gradcam_does_not_break_the_explanation(tmp_path):
     """Deterministic interleaving: Grad-CAM pauses inside its forward pass while another thread predicts."""
     pipeline = Pipeline.get(manifest_path=str(write_tiny_manifest(tmp_path)))
     image = pipeline.load_image(badinputs.good_png(tmp_path / "xray.png"))
-    expected = pipeline.gradcam.attribute(image.tensor(), 0)
+    expected = pipeline.gradcam.attribute(image.tensor(), 0).map
     gradcam_thread = threading.current_thread()
     inside_gradcam, predicted = threading.Event(), threading.Event()
     head = next(module for module in reversed(list(pipeline.classifier.modules())) if isinstance(module, nn.Linear))

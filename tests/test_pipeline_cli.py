@@ -11,7 +11,7 @@ from PIL import Image
 
 from latentshift.cli import main
 from latentshift.pipeline import ExplainOptions, Pipeline, STAGES
-from latentshift.render import gif_frame_count
+from latentshift.io.render import gif_frame_count
 from tiny_models import write_tiny_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,9 @@ def test_pipeline_yields_stages_in_order_with_fast_results_first(manifest, xray_
     assert tuple(seen) == STAGES
     assert explanation.integrated_gradients.shape == (32, 32)
     assert explanation.reconstruction_error is not None
-    assert Pipeline.get(manifest_path=str(manifest)) is pipeline, "pipelines are cached"
+    again = Pipeline.get(manifest_path=str(manifest))
+    assert again.classifier is pipeline.classifier and again.autoencoder is pipeline.autoencoder, \
+        "models are loaded once (the model store)"
 
 
 def test_module_entry_point_runs_as_a_subprocess():

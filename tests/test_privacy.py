@@ -158,9 +158,11 @@ def test_cli_explain_opens_no_outbound_connection(manifest, tmp_path, monkeypatc
 
 @needs_app
 def test_app_turns_analytics_off_and_keeps_no_run_history():
-    import app
+    from latentshift.app import server
 
-    source = Path(app.__file__).read_text(encoding="utf-8")
+    import latentshift.app
+
+    source = Path(latentshift.app.__file__).read_text(encoding="utf-8")
     assert 'os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"' in source
     import os
 
@@ -170,7 +172,7 @@ def test_app_turns_analytics_off_and_keeps_no_run_history():
         def launch(self, **options):
             return options
 
-    options = app.launch(RecordingDemo())
+    options = server.launch(RecordingDemo())
     assert options["run_history"] is False and not options.get("share")
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from latentshift import render
-from latentshift.imaging import to_display_uint8
+from latentshift.io import render
+from latentshift.io.imaging import to_display_uint8
 
 logger = logging.getLogger(__name__)
 

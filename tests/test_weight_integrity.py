@@ -88,16 +88,23 @@ def _keyword(call: ast.Call, name: str):
 
 
 def _is_verified_branch(if_node: ast.If, branch: str) -> bool:
-    """``if expected_sha256:`` whose body first compares the hash and raises IntegrityError."""
+    """``if expected_sha256:`` whose body first compares the hash and raises IntegrityError.
+
+    The comparison is ``actual != expected_sha256`` or ``not same_sha256(actual, expected_sha256)``.
+    """
     if branch != "body" or _dotted(if_node.test) != "expected_sha256":
         return False
     for statement in if_node.body:
-        if isinstance(statement, ast.If) and isinstance(statement.test, ast.Compare):
-            names = {ast.unparse(n) for n in [statement.test.left, *statement.test.comparators]}
-            raises = [s for s in statement.body if isinstance(s, ast.Raise)]
-            if any("expected_sha256" in name for name in names) and raises and \
-                    "IntegrityError" in ast.unparse(raises[0]):
-                return True
+        if not isinstance(statement, ast.If):
+            continue
+        test = statement.test
+        compares = isinstance(test, ast.Compare) or (
+            isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and isinstance(test.operand, ast.Call)
+            and _dotted(test.operand.func) == "same_sha256")
+        raises = [s for s in statement.body if isinstance(s, ast.Raise)]
+        if compares and "expected_sha256" in ast.unparse(test) and raises and \
+                "IntegrityError" in ast.unparse(raises[0]):
+            return True
     return False
 
 
@@ -114,7 +121,7 @@ def test_every_torch_load_reads_tensors_only_or_verified_bytes():
             weights_only = _keyword(call, "weights_only")
             if isinstance(weights_only, ast.Constant) and weights_only.value is True:
                 continue
-            assert path.name == "weights.py" and function == "read_state_dict", \
+            assert path.relative_to(REPO).as_posix() == "latentshift/weights/loading.py" and function == "read_state_dict", \
                 f"{where}: torch.load without weights_only=True"
             assert any(_is_verified_branch(node, branch) for node, branch in tests), \
                 f"{where}: full unpickling outside the sha256-verified branch"
@@ -144,7 +151,7 @@ def test_no_other_unpickler_in_the_shipped_source():
 
 
 def test_weights_folder_ships_safetensors_and_documentation_only():
-    folder = REPO / "weights"
+    folder = REPO / "latentshift" / "embedded"
     if not folder.is_dir():
         pytest.skip("no weights/ folder yet")
     files = [p for p in folder.rglob("*") if p.is_file()]
@@ -164,6 +171,6 @@ def test_every_shipped_file_source_is_hashed_safetensors():
         assert entry.format == "safetensors", f"{entry.id}: shipped weights must be safetensors"
         assert entry.sha256 and len(entry.sha256) == 64, f"{entry.id}: no sha256"
         path = weights.local_file_path(entry)
-        assert (REPO / "weights") in path.resolve().parents, f"{entry.id}: {path} is outside weights/"
+        assert (REPO / "latentshift" / "embedded") in path.resolve().parents, f"{entry.id}: {path} is outside latentshift/embedded/"
         if path.is_file():
             assert weights.sha256_of(path) == entry.sha256.lower(), f"{entry.id}: the shipped file fails its hash"

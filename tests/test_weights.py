@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -18,7 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fakehub import fill_hub_cache, git_like_commit, sha256_hex
-from latentshift import cli, hub, weights
+from latentshift import cli, weights
+from latentshift.weights import hub
 from latentshift.errors import IntegrityError, ModelUnavailableError, WeightsError
 from latentshift.models import register_architecture
 from latentshift.weights import Manifest, ModelEntry, load_model, load_model_or_default, read_state_dict

@@ -1,12 +1,12 @@
-"""``python -m latentshift explain IMAGE --out DIR``: the command-line face of the pipeline."""
+"""``latentshift explain IMAGE --out DIR``: the command-line face of the pipeline."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from .pipeline import MAP_NAMES, ExplainOptions, Pipeline
-from .shift import DIRECTIONS, HEATMAP_MODES
+from ..options import add_cli_arguments, from_cli_args
+from ..pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -16,34 +16,25 @@ def add_cli(subparsers) -> None:
         "explain", help="explain one image: GIF, heatmaps, prediction plot, summary.json",
         description="Writes DIR/latentshift.gif, heatmap.png, prediction.png, gradcam.png, "
                     "integrated_gradients.png, counterfactual.png, exaggerated.png and summary.json.")
-    parser.add_argument("image", help="PNG/JPEG (8 or 16 bit) or DICOM file")
+    parser.add_argument("image", help="PNG/JPEG (8 or 16 bit), TIFF or DICOM file")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--classifier", help="classifier id from weights_manifest.json (default: embedded)")
-    parser.add_argument("--autoencoder", help="autoencoder id from weights_manifest.json (default: embedded)")
-    parser.add_argument("--manifest", help="another weights manifest (default: the repository's)")
-    parser.add_argument("--target", help="pathology to explain (default: the top prediction)")
-    parser.add_argument("--step-size", type=float, default=10.0, help="first λ search step (default 10)")
-    parser.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
-                        help="fixed λ range, LO ≤ 0 ≤ HI (skips the search)")
-    parser.add_argument("--frames", type=int, default=20, help="sweep frames, λ = 0 included (default 20)")
-    parser.add_argument("--direction", choices=DIRECTIONS, default="both")
-    parser.add_argument("--heatmap", choices=HEATMAP_MODES, default="int")
-    parser.add_argument("--frame-ms", type=int, default=100, help="GIF time per frame in ms (default 100)")
-    parser.add_argument("--maps", default=",".join(MAP_NAMES),
-                        help="comma-separated attribution maps to add (gradcam, integrated_gradients; '' for none)")
-    parser.add_argument("--ig-steps", type=int, help="Integrated-Gradients steps (default: the method's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_model_arguments(parser)
+    add_cli_arguments(parser)
     parser.set_defaults(func=run_explain)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--classifier, --autoencoder, --manifest, --device (shared by the commands that explain)."""
+    parser.add_argument("--classifier", help="classifier id from weights_manifest.json (default: embedded)")
+    parser.add_argument("--autoencoder", help="autoencoder id from weights_manifest.json (default: embedded)")
+    parser.add_argument("--manifest", help="another weights manifest (default: the package's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
 def run_explain(args: argparse.Namespace) -> int:
+    options = from_cli_args(args)
     pipeline = Pipeline.get(args.classifier, args.autoencoder, device=args.device, manifest_path=args.manifest)
     image = pipeline.load_image(args.image)
-    options = ExplainOptions(
-        target=args.target, step_size=args.step_size,
-        lambda_range=tuple(args.range) if args.range else None, frames=args.frames,
-        direction=args.direction, heatmap=args.heatmap, frame_duration_ms=args.frame_ms,
-        maps=tuple(m.strip() for m in args.maps.split(",") if m.strip()), ig_steps=args.ig_steps)
     explanation = pipeline.explain(image, options, args.out)
     for warning in explanation.warnings:
         logger.warning("%s", warning)

@@ -156,7 +156,7 @@ def synthetic_xray(path: Path, side: int = 256) -> Path:
 
 def check_answer(answer) -> str:
     """'' if the /explain answer is complete, else what is missing."""
-    from .render import gif_frame_count
+    from ..io.render import gif_frame_count
 
     if not isinstance(answer, (tuple, list)) or len(answer) < 2:
         return f"unexpected answer {answer!r:.120}"
@@ -280,8 +280,8 @@ def run_load(url: str, *, clients: int = 8, requests: int = 5, image: str | os.P
     return result
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m latentshift.loadtest", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m latentshift.tools.loadtest") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860", help="app address (loopback only)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--requests", type=int, default=5, help="requests per client (default 5)")
@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     explain_kwargs = {}
     if args.frames is not None:
         explain_kwargs["frames"] = args.frames

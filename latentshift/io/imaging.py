@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageInputError
-from .models import PIXEL_RANGE
+from ..errors import ImageInputError
+from ..models.conventions import PIXEL_RANGE
 
 logger = logging.getLogger(__name__)
 
@@ -437,8 +437,7 @@ _DICOM_IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "Rows", "PixelData", "FloatP
 def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels import get_decoder
 
     label = limits.label
     has_preamble = data[128:132] == b"DICM"
@@ -474,22 +473,7 @@ def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
     if frames > 1:
         notes.append(f"first of {frames} frames used")
     try:
-        values = pixel_array(dataset, index=0 if frames > 1 else None)
-        if photometric == "PALETTE COLOR":
-            values = apply_color_lut(values, dataset)
-        if values.ndim == 3:  # colour: pixel_array returns RGB (YBR converted)
-            notes.append(f"{photometric} image converted to grayscale (ITU-R 601-2 luma)")
-            values = values[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        else:
-            values = apply_modality_lut(values, dataset)
-            windowed = apply_voi_lut(values, dataset)
-            if dataset.get("VOILUTSequence"):
-                notes.append("VOI LUT applied")
-            elif "WindowCenter" in dataset and "WindowWidth" in dataset:
-                notes.append("window (centre/width) applied")
-            else:
-                notes.append("no VOI window in the file: full data range used")
-            values = windowed
+        values = _dicom_grey_values(dataset, frames, photometric, notes)
     except ImageInputError:
         raise
     except Exception as error:  # noqa: BLE001
@@ -501,6 +485,27 @@ def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
         pixels = -pixels  # 1 - x on [0, 1] is -y on [-1024, 1024]
         notes.append("MONOCHROME1 inverted")
     return _Decoded(pixels.astype(np.float32), "DICOM", bit_depth, notes)
+
+
+def _dicom_grey_values(dataset, frames: int, photometric: str, notes: list[str]) -> np.ndarray:
+    """The first frame as grey values: colour converted to luma, else modality and VOI LUT applied."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+    values = pixel_array(dataset, index=0 if frames > 1 else None)
+    if photometric == "PALETTE COLOR":
+        values = apply_color_lut(values, dataset)
+    if values.ndim == 3:  # colour: pixel_array returns RGB (YBR converted)
+        notes.append(f"{photometric} image converted to grayscale (ITU-R 601-2 luma)")
+        return values[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    values = apply_modality_lut(values, dataset)
+    windowed = apply_voi_lut(values, dataset)
+    if dataset.get("VOILUTSequence"):
+        notes.append("VOI LUT applied")
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        notes.append("window (centre/width) applied")
+    else:
+        notes.append("no VOI window in the file: full data range used")
+    return windowed
 
 
 def _check_dicom_decoder(dataset, label: str, get_decoder) -> None:

@@ -14,9 +14,9 @@ import logging
 import urllib.parse
 from pathlib import Path
 
-from . import hub
-from .errors import LatentShiftError, WeightsError
-from .weights import Manifest, ModelEntry, fetch_weights, local_file_path, model_status, sha256_of
+from ..weights import hub
+from ..errors import LatentShiftError, WeightsError
+from ..weights import Manifest, ModelEntry, fetch_weights, local_file_path, model_status, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,13 @@ def add_cli(subparsers) -> None:
     verify_parser = commands.add_parser("verify", help="recompute the sha256 of local copies")
     verify_parser.add_argument("ids", nargs="*", metavar="ID")
     verify_parser.set_defaults(func=run_verify)
+
+    store_parser = commands.add_parser(
+        "store-check", help="load every loadable model through the model store; print loads and peak memory")
+    store_parser.add_argument("--max-models", type=int, default=None,
+                              help="store bound (default $LATENTSHIFT_MAX_MODELS or 6)")
+    store_parser.add_argument("--rounds", type=int, default=2, help="passes over the models (default 2)")
+    store_parser.set_defaults(func=run_store_check)
 
 
 def describe_source(entry: ModelEntry) -> str:
@@ -144,3 +151,21 @@ def run_verify(args: argparse.Namespace) -> int:
     if failures:
         raise WeightsError(f"{len(failures)} of {len(entries)} models failed verification: {', '.join(failures)}")
     return 0
+
+
+def run_store_check(args: argparse.Namespace) -> int:
+    """Cycle through the loadable models with a bounded store and report what it cost."""
+    from ..weights.store import ModelStore, cycle_through_models
+
+    if args.max_models is not None and args.max_models < 1:
+        raise LatentShiftError("--max-models must be at least 1")
+    store = ModelStore(Manifest.load(args.manifest), max_models=args.max_models)
+    report = cycle_through_models(store, rounds=max(1, args.rounds))
+    print(f"models loadable here: {len(report['models'])} ({', '.join(report['models'])})")
+    print(f"store bound {report['max_models']}, {report['rounds']} rounds: {report['loads_from_disk']} loads "
+          f"from disk, {len(report['in_memory'])} in memory at the end ({', '.join(report['in_memory'])})")
+    for model_id, reason in report["failed"].items():
+        print(f"could not load {model_id}: {reason}")
+    print(f"peak resident memory of this process: {report['peak_rss_before_mib']} MiB before loading "
+          f"(imports), {report['peak_rss_mib']} MiB after")
+    return 1 if report["failed"] else 0

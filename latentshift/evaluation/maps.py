@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import LatentShiftError, OptionsError
+from ..errors import LatentShiftError, OptionsError
 
 logger = logging.getLogger(__name__)
 
@@ -180,20 +180,20 @@ MapMethod = Callable[[torch.Tensor, int], MapOutcome]
 def build_methods(classifier: nn.Module, autoencoder: nn.Module | None, names: Iterable[str],
                   ig_steps: int) -> dict[str, MapMethod]:
     """The requested methods as callables ``(x, target_index) -> MapOutcome``."""
-    from .attribution import GradCAM, IntegratedGradientsMap
+    from ..core.attribution import GradCAM, IntegratedGradientsMap
 
     methods: dict[str, MapMethod] = {}
     for name in names:
         if name == "latent-shift":
             if autoencoder is None:
                 raise OptionsError("the latent-shift method needs an autoencoder")
-            from .shift import LatentShift
+            from ..core.shift import LatentShift
 
             explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
             methods[name] = _timed(lambda x, t, e=explainer: (e.attribute(x, t, heatmap="int").heatmap, None))
         elif name == "grad-cam":
             gradcam = GradCAM(classifier)
-            methods[name] = _timed(lambda x, t, g=gradcam: (g.attribute(x, t), None))
+            methods[name] = _timed(lambda x, t, g=gradcam: (g.attribute(x, t).map, None))
         elif name == "integrated-gradients":
             integrated = IntegratedGradientsMap(classifier, n_steps=ig_steps)
 
@@ -299,27 +299,10 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 
 # -- command -------------------------------------------------------------------------
 
-def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "evaluate-maps", help="IoU and pointing game of the attribution maps on NIH boxes",
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="folder with labels.csv, images/ and masks/")
-    parser.add_argument("--split", default="test", help="split of labels.csv to evaluate (default: test)")
-    parser.add_argument("--classifier", help="classifier id of the weights manifest (default: embedded default)")
-    parser.add_argument("--autoencoder", help="autoencoder id of the weights manifest (default: embedded default)")
-    parser.add_argument("--limit", type=int, help="evaluate at most N images")
-    parser.add_argument("--csv", type=Path, help="write one row per image x method here")
-    parser.add_argument("--ig-steps", type=int, default=None,
-                        help="Integrated Gradients integration steps (default: attribution.DEFAULT_IG_STEPS)")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.set_defaults(func=run_evaluate_maps)
-
-
 def run_evaluate_maps(args: argparse.Namespace) -> int:
-    from .attribution import DEFAULT_IG_STEPS
-    from .imaging import load_xray
-    from .weights import Manifest, load_model
+    from ..core.attribution import DEFAULT_IG_STEPS
+    from ..io.imaging import load_xray
+    from ..weights import Manifest, load_model
 
     method_names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in method_names if m not in METHODS]

@@ -1,6 +1,6 @@
-"""Architectures of the embedded demo models (trained by :mod:`latentshift.train`).
+"""Architectures of the embedded demo models (trained by :mod:`latentshift.training`).
 
-Both follow the torchxrayvision conventions of :mod:`latentshift.models`: input
+Both follow the torchxrayvision conventions of :mod:`latentshift.models.conventions`: input
 (N, 1, 224, 224) float32 in [-1024, 1024].
 
 * :class:`DemoAutoencoder` -- a small convolutional autoencoder with a *spatial*
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models import PIXEL_RANGE, register_architecture
+from .conventions import PIXEL_RANGE
 
 SCALE = 1024.0
 
@@ -160,12 +160,17 @@ class DemoClassifier(nn.Module):
         return self.classifier(self.dropout(h))
 
 
-@register_architecture("demo-classifier")
 def _build_demo_classifier(*, labels=("Pneumonia",), thresholds=None, resolution=224,
                            widths=(16, 32, 64, 96, 128), dropout=0.2, **_):
     return DemoClassifier(labels, thresholds, widths=widths, dropout=dropout, resolution=resolution)
 
 
-@register_architecture("demo-autoencoder")
 def _build_demo_autoencoder(*, resolution=224, latent_channels=4, widths=(16, 32, 64), **_):
     return DemoAutoencoder(latent_channels=latent_channels, widths=widths, resolution=resolution)
+
+
+#: Architecture names of the demo models (listed in :mod:`latentshift.models.registry`).
+BUILDERS = {
+    "demo-classifier": _build_demo_classifier,
+    "demo-autoencoder": _build_demo_autoencoder,
+}

@@ -26,14 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import OptionsError
+from ..errors import OptionsError
+from ..options import DEFAULTS, DIRECTIONS, HEATMAP_MODES
 
 logger = logging.getLogger(__name__)
 
 Direction = Literal["both", "curtail", "exaggerate"]
 HeatmapMode = Literal["int", "max", "mean", "mm"]
-DIRECTIONS = ("both", "curtail", "exaggerate")
-HEATMAP_MODES = ("int", "max", "mean", "mm")
 
 #: Ladder rungs per direction evaluated together at most: the batch doubles from
 #: ``search_batch`` up to this, so a long search needs few rounds while a batch rarely
@@ -87,6 +86,11 @@ class ShiftResult:
     heatmap_mode: str = "int"
     evaluations: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def map(self) -> np.ndarray:
+        """(H, W) where the frames change: the same as ``heatmap`` (the core's common result field)."""
+        return self.heatmap
 
     @property
     def zero_index(self) -> int:
@@ -182,13 +186,13 @@ class LatentShift:
 
     def attribute(self, x: torch.Tensor, target: int, *,
                   lambda_range: tuple[float, float] | None = None,
-                  step_size: float = 10.0,
-                  frames: int = 20,
-                  direction: Direction = "both",
-                  pred_diff: float = 0.8,
-                  pixel_budget: float = 0.05,
-                  max_lambda: float = 3000.0,
-                  heatmap: HeatmapMode = "int",
+                  step_size: float = DEFAULTS.step_size,
+                  frames: int = DEFAULTS.frames,
+                  direction: Direction = DEFAULTS.direction,
+                  pred_diff: float = DEFAULTS.pred_diff,
+                  pixel_budget: float = DEFAULTS.pixel_budget,
+                  max_lambda: float = DEFAULTS.max_lambda,
+                  heatmap: HeatmapMode = DEFAULTS.heatmap,
                   floor: float = 0.05,
                   ceiling: float = 0.95,
                   search_batch: int = 4) -> ShiftResult:

@@ -38,16 +38,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import ModelUnavailableError, WeightsError
-from .weights import (
+from ..errors import ModelUnavailableError, WeightsError
+from .integrity import (
     FetchedWeights,
-    ModelEntry,
     ModelStatus,
     accept_file,
     allow_unverified_requested,
     check_file,
     refuse_unverified_message,
 )
+from .manifest import ModelEntry
 
 logger = logging.getLogger(__name__)
 

@@ -1,31 +1,18 @@
-"""Model conventions and architectures.
+"""torchxrayvision architectures (DenseNet121 classifier, ResNetAE-101), built without weights.
 
-Every model follows the torchxrayvision conventions so that the demo models and the
-Hub models go through the same pipeline:
-
-* input: a float tensor of shape (N, 1, R, R), R = ``model.resolution`` (224), pixel
-  range [-1024, 1024] (``model.input_range``);
-* a **classifier** maps it to *logits* of shape (N, C) and carries
-  ``pathologies`` (C names; an empty string marks an unused output), optional
-  ``thresholds`` (C decision thresholds on the sigmoid output, NaN where unknown)
-  and ``gradcam_layer`` (the module whose activations Grad-CAM uses — a property,
-  so that its parameters are not registered twice in the state dict);
-* an **autoencoder** has ``encode(x) -> z`` and ``decode(z) -> x̂`` with x̂ of the
-  input's shape and range.
-
-Architectures are built *without* weights from a name in :data:`ARCHITECTURES`;
-:mod:`latentshift.weights` then loads a verified state dict into them.
+The weights come from the Hub through :mod:`latentshift.weights`; torchxrayvision is
+imported only when one of these models is built.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-PIXEL_RANGE = (-1024.0, 1024.0)
+from .conventions import PIXEL_RANGE
 
 
 class XRVDenseNetClassifier(nn.Module):
@@ -100,46 +87,3 @@ class XRVResNetAE(nn.Module):
         if state_dict and not any(k.startswith("net.") for k in state_dict):
             state_dict = {f"net.{k}": v for k, v in state_dict.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-#: Architecture name (as written in ``weights_manifest.json``) -> constructor taking
-#: the manifest entry's ``architecture_kwargs`` plus ``labels``/``thresholds``/``resolution``.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_architecture(name: str):
-    """Decorator that registers a model constructor under ``name``."""
-
-    def wrap(builder: Callable[..., nn.Module]):
-        ARCHITECTURES[name] = builder
-        return builder
-
-    return wrap
-
-
-@register_architecture("xrv-densenet121")
-def _build_xrv_densenet(*, labels, thresholds=None, resolution=224, **_):
-    return XRVDenseNetClassifier(labels, thresholds, resolution)
-
-
-@register_architecture("xrv-resnetae101")
-def _build_xrv_resnetae(*, resolution=224, **_):
-    return XRVResNetAE(resolution)
-
-
-def build_architecture(name: str, **kwargs) -> nn.Module:
-    """Build the architecture ``name`` with freshly initialised weights."""
-    _import_demo_architectures()
-    try:
-        builder = ARCHITECTURES[name]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        from .errors import WeightsError
-
-        raise WeightsError(f"unknown architecture {name!r}; known: {known}") from None
-    return builder(**kwargs)
-
-
-def _import_demo_architectures() -> None:
-    """The demo architectures register themselves when their module is imported."""
-    from . import demo_models  # noqa: F401

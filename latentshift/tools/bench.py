@@ -43,7 +43,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .shift import sweep_lambdas
+from ..core.shift import sweep_lambdas
+from ..options import DEFAULTS
+from ..training.data import default_data_dir
 
 logger = logging.getLogger("latentshift.bench")
 
@@ -67,9 +69,8 @@ MODES = ("fixed", "search")
 SIDES = ("baseline", "ours")
 TOLERANCE = 1e-4
 
-#: The fixed seed image (a pneumonia case of the shared CXR data set), beside the repo.
-SHARED_CXR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
-SEED_IMAGE = SHARED_CXR / "images" / "kermany" / "person1004_bacteria_2935.png"
+#: The fixed seed image (a pneumonia case of the shared CXR data set, found like the training data).
+SEED_IMAGE_IN_DATA = Path("images") / "kermany" / "person1004_bacteria_2935.png"
 
 
 # ------------------------------------------------------------------------- settings
@@ -79,15 +80,15 @@ SEED_IMAGE = SHARED_CXR / "images" / "kermany" / "person1004_bacteria_2935.png"
 class ShiftSettings:
     """The Latent Shift options shared by both sides (``lambda_range`` None = search)."""
 
-    frames: int = 20
-    step_size: float = 10.0
+    frames: int = DEFAULTS.frames
+    step_size: float = DEFAULTS.step_size
     lambda_range: tuple[float, float] | None = None
-    pred_diff: float = 0.8
-    pixel_budget: float = 0.05
-    max_lambda: float = 3000.0
+    pred_diff: float = DEFAULTS.pred_diff
+    pixel_budget: float = DEFAULTS.pixel_budget
+    max_lambda: float = DEFAULTS.max_lambda
     floor: float = 0.05
     ceiling: float = 0.95
-    ig_steps: int = 32
+    ig_steps: int = DEFAULTS.ig_steps
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,9 @@ class SideReport:
 def seed_image(resolution: int, path: str | None = None) -> np.ndarray:
     """The benchmark image (R, R) in [-1024, 1024]: ``path``, the shared seed image, or a
     seeded synthetic chest-like image when neither exists."""
-    from .imaging import load_xray
+    from ..io.imaging import load_xray
 
-    candidate = Path(path) if path else SEED_IMAGE
+    candidate = Path(path) if path else default_data_dir() / SEED_IMAGE_IN_DATA
     if candidate.is_file():
         return load_xray(candidate, resolution=resolution).pixels
     logger.warning("seed image %s not found; using a synthetic image", candidate)
@@ -203,8 +204,8 @@ def write_xrv_manifest(folder: Path, seed: int = 0, image_path: str | None = Non
     import torchxrayvision as xrv
     from safetensors.torch import save_file
 
-    from .models import XRVDenseNetClassifier, XRVResNetAE
-    from .weights import sha256_of
+    from ..models import XRVDenseNetClassifier, XRVResNetAE
+    from ..weights import sha256_of
 
     torch.manual_seed(seed)
     pathologies = list(xrv.datasets.default_pathologies)
@@ -232,7 +233,7 @@ def write_xrv_manifest(folder: Path, seed: int = 0, image_path: str | None = Non
 
 def demo_model_source() -> ModelSource | None:
     """The demo models of the repository's manifest, or None when it lists none yet."""
-    from .weights import Manifest, model_status
+    from ..weights import Manifest, model_status
 
     manifest = Manifest.load()
     picked = {}
@@ -391,7 +392,7 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
     """One request the paper-style way (see :class:`PaperStyleLatentShift`)."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
-    from .attribution import find_gradcam_layer
+    from ..core.attribution import find_gradcam_layer
 
     clock = StageClock(device)
     explainer = PaperStyleLatentShift(classifier, autoencoder)
@@ -456,9 +457,9 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
                     target: str | None, settings: ShiftSettings, out_dir: Path,
                     device: torch.device) -> RequestOutcome:
     """One request through the project's modules, in the pipeline's order."""
-    from . import render
-    from .attribution import GradCAM, IntegratedGradientsMap
-    from .shift import LatentShift
+    from ..io import render
+    from ..core.attribution import GradCAM, IntegratedGradientsMap
+    from ..core.shift import LatentShift
 
     clock = StageClock(device)
     started = time.perf_counter()
@@ -468,7 +469,7 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
         target_index, target_name = _target(classifier, probabilities, target)
 
     with clock("gradcam"):
-        gradcam = GradCAM(classifier).attribute(x, target_index)
+        gradcam = GradCAM(classifier).attribute(x, target_index).map
         render.write_overlay(out_dir / "gradcam.png", input_pixels, gradcam, title="Grad-CAM")
 
     shift_started = time.perf_counter()
@@ -502,7 +503,7 @@ def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, l
                   device: torch.device, batch_size: int = 8) -> dict[str, float]:
     """The least any implementation needs: one gradient pass (encode, decode, classify,
     backward) and one batched decode+classify of the sweep's frames."""
-    from .shift import LatentShift
+    from ..core.shift import LatentShift
 
     explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True, batch_size=batch_size)
     _synchronize(device)
@@ -554,7 +555,7 @@ def warm_up(classifier, autoencoder, x: torch.Tensor, batch_sizes=(1, 8)) -> Non
 
 def run_side(job: SideJob) -> SideReport:
     """Load the models, warm up, run ``job.repeats`` requests of one side; report."""
-    from .weights import Manifest, load_model
+    from ..weights import Manifest, load_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if job.threads:
@@ -764,8 +765,8 @@ def thread_table(models: ModelSource, settings: ShiftSettings, thread_counts: li
 def app_timings(repeats: int, frames: int, image_path: str | None, device: str = "cpu",
                 manifest_path: str | None = None) -> str:
     """The pipeline's own stage timings (what the app shows), median of ``repeats``."""
-    from .imaging import XrayImage, to_display_uint8
-    from .pipeline import ExplainOptions, Pipeline
+    from ..io.imaging import XrayImage, to_display_uint8
+    from ..pipeline import ExplainOptions, Pipeline
 
     started = time.perf_counter()
     pipeline = Pipeline.get(device=device, manifest_path=manifest_path)
@@ -797,18 +798,18 @@ def app_timings(repeats: int, frames: int, image_path: str | None, device: str =
 # ------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m latentshift.bench", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m latentshift.tools.bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", default="both", choices=("demo", "xrv", "both"))
     parser.add_argument("--modes", default="fixed,search", help="λ modes, comma separated: fixed,search")
     parser.add_argument("--repeats", type=int, default=3, help="timed requests per side (median reported)")
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--step-size", type=float, default=10.0)
-    parser.add_argument("--max-lambda", type=float, default=3000.0)
+    parser.add_argument("--frames", type=int, default=DEFAULTS.frames)
+    parser.add_argument("--step-size", type=float, default=DEFAULTS.step_size)
+    parser.add_argument("--max-lambda", type=float, default=DEFAULTS.max_lambda)
     parser.add_argument("--range", type=float, nargs=2, default=(-200.0, 200.0), metavar=("LO", "HI"),
                         help="the fixed λ range of the 'fixed' mode")
-    parser.add_argument("--ig-steps", type=int, default=32)
+    parser.add_argument("--ig-steps", type=int, default=DEFAULTS.ig_steps)
     parser.add_argument("--target", default=None, help="pathology name (default: top prediction)")
     parser.add_argument("--image", default=None, help="image file (default: the shared seed image)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
@@ -824,8 +825,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run_model_sections(args: argparse.Namespace, folder: Path, modes: list[str], settings_by_mode: dict,
+                        common: dict, record: dict, outputs: list[str]) -> None:
+    """The comparisons, thread table and profile of the chosen models (files under ``folder``)."""
+    sources: list[ModelSource] = []
+    if args.models in ("demo", "both"):
+        demo = demo_model_source()
+        if demo is None:
+            note = "demo models: the manifest lists no available demo-* classifier and autoencoder; skipped"
+            logger.warning(note)
+            record["notes"].append(note)
+            outputs.append(note)
+        else:
+            sources.append(demo)
+    xrv = write_xrv_manifest(folder, args.seed, args.image) if args.models in ("xrv", "both") else None
+    if xrv is not None:
+        sources.append(xrv)
+
+    for source in [] if args.skip_comparison else sources:
+        for mode in modes:
+            comparison = compare(source, settings_by_mode[mode], profile=False, **common)
+            print(comparison.table() + "\n", flush=True)
+            outputs.append(comparison.table())
+            record["comparisons"].append(comparison.to_json())
+
+    if xrv is not None and args.thread_counts:
+        counts = [int(c) for c in args.thread_counts.split(",") if c.strip()]
+        table = thread_table(xrv, settings_by_mode[modes[-1]], counts,
+                             **{k: v for k, v in common.items() if k != "threads"})
+        print(table + "\n", flush=True)
+        outputs.append(table)
+        record["thread_table"] = table
+
+    if xrv is not None and args.profile:
+        job = SideJob("ours", xrv, settings_by_mode["search"], args.device, 1, args.threads, args.target,
+                      args.image, profile=True)
+        report = run_isolated(job)
+        print(f"profile of one of our xrv requests (search mode), top ops by self CPU time:\n"
+              f"{report.profile_table}\n", flush=True)
+        record["profile"] = report.profile_table
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.device == "cuda" and not torch.cuda.is_available():
         logger.error("--device cuda asked for, but torch sees no CUDA device")
@@ -848,42 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     outputs: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="bench-models-") as folder:
-        sources: list[ModelSource] = []
-        if args.models in ("demo", "both"):
-            demo = demo_model_source()
-            if demo is None:
-                note = "demo models: the manifest lists no available demo-* classifier and autoencoder; skipped"
-                logger.warning(note)
-                record["notes"].append(note)
-                outputs.append(note)
-            else:
-                sources.append(demo)
-        xrv = write_xrv_manifest(Path(folder), args.seed, args.image) if args.models in ("xrv", "both") else None
-        if xrv is not None:
-            sources.append(xrv)
-
-        for source in [] if args.skip_comparison else sources:
-            for mode in modes:
-                comparison = compare(source, settings_by_mode[mode], profile=False, **common)
-                print(comparison.table() + "\n", flush=True)
-                outputs.append(comparison.table())
-                record["comparisons"].append(comparison.to_json())
-
-        if xrv is not None and args.thread_counts:
-            counts = [int(c) for c in args.thread_counts.split(",") if c.strip()]
-            table = thread_table(xrv, settings_by_mode[modes[-1]], counts,
-                                 **{k: v for k, v in common.items() if k != "threads"})
-            print(table + "\n", flush=True)
-            outputs.append(table)
-            record["thread_table"] = table
-
-        if xrv is not None and args.profile:
-            job = SideJob("ours", xrv, settings_by_mode["search"], args.device, 1, args.threads, args.target,
-                          args.image, profile=True)
-            report = run_isolated(job)
-            print(f"profile of one of our xrv requests (search mode), top ops by self CPU time:\n"
-                  f"{report.profile_table}\n", flush=True)
-            record["profile"] = report.profile_table
+        _run_model_sections(args, Path(folder), modes, settings_by_mode, common, record, outputs)
 
     if args.app:
         demo = demo_model_source()

@@ -1,8 +1,8 @@
-"""Command line: ``python -m latentshift COMMAND ...``.
+"""Command line: ``latentshift COMMAND ...`` (the same as ``python -m latentshift COMMAND``).
 
-Each command lives in the module that owns its work and registers itself through a
-function ``add_cli(subparsers)`` that adds a sub-parser whose ``func(args) -> int`` is
-the command. User errors (:class:`~latentshift.errors.LatentShiftError`) end with exit
+The one registry of commands is :data:`COMMAND_MODULES`: each module of this folder adds
+its sub-parsers through ``add_cli(subparsers)``, and each sub-parser's ``func(args) -> int``
+runs the command through the pipeline or the room that owns the work. User errors (:class:`~latentshift.errors.LatentShiftError`) end with exit
 code 2 and one line on stderr.
 """
 
@@ -13,14 +13,16 @@ import importlib
 import logging
 import sys
 
-from .errors import LatentShiftError
+from ..errors import LatentShiftError
 
 #: Modules that contribute sub-commands through ``add_cli(subparsers)``.
 COMMAND_MODULES = (
-    "latentshift.explain_cli",
-    "latentshift.train",
-    "latentshift.weights_cli",
-    "latentshift.evaluation",
+    "latentshift.cli.explain",      # explain
+    "latentshift.cli.weights",      # weights list | fetch | verify
+    "latentshift.cli.training",     # train, evaluate-models
+    "latentshift.cli.evaluation",   # evaluate-maps
+    "latentshift.cli.tools",        # bench, loadtest
+    "latentshift.cli.app",          # app
 )
 
 logger = logging.getLogger("latentshift")
@@ -28,7 +30,7 @@ logger = logging.getLogger("latentshift")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m latentshift",
+        prog="latentshift",
         description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress (-v) or debug messages (-vv); by default only warnings "

@@ -39,7 +39,8 @@ import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import nn
 
-from .errors import OptionsError
+from ..errors import OptionsError
+from ..options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ __all__ = [
 #: (the demo classifier: 2-4 s). With Gauss-Legendre quadrature the convergence delta
 #: of the demo classifier on NIH test images is below 0.05 logit at 32 steps, against
 #: up to 0.1 at 16 and 0.4 at 8.
-DEFAULT_IG_STEPS = 32
+DEFAULT_IG_STEPS = DEFAULTS.ig_steps
 #: Images per forward/backward pass inside Integrated Gradients (bounds memory; batches
 #: of 8 are also the fastest per image on 2 CPU cores).
 DEFAULT_IG_BATCH = 8
@@ -146,20 +147,27 @@ def normalize_map(saliency: np.ndarray, absolute: bool = False, percentile: floa
 
 
 @dataclass(frozen=True)
-class IGResult:
-    """An Integrated Gradients map.
+class MapResult:
+    """An attribution map: the one result type of :class:`GradCAM` and :class:`IntegratedGradientsMap`.
 
     Attributes:
-        map: (H, W) float32 signed attributions to the target logit, summed over the
-            input channel; their sum approximates logit(x) - logit(baseline).
-        convergence_delta: sum(map) - (logit(x) - logit(baseline)), captum's measure
-            of the integral's approximation error (in logit units).
-        n_steps: integration steps used.
+        map: (H, W) float32. Grad-CAM: >= 0, higher = more important. Integrated
+            Gradients: signed attributions to the target logit, summed over the input
+            channel; their sum approximates logit(x) - logit(baseline).
+        method: "gradcam" or "integrated_gradients".
+        convergence_delta: IG only: sum(map) - (logit(x) - logit(baseline)), captum's
+            measure of the integral's approximation error (in logit units); else None.
+        n_steps: IG only: integration steps used; else None.
     """
 
     map: np.ndarray
-    convergence_delta: float
-    n_steps: int
+    method: str = ""
+    convergence_delta: float | None = None
+    n_steps: int | None = None
+
+
+#: Former name of :class:`MapResult` (Integrated Gradients results).
+IGResult = MapResult
 
 
 class GradCAM:
@@ -180,14 +188,15 @@ class GradCAM:
         self.layer = layer if layer is not None else find_gradcam_layer(model)
         self.relu_attributions = relu_attributions
 
-    def attribute(self, x: torch.Tensor, target: int) -> np.ndarray:
+    def attribute(self, x: torch.Tensor, target: int) -> MapResult:
         """Grad-CAM map of ``target`` for ``x``.
 
         Args:
             x: (1, 1, H, W) image in the model's pixel range.
             target: index of the classifier output to explain.
         Returns:
-            (H, W) float32, higher = more important (>= 0 unless ``relu_attributions`` is False).
+            :class:`MapResult` whose ``map`` is (H, W) float32, higher = more important
+            (>= 0 unless ``relu_attributions`` is False).
         """
         target = _check_target(self.model, target)
         height, width = _check_input(x)
@@ -202,7 +211,7 @@ class GradCAM:
                              "activations; choose a layer with (N, C, h, w) output")
         upsampled = LayerAttribution.interpolate(layer_map.detach(), (height, width),
                                                  interpolate_mode="bilinear")
-        return _to_map(upsampled)
+        return MapResult(_to_map(upsampled), method="gradcam")
 
 
 class IntegratedGradientsMap:
@@ -276,7 +285,7 @@ class IntegratedGradientsMap:
             attributions, delta = IntegratedGradients(self.model).attribute(
                 inputs, baselines=baseline, target=target, n_steps=self.n_steps, method=self.method,
                 internal_batch_size=self.internal_batch_size, return_convergence_delta=True)
-        return IGResult(map=_to_map(attributions.detach().sum(dim=1, keepdim=True)),
+        return MapResult(method="integrated_gradients", map=_to_map(attributions.detach().sum(dim=1, keepdim=True)),
                         convergence_delta=float(delta.detach().reshape(-1)[0]),
                         n_steps=self.n_steps)
 

@@ -1,0 +1,277 @@
+"""What the app does when a person acts: plain functions, testable without building the UI.
+
+Each handler takes control values and returns plain values (dicts keyed by output *name*,
+see :data:`OUTPUT_NAMES`); :mod:`.layout` maps the names to components. The API functions
+:func:`predict` and :func:`explain` are the named endpoints ``/predict`` and ``/explain``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+from gradio.data_classes import FileData
+from gradio.utils import get_upload_folder
+
+from ..errors import LatentShiftError
+from ..options import DEFAULTS, ExplainOptions
+from ..pipeline import Explanation, Pipeline, list_models
+from .serving import run_folders
+
+logger = logging.getLogger("latentshift.app")
+
+UPLOAD_FILE_TYPES = [".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"]
+TOP_PREDICTION = ""               # target value meaning "explain the top prediction"
+READY_TEXT = "Upload a chest X-ray or click an example, then press **Explain**."
+STAGE_NAMES = {"predict": "prediction", "gradcam": "Grad-CAM", "latent_shift": "Latent Shift",
+               "render": "GIF and plots", "integrated_gradients": "Integrated Gradients"}
+#: (fraction done, what runs next) after each stage.
+NEXT_STEP = {
+    "predict": (0.05, "Grad-CAM"),
+    "gradcam": (0.15, "Latent Shift (λ search, frames, GIF)"),
+    "latent_shift": (0.75, "Integrated Gradients"),
+    "integrated_gradients": (0.95, "summary.json"),
+}
+#: What /explain returns, in this order (keys of Explanation.files).
+EXPLAIN_API_FILES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "counterfactual",
+                     "summary")
+DOWNLOAD_ORDER = ("gif", "summary", "counterfactual", "exaggerated", "heatmap", "gradcam",
+                  "integrated_gradients", "prediction_plot", "input")
+#: The result outputs a new upload clears.
+RESULT_NAMES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "before_after",
+                "downloads")
+
+
+@contextmanager
+def errors_for_people(action: str) -> Iterator[None]:
+    """Turn library errors into ``gr.Error`` messages; log anything else, show no traceback."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except LatentShiftError as exc:
+        logger.info("refused while %s: %s", action, exc)
+        raise gr.Error(str(exc), print_exception=False) from None
+    except Exception:
+        logger.exception("unexpected error while %s", action)
+        raise gr.Error(f"Something went wrong while {action}; the error was logged.",
+                       print_exception=False) from None
+
+
+# ---------------------------------------------------------------- models and choices
+
+@functools.cache
+def default_model_id(kind: str) -> str | None:
+    """Id of the manifest's embedded default of ``kind``."""
+    return next((choice.id for choice in list_models(kind) if choice.is_default), None)
+
+
+def model_dropdown_choices(kind: str) -> tuple[list[tuple[str, str]], str]:
+    """(label, id) pairs for a dropdown, and an info line saying how many are usable here."""
+    choices = list_models(kind)
+    pairs = []
+    for choice in choices:
+        if not choice.available:
+            pairs.append((f"{choice.id} ({choice.reason})", choice.id))
+        elif choice.is_default:
+            pairs.append((f"{choice.id} (embedded default)", choice.id))
+        else:
+            pairs.append((choice.id, choice.id))
+    available = sum(choice.available for choice in choices)
+    return pairs, f"{available} of {len(choices)} available here; the others say why not"
+
+
+def target_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
+    return [("Top prediction", TOP_PREDICTION)] + [(name, name) for name in pipeline.pathologies]
+
+
+def pipeline_for(classifier_id: str | None, autoencoder_id: str | None) -> Pipeline:
+    """The pipeline of a model pair ('' or None: the embedded default)."""
+    return Pipeline.get(classifier_id or default_model_id("classifier"),
+                        autoencoder_id or default_model_id("autoencoder"))
+
+
+# ---------------------------------------------------------------- inputs
+
+def chosen_upload(image_path: str | None, file_path: str | None) -> str:
+    path = image_path or file_path
+    if not path:
+        raise gr.Error("Upload a chest X-ray first (an image, a DICOM file, or click an example).")
+    return path
+
+
+def uploaded_file(value: Any) -> str:
+    """The server path of an API upload, which must lie in Gradio's upload folder.
+
+    ``gr.api`` endpoints receive the client's file description as is; a path outside the
+    upload folder (a file of the server itself) is refused.
+    """
+    path = value.get("path") if isinstance(value, dict) else getattr(value, "path", value)
+    if not path or not isinstance(path, str):
+        raise gr.Error("Send the X-ray as a file: gradio_client.handle_file('xray.png').", print_exception=False)
+    upload_root = Path(get_upload_folder()).resolve()
+    resolved = Path(path).resolve()
+    if upload_root not in resolved.parents:
+        raise gr.Error("The X-ray must be uploaded with the request (gradio_client.handle_file), "
+                       "not named by a path on the server.", print_exception=False)
+    if resolved.suffix.lower() not in UPLOAD_FILE_TYPES:
+        raise gr.Error(f"Invalid file type {resolved.suffix or '(none)'!r}: send one of "
+                       f"{', '.join(UPLOAD_FILE_TYPES)}.", print_exception=False)
+    return str(resolved)
+
+
+def explain_options(target: str | None, direction: str, frames: float, step_size: float,
+                    manual_range: bool, lambda_min: float | None, lambda_max: float | None,
+                    frame_duration_ms: float, ig_steps: float | None) -> ExplainOptions:
+    """ExplainOptions from control values (numbers arrive as floats); validated."""
+    lambda_range = None
+    if manual_range:
+        if lambda_min is None or lambda_max is None:
+            raise gr.Error("Enter both λ min and λ max for a manual range, or choose the automatic search.")
+        lambda_range = (float(lambda_min), float(lambda_max))
+    with errors_for_people("reading the settings"):
+        return ExplainOptions(
+            target=target or None, step_size=float(step_size), lambda_range=lambda_range,
+            frames=int(frames), direction=direction, frame_duration_ms=int(frame_duration_ms),
+            ig_steps=DEFAULTS.ig_steps if ig_steps is None else int(ig_steps)).validate()
+
+
+# ---------------------------------------------------------------- what the page says
+
+def file_path(explanation: Explanation, key: str) -> str | None:
+    path = explanation.files.get(key)
+    return None if path is None else str(path)
+
+
+def describe_prediction(explanation: Explanation) -> str:
+    probability = explanation.predictions[explanation.target]
+    threshold = explanation.thresholds.get(explanation.target)
+    threshold_text = "" if threshold is None else f" (operating threshold {threshold:.2f})"
+    return (f"Explaining **{explanation.target}**: p = {probability:.2f}{threshold_text}, "
+            f"classifier `{explanation.classifier_id}`, autoencoder `{explanation.autoencoder_id}`.")
+
+
+def describe_progress(explanation: Explanation) -> str:
+    lines = [describe_prediction(explanation)]
+    shift = explanation.shift
+    if shift is not None:
+        low, high = shift.lambda_range
+        lines.append(f"Sweep: λ from {low:.1f} to {high:.1f} in {len(shift.lambdas)} frames; "
+                     f"prediction {min(shift.preds):.2f} to {max(shift.preds):.2f}.")
+    if explanation.stage == "done":
+        timings = " · ".join(f"{STAGE_NAMES[name]} {seconds:.1f} s"
+                             for name, seconds in explanation.timings.items() if name in STAGE_NAMES)
+        lines.append(f"Done in {explanation.timings['total']:.1f} s ({timings}).")
+    else:
+        lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
+    lines += [f"⚠ {warning}" for warning in explanation.warnings]
+    return "\n\n".join(lines)
+
+
+def shifted_end_frame(explanation: Explanation) -> str | None:
+    """The frame at the far end of the sweep: the counterfactual, or the exaggeration."""
+    key = "exaggerated" if explanation.options.direction == "exaggerate" else "counterfactual"
+    return file_path(explanation, key)
+
+
+def result_values(explanation: Explanation) -> dict[str, Any]:
+    """Output name -> value for the page after any stage of an explanation."""
+    done = explanation.stage == "done"
+    after = shifted_end_frame(explanation)
+    values = {
+        "predictions": explanation.predictions, "target": explanation.target,
+        "status": describe_progress(explanation),
+        **{key: file_path(explanation, key)
+           for key in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot")},
+        "before_after": None if after is None else (file_path(explanation, "input"), after),
+        "downloads": [str(explanation.files[key]) for key in DOWNLOAD_ORDER if key in explanation.files]
+        if done else None,
+    }
+    if explanation.shift is not None:
+        values["lambda_min"], values["lambda_max"] = explanation.shift.lambda_range
+    return values
+
+
+# ---------------------------------------------------------------- handlers of the page
+
+def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) -> dict[str, Any]:
+    """Predictions for a new upload; the target follows the top prediction; results cleared."""
+    cleared = {name: None for name in RESULT_NAMES}
+    if not path:
+        return {"predictions": None, "target": TOP_PREDICTION, **cleared, "status": READY_TEXT}
+    with errors_for_people("reading the image and predicting"):
+        pipeline = pipeline_for(classifier_id, autoencoder_id)
+        image = pipeline.load_image(path)
+        probabilities = pipeline.predict(image)
+    top = max(probabilities, key=probabilities.get)
+    notes = "".join(f"\n\nInput: {note}." for note in image.notes)
+    return {"predictions": probabilities, "target": top, **cleared,
+            "status": f"Top prediction **{top}** (p = {probabilities[top]:.2f}). "
+                      f"Press **Explain** for the GIF and the maps.{notes}"}
+
+
+def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | None) -> dict[str, Any]:
+    """Load the chosen pair (an unavailable model falls back to the default, with a warning),
+    offer its findings as targets and predict the current upload again."""
+    with errors_for_people("loading the models"):
+        pipeline = pipeline_for(classifier_id, autoencoder_id)
+    values: dict[str, Any] = {"classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id,
+                              "target_choices": target_choices(pipeline), "target": TOP_PREDICTION,
+                              "warnings": list(pipeline.warnings)}
+    if upload_path:
+        values.update(predict_upload(upload_path, pipeline.classifier_id, pipeline.autoencoder_id))
+    return values
+
+
+def iter_explanation(path: str, classifier_id: str, autoencoder_id: str,
+                     options: ExplainOptions) -> Iterator[Explanation]:
+    """The stages of one explanation in the app (files in a fresh run folder)."""
+    with errors_for_people("explaining the image"):
+        pipeline = pipeline_for(classifier_id, autoencoder_id)
+        image = pipeline.load_image(path)
+        yield from pipeline.iter_explain(image, options, run_folders().new())
+
+
+# ---------------------------------------------------------------- API endpoints
+# Their parameter names are the API's parameter names (gradio_client keywords).
+
+def predict(image: FileData, classifier: str = "") -> dict[str, float]:
+    """Probability of each finding for one chest X-ray.
+
+    image: PNG, JPEG, TIFF or DICOM file; classifier: model id ('' = embedded default).
+    Returns {finding: probability}.
+    """
+    path = uploaded_file(image)
+    with errors_for_people("reading the image and predicting"):
+        pipeline = pipeline_for(classifier, None)
+        return pipeline.predict(pipeline.load_image(path))
+
+
+def explain(image: FileData, classifier: str = "", autoencoder: str = "", target: str = "",
+            direction: str = DEFAULTS.direction, frames: int = DEFAULTS.frames,
+            step_size: float = DEFAULTS.step_size,
+            lambda_min: float | None = None, lambda_max: float | None = None,
+            frame_duration_ms: int = DEFAULTS.frame_duration_ms,
+            ig_steps: int = DEFAULTS.ig_steps) -> tuple[FileData, FileData, FileData, FileData, FileData,
+                                                        FileData, FileData]:
+    """Latent Shift explanation of one chest X-ray, with Grad-CAM and Integrated Gradients.
+
+    Returns files: (GIF, Latent Shift heatmap PNG, Grad-CAM PNG, Integrated Gradients PNG,
+    prediction-vs-λ plot PNG, counterfactual PNG, summary.json).
+    """
+    path = uploaded_file(image)
+    manual = lambda_min is not None or lambda_max is not None
+    options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
+                              frame_duration_ms, ig_steps)
+    with errors_for_people("explaining the image"):
+        pipeline = pipeline_for(classifier, autoencoder)
+        explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
+    return tuple(_file_data(file_path(explanation, key)) for key in EXPLAIN_API_FILES)
+
+
+def _file_data(path: str | None) -> FileData | None:
+    return None if path is None else FileData(path=path, orig_name=Path(path).name)

@@ -1,0 +1,39 @@
+"""Serving the app: :func:`launch` with the serving options, :func:`main` until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import gradio as gr
+
+from ..errors import LatentShiftError
+from . import serving
+from .layout import CSS, build_demo
+
+logger = logging.getLogger("latentshift.app")
+
+
+def launch(demo: gr.Blocks, **overrides):
+    """``demo.launch`` with the app's serving options; keyword arguments override them."""
+    options = serving.launch_options(css=CSS, theme=gr.themes.Soft(primary_hue="blue"))
+    options.update(overrides)
+    return demo.launch(**options)
+
+
+def main(command_line: argparse.Namespace) -> None:
+    """Build and serve the app until stopped (Ctrl-C or SIGTERM)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A stop from the host (SIGTERM) exits like Ctrl-C, so the run folders are deleted at exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        demo = build_demo()
+    except LatentShiftError as exc:
+        raise SystemExit(f"cannot start the app: {exc}") from None
+    launch(demo, server_name=command_line.host, server_port=command_line.port, share=command_line.share,
+           root_path=command_line.root_path, quiet=True, prevent_thread_lock=True)
+    for line in serving.launch_messages(demo.local_url, demo.share_url):
+        logger.info("%s", line)
+    demo.block_thread()

@@ -1,0 +1,124 @@
+"""Serving settings of the app: limits for a 2-vCPU machine, output folders, launch options.
+
+Chosen for a free Hugging Face CPU Space (2 vCPU, see ``docs/app.md``): one explanation at
+a time uses both cores, the rest wait in line. The command line (:func:`parse_args`) is read
+before Gradio is imported, since huggingface_hub reads ``HF_HUB_OFFLINE`` at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger("latentshift.app")
+
+EXPLAIN_CONCURRENCY = 1
+PREDICT_CONCURRENCY = 1
+QUEUE_MAX_SIZE = 20
+MAX_FILE_SIZE = "32mb"
+DELETE_CACHE = (600, 3600)        # every 10 min, delete Gradio's copies older than 1 h
+RUN_FOLDER_MAX_AGE_S = 3600       # our own output folders live as long (checked every minute)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="latentshift app",
+        description="Latent Shift demo: animated counterfactual explanations of chest X-ray classifiers.")
+    # Defaults follow Gradio's environment variables, which Hugging Face Spaces set (0.0.0.0:7860).
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to listen on (default $GRADIO_SERVER_NAME or 127.0.0.1; "
+                             "0.0.0.0 serves the network)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (default $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--share", action="store_true",
+                        help="also create a temporary public gradio.live link (needs internet)")
+    parser.add_argument("--offline", action="store_true",
+                        help="never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1): "
+                             "only embedded and already cached models are offered")
+    parser.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH"),
+                        help="URL prefix when served behind a reverse proxy, e.g. /latentshift "
+                             "(default $GRADIO_ROOT_PATH)")
+    return parser.parse_args(argv)
+
+
+def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
+    """Environment the app needs before Gradio and huggingface_hub are imported."""
+    if command_line is not None and command_line.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+class RunFolders:
+    """Output folders of the runs, under one ``tempfile.mkdtemp()`` root.
+
+    A daemon thread deletes folders older than ``max_age_s`` (checked every ``max_age_s / 4``
+    seconds, at most every minute), so an idle server keeps nothing for long; the root goes at
+    exit. Gradio serves copies of the returned files from its own cache (``delete_cache``).
+    """
+
+    def __init__(self, max_age_s: float = RUN_FOLDER_MAX_AGE_S):
+        self.root = Path(tempfile.mkdtemp(prefix="latentshift-app-"))
+        self._max_age_s = max_age_s
+        self._schedule_changed = threading.Event()
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+        threading.Thread(target=self._prune_periodically, name="prune-run-folders", daemon=True).start()
+
+    @property
+    def max_age_s(self) -> float:
+        return self._max_age_s
+
+    @max_age_s.setter
+    def max_age_s(self, seconds: float) -> None:
+        self._max_age_s = seconds
+        self._schedule_changed.set()
+
+    def new(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.root))
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.max_age_s
+        for folder in self.root.iterdir():
+            if folder.name.startswith("run-") and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _prune_periodically(self) -> None:
+        while self.root.exists():
+            self._schedule_changed.wait(timeout=max(1.0, min(self.max_age_s / 4, 60.0)))
+            self._schedule_changed.clear()
+            try:
+                self.prune()
+            except OSError:
+                logger.exception("could not prune old run folders in %s", self.root)
+
+
+@functools.cache
+def run_folders() -> RunFolders:
+    """The process's output folders (created on first use)."""
+    return RunFolders()
+
+
+def launch_options(**overrides) -> dict:
+    """Keyword arguments of ``demo.launch`` (theme and CSS are added by the layout).
+
+    The run folders' root is an allowed path: the API endpoints return our output files as
+    they are (``gr.api`` does not copy them into Gradio's cache); each run folder has a random name.
+    """
+    options = dict(max_file_size=MAX_FILE_SIZE, run_history=False, show_error=False,
+                   allowed_paths=[str(run_folders().root)])
+    options.update(overrides)
+    return options
+
+
+def launch_messages(url: str, share_url: str | None = None) -> list[str]:
+    """What the console says once the app serves, naming this app's own options."""
+    lines = [f"Latent Shift demo serving on {url} (research demo, not for clinical use)"]
+    lines.append(f"public link: {share_url}" if share_url
+                 else "for a temporary public link start it with --share; --host 0.0.0.0 serves the network")
+    return lines

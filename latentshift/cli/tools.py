@@ -1,0 +1,27 @@
+"""``latentshift bench`` and ``latentshift loadtest``: the tools, with their own flags.
+
+Each forwards everything after its name to the tool's own parser (``latentshift bench
+--help`` lists the benchmark's flags); ``python -m latentshift.tools.bench`` is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+TOOLS = {
+    "bench": ("latentshift.tools.bench", "benchmark: ours vs the one-λ-at-a-time baseline, per stage"),
+    "loadtest": ("latentshift.tools.loadtest", "load test of a running app (loopback addresses only)"),
+}
+
+
+def add_cli(subparsers) -> None:
+    for name, (module, help_text) in TOOLS.items():
+        parser = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        parser.add_argument("tool_args", nargs=argparse.REMAINDER)
+        parser.set_defaults(func=lambda args, module=module, name=name: _run(module, name, args.tool_args))
+
+
+def _run(module: str, name: str, argv: list[str]) -> int:
+    tool = importlib.import_module(module)
+    return int(tool.main(list(argv), prog=f"latentshift {name}") or 0)

@@ -1,0 +1,1 @@
+"""Evaluation: attribution maps against NIH boxes (``maps``) and the demo models' figures (``demo_models``)."""

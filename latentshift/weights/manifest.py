@@ -1,0 +1,155 @@
+"""The weights manifest: which models exist, where their files are, what they must hash to.
+
+``weights_manifest.json`` lists every model the project offers. Each entry::
+
+    {
+      "id": "demo-pneumonia",                 # what users type (--classifier ID)
+      "kind": "classifier" | "autoencoder",
+      "architecture": "demo-classifier",      # key of latentshift.models.ARCHITECTURES
+      "architecture_kwargs": {...},           # optional
+      "labels": ["Pneumonia"],                # classifiers: output names ('' = unused)
+      "thresholds": [0.5],                    # classifiers, optional: sigmoid operating points
+      "resolution": 224, "input_range": [-1024, 1024],
+      "format": "safetensors" | "torch-pickle",
+      "source": {"type": "file", "path": "weights/x.safetensors", "sha256": "...", "size": 123}
+             or {"type": "hub", "repo_id": "...", "filename": "...", "revision": "<40 hex>",
+                 "sha256": "..." | null, "size": 123 | null}
+             or {"type": "url", "url": "...", "sha256": null, "size": null},
+      "embedded_default": true,               # shipped in the repo, used when nothing else is chosen
+      "license": "...", "citation": "...", "description": "...", "model_card": "weights/x.md"
+    }
+
+The sha256 (and size) of a file is checked **before** it is deserialised; a mismatch
+raises :class:`~latentshift.errors.IntegrityError` naming both hashes. An entry whose
+hash is unknown loads only on request (``allow_unverified=True`` or
+``LATENTSHIFT_ALLOW_UNVERIFIED=1``), and then only through ``torch.load(weights_only=True)``.
+Integrity checks live in :mod:`.integrity`, sources (file, Hub, URL) in :mod:`.sources`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import WeightsError
+
+#: The package's own manifest (a link to the repository's top-level ``weights_manifest.json``,
+#: a copy inside a built wheel). Its relative ``file`` paths start at the folder that holds
+#: the ``latentshift`` package (the checkout, or ``site-packages``).
+PACKAGE_ROOT = Path(str(resources.files("latentshift")))
+DEFAULT_MANIFEST = PACKAGE_ROOT / "weights_manifest.json"
+BUILTIN_BASE_DIR = PACKAGE_ROOT.parent
+MANIFEST_ENV = "LATENTSHIFT_MANIFEST"
+KINDS = ("classifier", "autoencoder")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the manifest (see the module docstring for the fields)."""
+
+    id: str
+    kind: str
+    architecture: str
+    source: dict[str, Any]
+    format: str = "safetensors"
+    labels: tuple[str, ...] = ()
+    thresholds: tuple[float | None, ...] | None = None
+    resolution: int = 224
+    input_range: tuple[float, float] = (-1024.0, 1024.0)
+    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
+    embedded_default: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = BUILTIN_BASE_DIR
+
+    @property
+    def source_type(self) -> str:
+        return self.source.get("type", "")
+
+    @property
+    def sha256(self) -> str | None:
+        return self.source.get("sha256")
+
+    @property
+    def size(self) -> int | None:
+        return self.source.get("size")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: Path) -> "ModelEntry":
+        known = {"id", "kind", "architecture", "source", "format", "labels", "thresholds",
+                 "resolution", "input_range", "architecture_kwargs", "embedded_default"}
+        missing = [k for k in ("id", "kind", "architecture", "source") if k not in data]
+        if missing:
+            raise WeightsError(f"manifest entry {data.get('id', '?')!r} lacks {', '.join(missing)}")
+        if data["kind"] not in KINDS:
+            raise WeightsError(f"manifest entry {data['id']!r}: kind must be one of {KINDS}")
+        thresholds = data.get("thresholds")
+        return cls(
+            id=data["id"],
+            kind=data["kind"],
+            architecture=data["architecture"],
+            source=dict(data["source"]),
+            format=data.get("format", "safetensors"),
+            labels=tuple(data.get("labels", ())),
+            thresholds=None if thresholds is None else tuple(thresholds),
+            resolution=int(data.get("resolution", 224)),
+            input_range=tuple(data.get("input_range", (-1024.0, 1024.0))),
+            architecture_kwargs=dict(data.get("architecture_kwargs", {})),
+            embedded_default=bool(data.get("embedded_default", False)),
+            info={k: v for k, v in data.items() if k not in known},
+            base_dir=base_dir,
+        )
+
+
+class Manifest:
+    """The parsed manifest: entries by id, plus the embedded defaults per kind."""
+
+    def __init__(self, entries: list[ModelEntry], path: Path | None = None):
+        self.path = path
+        self.entries: dict[str, ModelEntry] = {}
+        for entry in entries:
+            if entry.id in self.entries:
+                raise WeightsError(f"manifest lists model id {entry.id!r} twice")
+            self.entries[entry.id] = entry
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "Manifest":
+        """Read the manifest at ``path``, ``$LATENTSHIFT_MANIFEST`` or the repo's default."""
+        path = Path(path or os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
+        builtin = path.resolve() == DEFAULT_MANIFEST.resolve()
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WeightsError(f"weights manifest not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"weights manifest {path} is not valid JSON: {exc}") from None
+        base_dir = BUILTIN_BASE_DIR if builtin else path.resolve().parent
+        return cls([ModelEntry.from_dict(e, base_dir) for e in data.get("models", [])], path)
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+    def get(self, model_id: str, kind: str | None = None) -> ModelEntry:
+        try:
+            entry = self.entries[model_id]
+        except KeyError:
+            ids = ", ".join(e.id for e in self if kind is None or e.kind == kind)
+            raise WeightsError(f"unknown model id {model_id!r}; the manifest lists: {ids}") from None
+        if kind is not None and entry.kind != kind:
+            raise WeightsError(f"model {model_id!r} is a {entry.kind}, not a {kind}")
+        return entry
+
+    def of_kind(self, kind: str) -> list[ModelEntry]:
+        return [e for e in self if e.kind == kind]
+
+    def default(self, kind: str) -> ModelEntry:
+        """The embedded default of ``kind`` (the first entry marked ``embedded_default``)."""
+        for entry in self.of_kind(kind):
+            if entry.embedded_default:
+                return entry
+        raise WeightsError(f"the manifest marks no {kind} as embedded_default")
+
+

@@ -1,0 +1,153 @@
+"""The package's layout as a rule: rooms are layers, imports go one way, functions stay short.
+
+Read from the source with ``ast`` (nothing is imported), so a new module is checked the day
+it is added.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "latentshift"
+#: Rooms from the bottom up; a room may import only rooms of a lower rank (and itself).
+RANKS = {
+    "errors": 0, "options": 1, "models": 2, "core": 3, "io": 3, "weights": 3, "guard": 4, "pipeline": 5,
+    "training": 6, "evaluation": 7, "tools": 7, "app": 8, "cli": 9, "__main__": 10,
+}
+MAX_FUNCTION_LINES = 60
+
+
+def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imported_modules(name: str, path: Path, *, top_level_only: bool = False) -> set[str]:
+    """Package modules that ``name`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    known = set(modules())
+    result = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            # ``from . import demo`` imports the submodule; its package is only the parent
+            candidates = [m for m in submodules if m in known] or [target]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        result.update(c for c in candidates if c == "latentshift" or c.startswith("latentshift."))
+    return {c for c in result if c in known and c != name}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_room_has_a_rank():
+    rooms = {room(name) for name in modules()} - {"__init__"}
+    assert rooms <= set(RANKS), f"rooms without a rank: {sorted(rooms - set(RANKS))}"
+
+
+def test_imports_go_one_way():
+    offences = []
+    for name, path in modules().items():
+        if room(name) == "__init__":
+            continue  # the package's front door re-exports (lazily for the pipeline)
+        for target in imported_modules(name, path):
+            if room(target) == "__init__":
+                offences.append(f"{name} imports the package front door {target}")
+            elif room(target) != room(name) and RANKS[room(target)] >= RANKS[room(name)]:
+                offences.append(f"{name} ({room(name)}) imports {target} ({room(target)})")
+    assert not offences, "\n".join(offences)
+
+
+def test_no_import_cycle():
+    graph = {name: imported_modules(name, path, top_level_only=True) for name, path in modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target):] + [target] if target in trail else [node, target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, trail + [target])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]  # the docstring does not count
+    return 0 if not body else body[-1].end_lineno - body[0].lineno + 1
+
+
+def test_no_function_over_sixty_lines():
+    long = []
+    for path in [*modules().values(), REPO / "app.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {_body_lines(node)} lines")
+    assert not long, "\n".join(long)
+
+
+def test_every_module_says_what_its_room_holds():
+    missing = [str(path.relative_to(REPO)) for path in modules().values()
+               if path.name != "__main__.py" and not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not missing, f"modules without a docstring: {missing}"
+
+
+def readme_tree() -> set[str]:
+    """Paths named by the tree of README's layout section (indentation = folder depth)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    tree = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    paths, folders = set(), []
+    for line in tree.splitlines():
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        folders = folders[:depth]
+        paths.add("/".join(folders + [name.rstrip("/")]))
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+    return paths
+
+
+def test_readme_layout_lists_every_module_and_nothing_gone():
+    listed = readme_tree()
+    actual = {path.relative_to(REPO).as_posix() for path in modules().values()
+              if path.name not in ("__init__.py", "__main__.py")}
+    assert not actual - listed, f"README's layout section does not list: {sorted(actual - listed)}"
+    gone = [p for p in listed if not (REPO / p).exists()]
+    assert not gone, f"README's layout section lists what does not exist: {gone}"
+
+
+def test_space_entry_is_a_few_lines():
+    lines = [line for line in (REPO / "app.py").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert len(lines) <= 20, "app.py should only start latentshift.app"
