@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from .core.attribution import GradCAM, IntegratedGradientsMap
-from .core.shift import LatentShift, ShiftResult
+from .core.guard import DomainGuard
+from .core.shift import LatentShift
 from .errors import OptionsError
+from .explanation import Explanation, warning
 from .io import render
 from .io.imaging import XrayImage, load_xray
 from .options import ExplainOptions
@@ -50,6 +52,7 @@ FILE_NAMES = {
     "prediction_plot": "prediction.png",
     "counterfactual": "counterfactual.png",
     "exaggerated": "exaggerated.png",
+    "other_findings_plot": "other_findings.png",
     "gradcam": "gradcam.png",
     "integrated_gradients": "integrated_gradients.png",
     "summary": "summary.json",
@@ -65,60 +68,6 @@ class ModelChoice:
     available: bool
     reason: str
     is_default: bool
-
-
-@dataclass
-class Explanation:
-    """Everything shown for one image; filled stage by stage (``stage`` says how far)."""
-
-    image: XrayImage
-    classifier_id: str
-    autoencoder_id: str
-    options: ExplainOptions
-    predictions: dict[str, float] = field(default_factory=dict)
-    thresholds: dict[str, float | None] = field(default_factory=dict)
-    target: str = ""
-    target_index: int = -1
-    shift: ShiftResult | None = None
-    gradcam: np.ndarray | None = None
-    integrated_gradients: np.ndarray | None = None
-    ig_convergence_delta: float | None = None
-    reconstruction_error: float | None = None
-    likely_not_cxr: bool = False
-    files: dict[str, Path] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    stage: str = ""
-
-    def summary(self) -> dict:
-        """JSON-ready record of the run (what ``summary.json`` holds)."""
-        shift = self.shift.summary() if self.shift is not None else None
-        return {
-            "classifier": self.classifier_id,
-            "autoencoder": self.autoencoder_id,
-            "target": self.target,
-            "target_index": self.target_index,
-            "threshold": self.thresholds.get(self.target),
-            "predictions": {k: round(v, 6) for k, v in self.predictions.items()},
-            "initial_pred": None if self.shift is None else self.shift.initial_pred,
-            "lambdas": None if shift is None else shift["lambdas"],
-            "preds": None if shift is None else shift["preds"],
-            "stop_reasons": None if shift is None else shift["stop_reasons"],
-            "latent_shift": shift,
-            "gif_frames": None if shift is None else render.gif_frame_count(self.files["gif"]),
-            "ig_convergence_delta": self.ig_convergence_delta,
-            "reconstruction_error": self.reconstruction_error,
-            "likely_not_cxr": self.likely_not_cxr,
-            "input": {"format": self.image.source_format, "original_size": list(self.image.original_size),
-                      "bit_depth": self.image.bit_depth, "notes": list(self.image.notes)},
-            "options": {"step_size": self.options.step_size, "lambda_range": self.options.lambda_range,
-                        "frames": self.options.frames, "direction": self.options.direction,
-                        "heatmap": self.options.heatmap},
-            "warnings": list(self.warnings),
-            "seconds": {k: round(v, 4) for k, v in self.timings.items()},
-            "files": {k: p.name for k, p in self.files.items()},
-            "disclaimer": "Research and teaching demo, not for clinical use.",
-        }
 
 
 def list_models(kind: str, manifest: Manifest | None = None) -> list[ModelChoice]:
@@ -142,12 +91,13 @@ class Pipeline:
     _stores: dict[tuple[str, str], ModelStore] = {}
     _stores_lock = threading.Lock()
 
-    def __init__(self, classifier: LoadedModel, autoencoder: LoadedModel, device: str | torch.device = "cpu"):
+    def __init__(self, classifier: LoadedModel, autoencoder: LoadedModel, device: str | torch.device = "cpu",
+                 guard: DomainGuard | None = None):
         self.device = torch.device(device)
         self.classifier_model, self.autoencoder_model = classifier, autoencoder
         self.classifier, self.classifier_entry = classifier.model, classifier.entry
         self.autoencoder, self.autoencoder_entry = autoencoder.model, autoencoder.entry
-        self.warnings = [w for w in (classifier.warning, autoencoder.warning) if w]
+        self.warnings = [warning(m.warning_code, m.warning) for m in (classifier, autoencoder) if m.warning]
         if self.classifier_entry.resolution != self.autoencoder_entry.resolution:
             raise OptionsError(f"classifier {self.classifier_entry.id!r} works at "
                                f"{self.classifier_entry.resolution} px but autoencoder "
@@ -156,6 +106,9 @@ class Pipeline:
         self.explainer = LatentShift(self.classifier, self.autoencoder, apply_sigmoid=True)
         self.gradcam = GradCAM(self.classifier)
         self.ood_threshold = float(self.autoencoder_entry.info.get("ood_threshold", DEFAULT_OOD_THRESHOLD))
+        self.guard = guard
+        #: The population the classifier was trained on ("pediatric", "adult" or None: unknown).
+        self.population = self.classifier_entry.info.get("population")
 
     @classmethod
     def store(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None) -> ModelStore:
@@ -176,7 +129,25 @@ class Pipeline:
         and the pipeline's ``warnings`` say so.
         """
         store = cls.store(device, manifest_path)
-        return cls(store.get(classifier_id, "classifier"), store.get(autoencoder_id, "autoencoder"), device)
+        return cls(store.get(classifier_id, "classifier"), store.get(autoencoder_id, "autoencoder"), device,
+                   cls.domain_guard(device, manifest_path))
+
+    @classmethod
+    def domain_guard(cls, device: str = "cpu", manifest_path: str | None = None) -> DomainGuard | None:
+        """The manifest's embedded domain guard through the model store; None if it lists none."""
+        store = cls.store(device, manifest_path)
+        if not any(entry.kind == "guard" and entry.embedded_default for entry in store.manifest):
+            return None
+        loaded = store.get(None, "guard")
+        return DomainGuard.from_model(loaded.model, loaded.entry.info)
+
+    def check_domain(self, image: XrayImage) -> tuple[dict | None, list[dict]]:
+        """(the guard's summary or None, warnings) for an upload, against this classifier's population."""
+        if self.guard is None:
+            return None, []
+        population = self.population if self.population in ("pediatric", "adult") else None
+        result = self.guard.check(image, population=population)
+        return result.summary(), [warning(w["code"], w["message"]) for w in result.warnings]
 
     @classmethod
     def from_models(cls, classifier: nn.Module, autoencoder: nn.Module, *, labels: Sequence[str] | None = None,
@@ -287,13 +258,18 @@ class Pipeline:
         out_dir.mkdir(parents=True, exist_ok=True)
         explanation = Explanation(image=image, classifier_id=self.classifier_id,
                                   autoencoder_id=self.autoencoder_id, options=options,
-                                  warnings=list(self.warnings) + [f"input: {note}" for note in image.notes])
+                                  pathologies=list(self.classifier.pathologies),
+                                  warnings=list(self.warnings) + [warning("input_note", f"input: {note}")
+                                                                  for note in image.notes])
         x = image.tensor(self.device)
 
         with _timed(explanation, "predict"):
             explanation.predictions = self.predict(image)
             explanation.thresholds = self.thresholds
             explanation.target, explanation.target_index = self.target_index(options.target, explanation.predictions)
+            explanation.domain, domain_warnings = self.check_domain(image)
+            for item in domain_warnings:
+                explanation.warn(item["code"], item["message"])
             explanation.files["input"] = render.write_png(out_dir / FILE_NAMES["input"], image.pixels)
         yield _at(explanation, "predict")
 
@@ -336,16 +312,16 @@ class Pipeline:
         explanation.reconstruction_error = error
         explanation.likely_not_cxr = error > self.ood_threshold
         if explanation.likely_not_cxr:
-            explanation.warnings.append(
-                f"the autoencoder reconstructs this image poorly (error {error:.3f} > {self.ood_threshold:.3f}): "
+            explanation.warn(
+                "not_a_chest_xray", f"the autoencoder reconstructs this image poorly (error {error:.3f} > {self.ood_threshold:.3f}): "
                 "it is probably not a frontal chest X-ray, so the explanation is unreliable")
 
     @staticmethod
     def _note_degenerate_range(explanation: Explanation) -> None:
         shift = explanation.shift
         if shift.lambda_range == (0.0, 0.0):
-            explanation.warnings.append(
-                "the search found no λ that changes the prediction within the limits "
+            explanation.warn(
+                "degenerate_range", "the search found no λ that changes the prediction within the limits "
                 f"({shift.stop_reasons}); try a smaller step size or a manual λ range")
 
     def _render_shift(self, explanation: Explanation, out_dir: Path) -> None:
@@ -364,6 +340,13 @@ class Pipeline:
             out_dir / FILE_NAMES["counterfactual"], shift.frames[0, 0])
         explanation.files["exaggerated"] = render.write_png(
             out_dir / FILE_NAMES["exaggerated"], shift.frames[-1, 0])
+        others = explanation.other_findings
+        if others:
+            curves = [(name, shift.lambdas, preds) for name, preds in others.items()]
+            curves.insert(0, (f"{explanation.target} (target)", shift.lambdas, shift.preds))
+            explanation.files["other_findings_plot"] = render.write_curves_plot(
+                out_dir / FILE_NAMES["other_findings_plot"], curves,
+                title=f"Every finding along {explanation.target}'s latent shift")
 
 
 def _at(explanation: Explanation, stage: str) -> Explanation:

@@ -16,7 +16,7 @@ def test_noise_is_flagged_and_a_real_example_is_not(tmp_path):
     noise = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)).save(noise)
     flagged = pipeline.explain(pipeline.load_image(noise), QUICK, tmp_path / "noise")
-    assert flagged.likely_not_cxr and any("not a frontal chest X-ray" in w for w in flagged.warnings)
+    assert flagged.likely_not_cxr and any(w["code"] == "not_a_chest_xray" and "not a frontal chest X-ray" in w["message"] for w in flagged.warnings)
 
     example = sorted((REPO / "examples").glob("pneumonia-*.png"))[0]
     real = pipeline.explain(pipeline.load_image(example), QUICK, tmp_path / "real")

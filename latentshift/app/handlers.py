@@ -168,7 +168,9 @@ def describe_progress(explanation: Explanation) -> str:
         lines.append(f"Done in {explanation.timings['total']:.1f} s ({timings}).")
     else:
         lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
-    lines += [f"⚠ {warning}" for warning in explanation.warnings]
+    if explanation.shift is not None:
+        lines.append(explanation.outcome)
+    lines += [f"⚠ {w['message']}" for w in explanation.warnings if w["code"] != "input_note"]
     return "\n\n".join(lines)
 
 
@@ -221,7 +223,7 @@ def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | No
         pipeline = pipeline_for(classifier_id, autoencoder_id)
     values: dict[str, Any] = {"classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id,
                               "target_choices": target_choices(pipeline), "target": TOP_PREDICTION,
-                              "warnings": list(pipeline.warnings)}
+                              "warnings": [w["message"] for w in pipeline.warnings]}
     if upload_path:
         values.update(predict_upload(upload_path, pipeline.classifier_id, pipeline.autoencoder_id))
     return values

@@ -209,7 +209,7 @@ def _explain_in_ui(c: dict, image_path, upload_path, classifier_id, autoencoder_
     progress(0, desc="Reading the image and predicting")
     for explanation in handlers.iter_explanation(path, classifier_id, autoencoder_id, options):
         for warning in explanation.warnings[shown_warnings:]:
-            gr.Warning(warning)
+            gr.Warning(warning["message"])
         shown_warnings = len(explanation.warnings)
         values = handlers.result_values(explanation)
         values.setdefault("lambda_min", gr.skip())

@@ -18,6 +18,7 @@ from ..errors import LatentShiftError
 #: Modules that contribute sub-commands through ``add_cli(subparsers)``.
 COMMAND_MODULES = (
     "latentshift.cli.explain",      # explain
+    "latentshift.cli.compare",      # compare
     "latentshift.cli.weights",      # weights list | fetch | verify
     "latentshift.cli.training",     # train, evaluate-models
     "latentshift.cli.evaluation",   # evaluate-maps

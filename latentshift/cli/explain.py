@@ -37,12 +37,13 @@ def run_explain(args: argparse.Namespace) -> int:
     image = pipeline.load_image(args.image)
     explanation = pipeline.explain(image, options, args.out)
     for warning in explanation.warnings:
-        logger.warning("%s", warning)
+        logger.warning("%s", warning["message"])
     shift = explanation.shift
     print(f"{explanation.target}: input {shift.initial_pred:.3f}, λ ∈ [{shift.lambda_range[0]:.1f}, "
           f"{shift.lambda_range[1]:.1f}], prediction {shift.preds[0]:.3f} → {shift.preds[-1]:.3f} "
           f"over {len(shift.lambdas)} frames (stops: curtail {shift.stop_reasons['curtail']}, "
           f"exaggerate {shift.stop_reasons['exaggerate']})")
+    print(explanation.outcome)
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in explanation.timings.items()))
     print(f"wrote {', '.join(sorted(p.name for p in explanation.files.values()))} to {args.out}")
     return 0

@@ -14,17 +14,22 @@ from ..weights.manifest import PACKAGE_ROOT
 
 from ..training.data import (DATA_ENV, load_data)
 from ..training.train import (AE_ID, DEFAULT_CANDIDATES, DEFAULT_EPOCHS, DEFAULT_MIXUP, load_demo_autoencoder, train_autoencoder, train_classifier)
+from ..training.guard import run_recipe as run_guard_recipe
 from ..evaluation.demo_models import (format_results, evaluate_models)
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_GUARD_EPOCHS = 8
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    epochs = args.epochs or DEFAULT_EPOCHS[args.model]
+    epochs = args.epochs or DEFAULT_EPOCHS.get(args.model)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise LatentShiftError("--device cuda, but no CUDA device is available")
-    if args.model == "autoencoder":
+    if args.model == "guard":
+        run_guard_recipe(args.data, Path(args.out), epochs=args.epochs or DEFAULT_GUARD_EPOCHS, seed=args.seed)
+    elif args.model == "autoencoder":
         data = load_data(args.data, per_group=args.limit)
         train_autoencoder(data, Path(args.out), epochs=epochs, device=args.device, seed=args.seed,
                           limit=args.limit, batch_size=args.batch_size or 32)
@@ -61,7 +66,8 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a demo model on the chest X-ray folder",
                               description="Train the demo autoencoder or pneumonia classifier "
                                           "(research demo, not for clinical use).")
-    p.add_argument("model", choices=["autoencoder", "classifier"])
+    p.add_argument("model", choices=["autoencoder", "classifier", "guard"],
+                   help="autoencoder, pneumonia classifier, or the domain guard (pediatric / adult / not a CXR)")
     p.add_argument("--data", default=None, help=f"chest X-ray folder with labels.csv (default: ${DATA_ENV} "
                                                 f"or shared/data/cxr in this folder or above it)")
     p.add_argument("--out", default="weights", help="output folder for <id>.safetensors and <id>.metrics.json")

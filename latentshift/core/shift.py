@@ -64,6 +64,8 @@ class ShiftResult:
         reconstruction: (1, 1, H, W) ``D(E(x))``, the λ = 0 frame.
         initial_pred: target prediction of the input image itself.
         reconstruction_pred: target prediction of the reconstruction (λ = 0).
+        all_preds: (F, C) prediction of *every* classifier output on each frame (the target's
+            column equals ``preds``): what else moves along the target's path.
         lambda_range: (λ_min, λ_max) the sweep covered.
         stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`STOP_REASONS`.
         pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame.
@@ -86,6 +88,7 @@ class ShiftResult:
     heatmap_mode: str = "int"
     evaluations: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    all_preds: np.ndarray | None = None
 
     @property
     def map(self) -> np.ndarray:
@@ -181,7 +184,11 @@ class LatentShift:
 
     def _prediction(self, images: torch.Tensor, target: int) -> torch.Tensor:
         """(N, 1, H, W) -> (N,) target prediction in [0, 1] (or raw scores)."""
-        scores = self.classifier(images)[:, target]
+        return self._predictions(images)[:, target]
+
+    def _predictions(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> (N, C) predictions of every output in [0, 1] (or raw scores)."""
+        scores = self.classifier(images)
         return torch.sigmoid(scores) if self.apply_sigmoid else scores
 
     def attribute(self, x: torch.Tensor, target: int, *,
@@ -246,6 +253,7 @@ class LatentShift:
         started = time.perf_counter()
         lambdas = sweep_lambdas(lambda_min, lambda_max, frames)
         frame_batch, preds = cache.evaluate(lambdas)
+        all_preds = cache.all_outputs(lambdas)
         timings["sweep"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -257,7 +265,7 @@ class LatentShift:
         return ShiftResult(
             lambdas=lambdas, preds=preds.numpy().astype(np.float64), frames=frame_batch,
             heatmap=heatmap_array, reconstruction=reconstruction.cpu(),
-            initial_pred=initial_pred, reconstruction_pred=reconstruction_pred,
+            initial_pred=initial_pred, reconstruction_pred=reconstruction_pred, all_preds=all_preds,
             lambda_range=(lambda_min, lambda_max), stop_reasons=stop_reasons,
             pixel_change=pixel_change, target=target, heatmap_mode=heatmap,
             evaluations=cache.evaluations, timings=timings)
@@ -391,6 +399,7 @@ class _FrameCache:
         self.reference_mass = float(self.reconstruction.abs().sum()) or 1.0
         self.frames: dict[float, torch.Tensor] = {0.0: self.reconstruction[0]}
         self.preds: dict[float, float] = {0.0: reconstruction_pred}
+        self.outputs: dict[float, torch.Tensor] = {}
         self.changes: dict[float, float] = {0.0: 0.0}
         self.evaluations = 1
 
@@ -411,15 +420,24 @@ class _FrameCache:
                 steps = torch.tensor(chunk, dtype=self.z.dtype, device=self.z.device)
                 latents = self.z + steps.view(-1, *([1] * (self.z.dim() - 1))) * self.gradient
                 images = self.explainer.autoencoder.decode(latents)
-                preds = self.explainer._prediction(images, self.target).float().cpu()
+                outputs = self.explainer._predictions(images).float().cpu()
                 images = images.float().cpu()
-                for lam, image, pred in zip(chunk, images, preds):
+                for lam, image, output in zip(chunk, images, outputs):
                     self.frames[lam] = image.clone()
-                    self.preds[lam] = float(pred)
+                    self.preds[lam] = float(output[self.target])
+                    self.outputs[lam] = output.clone()
                     self.changes[lam] = float((image - self.reconstruction[0]).abs().sum()) / self.reference_mass
                 self.evaluations += len(chunk)
         frames = torch.stack([self.frames[k] for k in keys]) if keys else torch.empty(0)
         return frames, torch.tensor([self.preds[k] for k in keys], dtype=torch.float64)
+
+    def all_outputs(self, lambdas: np.ndarray) -> np.ndarray:
+        """(F, C) predictions of every output at already evaluated ``lambdas``."""
+        if 0.0 not in self.outputs and any(float(lam) == 0.0 for lam in lambdas):
+            with torch.inference_mode():
+                scores = self.explainer._predictions(self.reconstruction.to(self.z.device))
+            self.outputs[0.0] = scores[0].float().cpu()
+        return torch.stack([self.outputs[float(lam)] for lam in lambdas]).numpy().astype(np.float64)
 
     def pixel_change(self, frames: torch.Tensor) -> np.ndarray:
         diff = (frames - self.reconstruction).abs().flatten(1).sum(1) / self.reference_mass

@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -515,6 +515,46 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
     fig.savefig(path, format="png")
     fig.clear()
     logger.info("wrote prediction plot %s", path)
+    return path
+
+
+def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, Any]], *, title: str,
+                      x_label: str = "λ (latent step)", thresholds: Sequence[float | None] | None = None) -> Path:
+    """Several prediction-vs-λ curves in one PNG (7×4 in, 100 dpi), a legend outside the axes.
+
+    Args:
+        curves: (label, lambdas (F,), preds (F,) in [0, 1]) per line; λs sorted ascending. Each
+            line may have its own λs (compare view: one line per classifier).
+        thresholds: optional threshold per curve (dotted, in the curve's colour).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not curves:
+        raise ValueError("curves must not be empty")
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [f"C{i % 10}" for i in range(len(curves))]
+    for index, (label, lambdas, preds) in enumerate(curves):
+        lam = _as_vector(lambdas, "lambdas")
+        ax.plot(lam, _as_vector(preds, "preds", lam.shape[0]), "-o", ms=2.5, lw=1.5, color=colours[index],
+                label=label)
+        threshold = None if thresholds is None else _check_probability(thresholds[index], "threshold")
+        if threshold is not None:
+            ax.axhline(threshold, ls=":", lw=1.2, color=colours[index])
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(x_label, fontsize=10)
+    ax.set_ylabel("prediction", fontsize=10)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, alpha=0.3, lw=0.5)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    fig.tight_layout()
+    path = _prepare_path(path)
+    fig.savefig(path, format="png")
+    fig.clear()
+    logger.info("wrote curves plot %s (%d curves)", path, len(curves))
     return path
 
 

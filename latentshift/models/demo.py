@@ -13,6 +13,9 @@ Both follow the torchxrayvision conventions of :mod:`latentshift.models.conventi
   better than a coarser one (16×14×14: SSIM 0.80 vs 0.89), and Latent Shift needs that
   texture to *remove* an opacity rather than only blur it. The decoder mixes
   neighbouring cells, so a step in z changes lung regions smoothly, not single pixels.
+* :class:`DomainGuardNet` -- a tiny CNN of the same design (fewer channels) returning
+  logits (N, 3) for :data:`GUARD_CLASSES` ("pediatric" / "adult" frontal chest X-ray,
+  "not_cxr"); used by :mod:`latentshift.core.guard`, trained by :mod:`latentshift.training.guard`.
 * :class:`DemoClassifier` -- a small CNN (five strided conv blocks with BatchNorm,
   global average pooling, linear) returning logits (N, 1) for "Pneumonia".
 """
@@ -169,8 +172,70 @@ def _build_demo_autoencoder(*, resolution=224, latent_channels=4, widths=(16, 32
     return DemoAutoencoder(latent_channels=latent_channels, widths=widths, resolution=resolution)
 
 
+#: Output order of :class:`DomainGuardNet`.
+GUARD_CLASSES = ("pediatric", "adult", "not_cxr")
+
+
+class DomainGuardNet(nn.Module):
+    """Tiny CNN telling pediatric from adult frontal chest X-rays and both from other images.
+
+    Args:
+        classes: output names (default :data:`GUARD_CLASSES`).
+        widths: channels of the five stride-2 conv blocks (224 -> 7).
+    Shapes: (N, 1, R, R) float32 in [-1024, 1024] -> (N, len(classes)) logits.
+    :meth:`features` gives the (N, 2 * widths[-1]) pooled features before the linear
+    layer: the mean *and* the standard deviation of the last block over space, so the model
+    can see how uniform an image is (noise is uniform, a chest is not).
+    :meth:`feature_distance` gives the squared Mahalanobis distance (N,) of those features
+    to the nearer of the two chest X-ray class means (buffers ``feature_means`` (2, F) and
+    ``feature_precision`` (F, F), fitted on training X-rays by
+    :func:`latentshift.train_guard.fit_feature_stats`): a second, class-free novelty score.
+    """
+
+    def __init__(self, classes: Sequence[str] = GUARD_CLASSES,
+                 widths: Sequence[int] = (8, 16, 32, 48, 64), resolution: int = 224):
+        super().__init__()
+        widths = list(widths)
+        self.classes = list(classes)
+        self.resolution = resolution
+        self.input_range = PIXEL_RANGE
+        blocks, c_prev = [], 1
+        for i, c in enumerate(widths):
+            blocks.append(_ConvBlock(c_prev, c, stride=2, double=i > 0))
+            c_prev = c
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(2 * c_prev, len(self.classes))
+        self.register_buffer("feature_means", torch.zeros(2, 2 * c_prev))
+        self.register_buffer("feature_precision", torch.eye(2 * c_prev))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x / SCALE)
+        return torch.cat([h.mean(dim=(2, 3)), h.std(dim=(2, 3))], 1)
+
+    def _distance(self, f: torch.Tensor) -> torch.Tensor:
+        diff = f[:, None, :] - self.feature_means[None]  # (N, 2, F)
+        return torch.einsum("ncf,fg,ncg->nc", diff, self.feature_precision, diff).min(dim=1).values
+
+    def feature_distance(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance (N,) of x's features to the nearer X-ray class mean."""
+        return self._distance(self.features(x))
+
+    def forward_with_distance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, C), feature distance (N,)) from one pass through the body."""
+        f = self.features(x)
+        return self.head(f), self._distance(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _build_domain_guard(*, classes=GUARD_CLASSES, resolution=224, widths=(8, 16, 32, 48, 64), **_):
+    return DomainGuardNet(classes, widths=widths, resolution=resolution)
+
+
 #: Architecture names of the demo models (listed in :mod:`latentshift.models.registry`).
 BUILDERS = {
     "demo-classifier": _build_demo_classifier,
     "demo-autoencoder": _build_demo_autoencoder,
+    "demo-domain-guard": _build_domain_guard,
 }

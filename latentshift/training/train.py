@@ -80,7 +80,7 @@ def _seed_everything(seed: int) -> torch.Generator:
     return gen
 
 
-def _save(model: nn.Module, out_dir: Path, model_id: str, metrics: dict, metadata: dict) -> Path:
+def save_model(model: nn.Module, out_dir: Path, model_id: str, metrics: dict, metadata: dict) -> Path:
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
         "torch": torch.__version__,
     }
     logger.info("ae test: MAE %.1f (model units), SSIM %.4f", test["mae"], test["ssim"])
-    _save(model.cpu(), out_dir, AE_ID, metrics, {"architecture_kwargs": arch})
+    save_model(model.cpu(), out_dir, AE_ID, metrics, {"architecture_kwargs": arch})
     return metrics
 
 
@@ -346,7 +346,7 @@ def train_classifier(data: CXRData, out_dir: Path, *, epochs: int, device: str =
     logger.info("classifier test: AUC %.4f, sensitivity %.3f, specificity %.3f at threshold %.3f",
                 metrics["test"]["auc"], metrics["test"]["sensitivity"], metrics["test"]["specificity"],
                 threshold)
-    _save(model.cpu(), out_dir, CLF_ID, metrics,
+    save_model(model.cpu(), out_dir, CLF_ID, metrics,
           {"architecture_kwargs": CLF_KWARGS, "thresholds": [threshold], "labels": ["Pneumonia"]})
     return metrics
 

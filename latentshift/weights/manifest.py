@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(str(resources.files("latentshift")))
 DEFAULT_MANIFEST = PACKAGE_ROOT / "weights_manifest.json"
 BUILTIN_BASE_DIR = PACKAGE_ROOT.parent
 MANIFEST_ENV = "LATENTSHIFT_MANIFEST"
-KINDS = ("classifier", "autoencoder")
+KINDS = ("classifier", "autoencoder", "guard")
 
 
 @dataclass(frozen=True)

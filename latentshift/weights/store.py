@@ -41,6 +41,7 @@ class LoadedModel:
     entry: ModelEntry
     warning: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    warning_code: str = "unverified_weights"  # or "model_fallback"
 
     @property
     def id(self) -> str:
@@ -95,7 +96,7 @@ class ModelStore:
             logger.warning("%s", warning)
             loaded = self._cached_or_load(default)
             joined = warning if not loaded.warning else f"{warning}; {loaded.warning}"
-            return LoadedModel(loaded.model, loaded.entry, joined, loaded.lock)
+            return LoadedModel(loaded.model, loaded.entry, joined, loaded.lock, warning_code="model_fallback")
 
     def _default_or_raise(self, kind: str, requested: str, error: WeightsError) -> ModelEntry:
         try:

@@ -1,0 +1,108 @@
+"""The outcome of an explanation in words, built from its numbers (no model, no UI).
+
+:func:`outcome_sentence` says which finding, the prediction at both ends of the sweep against
+the threshold ("stays positive" / "becomes negative"), why each direction stopped in plain
+words, and the warnings; :func:`moving_findings` names the other outputs that move with the
+target. The app, the API and ``summary.json`` all show these same words.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+#: Why a direction's search stopped, in words for people (keys of ``ShiftResult.stop_reasons``).
+STOP_WORDS = {
+    "pred_diff": "the prediction had moved by {pred_diff:.0%} of its range",
+    "floor": "the prediction fell below 0.05",
+    "ceiling": "the prediction rose above 0.95",
+    "not_moving": "the prediction stopped moving that way",
+    "pixel_budget": "the image had changed by {pixel_budget:.0%}",
+    "max_lambda": "λ reached its limit ({max_lambda:g})",
+    "given_range": "the λ range was given",
+}
+
+
+def _side(value: float, threshold: float | None) -> str:
+    if threshold is None:
+        return ""
+    return "positive" if value >= threshold else "negative"
+
+
+def _number(value: float, threshold: float | None) -> str:
+    """Two decimals, three when two would hide which side of the threshold the value is on."""
+    if threshold is not None and abs(value - threshold) < 0.01:
+        return f"{value:.3f}"
+    return f"{value:.2f}"
+
+
+def _direction_clause(verb: str, start: float, end: float, threshold: float | None, reason: str,
+                      limits: dict) -> str:
+    before, after = _side(start, threshold), _side(end, threshold)
+    if threshold is None:
+        verdict = ""
+    elif before == after:
+        verdict = f", so it stays {after}"
+    else:
+        verdict = f", so it becomes {after}"
+    why = STOP_WORDS.get(reason, reason).format(**limits)
+    return f"{verb} takes it to {_number(end, threshold)}{verdict} (stopped because {why})"
+
+
+def outcome_sentence(target: str, initial_pred: float, preds: Sequence[float], lambdas: Sequence[float],
+                     threshold: float | None, stop_reasons: dict[str, str], limits: dict,
+                     warnings: Sequence[str] = ()) -> str:
+    """One or two sentences about the result.
+
+    preds/lambdas: the sweep, sorted by λ (λ = 0 included); limits: ``pred_diff``,
+    ``pixel_budget`` and ``max_lambda`` of the options (for the reasons' words).
+    """
+    threshold_text = "" if threshold is None else f" (threshold {threshold:.2f}: {_side(initial_pred, threshold)})"
+    parts = [f"{target}: {_number(initial_pred, threshold)} on the input{threshold_text}"]
+    lambdas = np.asarray(lambdas, dtype=float)
+    zero = int(np.flatnonzero(lambdas == 0.0)[0]) if np.any(lambdas == 0.0) else 0
+    start = float(preds[zero])
+    if lambdas[0] < 0:
+        parts.append(_direction_clause("curtailing", start, float(preds[0]), threshold,
+                                       stop_reasons.get("curtail", ""), limits))
+    if lambdas[-1] > 0:
+        parts.append(_direction_clause("exaggerating", start, float(preds[-1]), threshold,
+                                       stop_reasons.get("exaggerate", ""), limits))
+    if lambdas[0] == 0 and lambdas[-1] == 0:
+        parts.append("no λ changed the prediction within the limits")
+    sentence = "; ".join(parts) + "."
+    if warnings:
+        sentence += " Warning: " + " ".join(w.rstrip(".") + "." for w in warnings)
+    return sentence
+
+
+def moving_findings(all_preds: np.ndarray, names: Sequence[str], target_index: int,
+                    min_change: float = 0.1) -> list[dict]:
+    """Other outputs whose prediction changes by more than ``min_change`` across the sweep.
+
+    all_preds: (F, C) predictions of every output per frame, frames sorted by λ. Returns
+    [{"finding", "change" (last − first), "with_target" (moves the same way)}], largest first.
+    """
+    all_preds = np.asarray(all_preds, dtype=float)
+    target_change = all_preds[-1, target_index] - all_preds[0, target_index]
+    moving = []
+    for index, name in enumerate(names):
+        if not name or index == target_index:
+            continue
+        change = float(all_preds[-1, index] - all_preds[0, index])
+        if abs(change) > min_change:
+            moving.append({"finding": name, "change": round(change, 4),
+                           "with_target": bool(np.sign(change) == np.sign(target_change))})
+    return sorted(moving, key=lambda m: -abs(m["change"]))
+
+
+def moving_findings_sentence(moving: list[dict], target: str) -> str:
+    """E.g. "Along Effusion's path, Mass moves with it (+0.21) and Nodule moves against it (−0.12) …"."""
+    if not moving:
+        return ""
+    words = [f"{m['finding']} moves {'with' if m['with_target'] else 'against'} it ({m['change']:+.2f})"
+             for m in moving]
+    words[-1] = words[-1][:-1] + " between the two ends)"
+    return f"Along {target}'s path, " + (", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1
+                                         else words[0]) + "."
