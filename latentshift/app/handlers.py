@@ -17,6 +17,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
+from ..compare import Comparison, compare
 from ..errors import LatentShiftError
 from ..options import DEFAULTS, ExplainOptions
 from ..pipeline import Explanation, Pipeline, list_models
@@ -83,6 +84,27 @@ def model_dropdown_choices(kind: str) -> tuple[list[tuple[str, str]], str]:
             pairs.append((choice.id, choice.id))
     available = sum(choice.available for choice in choices)
     return pairs, f"{available} of {len(choices)} available here; the others say why not"
+
+
+def suggest_classifier(population: str | None, current_id: str) -> str | None:
+    """An available classifier trained on ``population`` (the embedded ones first), if the current is not."""
+    if population not in ("pediatric", "adult"):
+        return None
+    manifest = Pipeline.store().manifest
+    if manifest.get(current_id).info.get("population") == population:
+        return None
+    candidates = [c for c in list_models("classifier", manifest)
+                  if c.available and manifest.get(c.id).info.get("population") == population]
+    candidates.sort(key=lambda c: (manifest.get(c.id).source_type != "file", c.id))
+    return candidates[0].id if candidates else None
+
+
+def all_findings() -> list[str]:
+    """Every finding of the classifiers available here (for the compare view)."""
+    manifest = Pipeline.store().manifest
+    names = {label for c in list_models("classifier", manifest) if c.available
+             for label in manifest.get(c.id).labels if label}
+    return sorted(names)
 
 
 def target_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
@@ -204,16 +226,21 @@ def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) ->
     """Predictions for a new upload; the target follows the top prediction; results cleared."""
     cleared = {name: None for name in RESULT_NAMES}
     if not path:
-        return {"predictions": None, "target": TOP_PREDICTION, **cleared, "status": READY_TEXT}
+        return {"predictions": None, "target": TOP_PREDICTION, **cleared, "status": READY_TEXT, "suggestion": None}
     with errors_for_people("reading the image and predicting"):
         pipeline = pipeline_for(classifier_id, autoencoder_id)
         image = pipeline.load_image(path)
         probabilities = pipeline.predict(image)
+        domain, warnings = pipeline.check_domain(image)
     top = max(probabilities, key=probabilities.get)
     notes = "".join(f"\n\nInput: {note}." for note in image.notes)
-    return {"predictions": probabilities, "target": top, **cleared,
-            "status": f"Top prediction **{top}** (p = {probabilities[top]:.2f}). "
-                      f"Press **Explain** for the GIF and the maps.{notes}"}
+    alerts = "".join(f"\n\n⚠ {w['message']}" for w in warnings)
+    suggestion = None
+    if any(w["code"] == "out_of_domain" for w in warnings):
+        suggestion = suggest_classifier(domain["population"], pipeline.classifier_id)
+    return {"predictions": probabilities, "target": top, **cleared, "suggestion": suggestion,
+            "status": f"Top prediction **{top}** (p = {probabilities[top]:.2f}, classifier "
+                      f"`{pipeline.classifier_id}`). Press **Explain** for the GIF and the maps.{alerts}{notes}"}
 
 
 def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | None) -> dict[str, Any]:
@@ -273,6 +300,44 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
         pipeline = pipeline_for(classifier, autoencoder)
         explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
     return tuple(_file_data(file_path(explanation, key)) for key in EXPLAIN_API_FILES)
+
+
+def compare_upload(path: str | None, target: str, classifier_ids: list[str] | None, autoencoder_id: str,
+                   frames: float, step_size: float) -> Comparison:
+    """The compare view's run: every chosen classifier on one finding (files in a fresh run folder)."""
+    if not path:
+        raise gr.Error("Upload a chest X-ray first (or pick an example on the Explain tab).")
+    if not target:
+        raise gr.Error("Choose the finding to compare.")
+    options = explain_options(target, DEFAULTS.direction, frames, step_size, False, None, None,
+                              DEFAULTS.frame_duration_ms, None)
+    with errors_for_people("comparing the classifiers"):
+        return compare(path, target, list(classifier_ids or []) or None, autoencoder_id=autoencoder_id or None,
+                       options=options, out_dir=run_folders().new())
+
+
+def compare_values(comparison: Comparison) -> dict[str, Any]:
+    """Output name -> value for the compare tab."""
+    lines = [f"- {run.line}" for run in comparison.runs]
+    lines += [f"- {cid} — skipped: {reason}" for cid, reason in comparison.skipped.items()]
+    return {"compare_gifs": [(str(run.gif), run.classifier_id) for run in comparison.runs],
+            "compare_plot": str(comparison.plot), "compare_lines": "\n".join(lines),
+            "compare_summary": str(comparison.summary_path)}
+
+
+def compare_api(image: FileData, target: str, classifiers: str = "", autoencoder: str = "",
+                frames: int = DEFAULTS.frames, step_size: float = DEFAULTS.step_size
+                ) -> tuple[list[FileData], FileData, FileData, str]:
+    """One image, one finding, several classifiers on one autoencoder.
+
+    classifiers: comma-separated ids ('' = every available classifier with the finding).
+    Returns (one GIF per classifier, all prediction-vs-λ curves PNG, compare.json, one line per classifier).
+    """
+    path = uploaded_file(image)
+    ids = [i.strip() for i in classifiers.split(",") if i.strip()]
+    comparison = compare_upload(path, target, ids, autoencoder, frames, step_size)
+    return ([_file_data(str(run.gif)) for run in comparison.runs], _file_data(str(comparison.plot)),
+            _file_data(str(comparison.summary_path)), "\n".join(run.line for run in comparison.runs))
 
 
 def _file_data(path: str | None) -> FileData | None:

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from ..options import DEFAULTS, DIRECTIONS, option_spec
+from ..pipeline import list_models
 from . import handlers, serving
 from .handlers import TOP_PREDICTION, UPLOAD_FILE_TYPES
 from .serving import run_folders
@@ -81,9 +82,14 @@ def _slider(name: str, label: str) -> gr.Slider:
 
 def _by_component(c: dict[str, Any], values: dict[str, Any]) -> dict:
     """Handler values by output name -> Gradio updates by component."""
-    updates = {c[name]: value for name, value in values.items() if name in c}
+    updates = {c[name]: value for name, value in values.items() if name in c and name != "suggestion"}
     if "target_choices" in values:
         updates[c["target"]] = gr.update(choices=values["target_choices"], value=values.get("target"))
+    if "suggestion" in values:
+        suggested = values["suggestion"]
+        updates[c["suggested_id"]] = suggested
+        updates[c["suggest"]] = gr.update(visible=suggested is not None,
+                                          value=f"Use {suggested}, trained on this population" if suggested else "")
     return updates
 
 
@@ -127,6 +133,8 @@ def _settings(c: dict) -> None:
 
 def _output_column(c: dict) -> None:
     c["status"] = gr.Markdown(handlers.READY_TEXT, elem_id="status")
+    c["suggested_id"] = gr.State(None)
+    c["suggest"] = gr.Button("", visible=False, variant="secondary", size="sm", elem_id="suggest-classifier")
     with gr.Row(equal_height=False):
         c["gif"] = gr.Image(label="Latent Shift GIF", type="filepath", interactive=False, height=400, scale=3,
                             buttons=["download", "fullscreen"], elem_id="latent-shift-gif")
@@ -156,13 +164,18 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=serving.DELETE_CACHE) as demo:
         gr.Markdown(INTRO, elem_classes="intro")
         gr.Markdown(DISCLAIMER, elem_classes="disclaimer")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=320):
-                _input_column(c, pipeline)
-            with gr.Column(scale=3, min_width=420):
-                _output_column(c)
+        with gr.Tabs():
+            with gr.Tab("Explain", id="explain"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=320):
+                        _input_column(c, pipeline)
+                    with gr.Column(scale=3, min_width=420):
+                        _output_column(c)
+            with gr.Tab("Compare classifiers", id="compare"):
+                _compare_tab(c, pipeline)
         _wire_uploads(c)
         _wire_explain(c, pipeline)
+        _wire_compare(c)
         _wire_api()
     demo.queue(max_size=serving.QUEUE_MAX_SIZE, default_concurrency_limit=serving.EXPLAIN_CONCURRENCY)
     return demo
@@ -171,7 +184,7 @@ def build_demo() -> gr.Blocks:
 def _wire_uploads(c: dict) -> None:
     events = dict(api_visibility="private", concurrency_id="predict",
                   concurrency_limit=serving.PREDICT_CONCURRENCY, show_progress="minimal")
-    outputs = [c[n] for n in ("predictions", "target", "status", *handlers.RESULT_NAMES)]
+    outputs = [c[n] for n in ("predictions", "target", "status", *handlers.RESULT_NAMES, "suggest", "suggested_id")]
 
     def on_image(image_path, classifier_id, autoencoder_id):
         return _by_component(c, {"file": None, **handlers.predict_upload(image_path, classifier_id, autoencoder_id)})
@@ -195,6 +208,8 @@ def _wire_uploads(c: dict) -> None:
     c["predict_button"].click(on_predict, [c["image"], c["file"], *models], outputs, **events)
     gr.on([c["classifier"].change, c["autoencoder"].change], on_models, [*models, c["image"], c["file"]],
           [*models, *outputs], **events)
+    c["suggest"].click(lambda suggested: suggested or gr.skip(), c["suggested_id"], c["classifier"], queue=False,
+                       api_visibility="private", show_progress="hidden")
     c["range_mode"].change(lambda mode: gr.update(visible=mode == RANGE_MANUAL), c["range_mode"],
                            c["manual_range_row"], queue=False, api_visibility="private", show_progress="hidden")
 
@@ -259,7 +274,51 @@ def _examples(c: dict, pipeline, outputs: list) -> None:
                               show_progress="hidden")
 
 
+def _compare_tab(c: dict, pipeline) -> None:
+    gr.Markdown("One X-ray, one finding, every classifier that has it, on one shared autoencoder: the GIFs side "
+                "by side with the same frame count, all prediction curves in one plot, and one line per "
+                "classifier saying where its search stopped and whether it crossed its threshold.")
+    classifier_choices, _ = handlers.model_dropdown_choices("classifier")
+    available = [choice.id for choice in list_models("classifier") if choice.available]
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=300):
+            c["compare_image"] = XrayUpload(label="Chest X-ray", type="filepath", image_mode=None,
+                                            sources=["upload", "clipboard"], height=260, buttons=["fullscreen"])
+            findings = handlers.all_findings()
+            c["compare_target"] = gr.Dropdown(findings, value="Pneumonia" if "Pneumonia" in findings else None,
+                                              label="Finding", info="every available classifier with it is run")
+            c["compare_classifiers"] = gr.CheckboxGroup(classifier_choices, value=available, label="Classifiers",
+                                                        info="unavailable ones say why; those without the "
+                                                             "finding are skipped with the reason")
+            with gr.Row():
+                c["compare_frames"] = _slider("frames", "Frames")
+                c["compare_step"] = _slider("step_size", "Search step (λ)")
+            c["compare_button"] = gr.Button("Compare", variant="primary")
+        with gr.Column(scale=3, min_width=400):
+            c["compare_lines"] = gr.Markdown("Choose a finding and press **Compare**.", elem_id="compare-lines")
+            c["compare_gifs"] = gr.Gallery(label="Latent Shift GIF per classifier", columns=2, height="auto",
+                                           object_fit="contain", elem_id="compare-gifs")
+            c["compare_plot"] = gr.Image(label="Prediction vs λ, every classifier", type="filepath",
+                                         interactive=False, buttons=["fullscreen"])
+            c["compare_summary"] = gr.File(label="compare.json", interactive=False)
+
+
+def _wire_compare(c: dict) -> None:
+    def on_compare(path, target, classifier_ids, autoencoder_id, frames, step, progress=gr.Progress()):
+        progress(0, desc="Running every classifier")
+        comparison = handlers.compare_upload(path, target, classifier_ids, autoencoder_id, frames, step)
+        return _by_component(c, handlers.compare_values(comparison))
+
+    outputs = [c[n] for n in ("compare_gifs", "compare_plot", "compare_lines", "compare_summary")]
+    c["compare_button"].click(on_compare, [c["compare_image"], c["compare_target"], c["compare_classifiers"],
+                                           c["autoencoder"], c["compare_frames"], c["compare_step"]], outputs,
+                              api_visibility="private", concurrency_id="explain",
+                              concurrency_limit=serving.EXPLAIN_CONCURRENCY)
+
+
 def _wire_api() -> None:
+    gr.api(handlers.compare_api, api_name="compare", concurrency_id="explain",
+           concurrency_limit=serving.EXPLAIN_CONCURRENCY)
     gr.api(handlers.predict, api_name="predict", concurrency_id="predict",
            concurrency_limit=serving.PREDICT_CONCURRENCY)
     gr.api(handlers.explain, api_name="explain", concurrency_id="explain",
