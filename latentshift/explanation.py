@@ -86,9 +86,13 @@ class Explanation:
 
     @property
     def outcome(self) -> str:
-        """The result in words (see :func:`latentshift.io.describe.outcome_sentence`)."""
-        shown = [w["message"] for w in self.warnings if w["code"] in ("not_a_chest_xray", "out_of_domain",
-                                                                         "model_fallback", "degenerate_range")]
+        """The result in words, with the warnings (see :func:`latentshift.io.describe.outcome_sentence`)."""
+        return self.outcome_text(with_warnings=True)
+
+    def outcome_text(self, with_warnings: bool = True) -> str:
+        """The outcome; ``with_warnings=False`` for a page that shows the warnings on their own."""
+        shown = [w["message"] for w in self.warnings if with_warnings and w["code"] in (
+            "not_a_chest_xray", "out_of_domain", "model_fallback", "degenerate_range")]
         if self.shift is None:
             p = self.predictions.get(self.target)
             return "" if p is None else f"{self.target}: {p:.2f} on the input."

@@ -58,9 +58,30 @@ def gif_frame_count(path: str) -> int:
         return gif.n_frames
 
 
-def test_only_predict_and_explain_are_public(client):
+def test_only_the_documented_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/predict", "/explain"}
+    assert set(endpoints) == {"/predict", "/explain", "/compare"}
+    explain = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
+    assert explain == ["image", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
+                       "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps"], "the documented parameters"
+
+
+def test_compare_gives_one_gif_per_classifier_with_the_finding(client, example_image):
+    gifs, plot, summary, lines = client.predict(handle_file(example_image), "Pneumonia", frames=4,
+                                                api_name="/compare")
+    data = json.loads(Path(summary).read_text(encoding="utf-8"))
+    assert len(gifs) == len(data["classifiers"]) >= 1 and Path(plot).is_file()
+    assert lines.splitlines()[0].startswith(data["classifiers"][0]["classifier"] + " — Pneumonia:")
+
+
+def test_an_api_upload_must_be_a_file_not_a_server_path():
+    """gr.api endpoints get the request's file description as is: a server path is refused."""
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="uploaded with the request"):
+        handlers.uploaded_file({"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}})
+    with pytest.raises(gr.Error, match="Send the X-ray as a file"):
+        handlers.uploaded_file(None)
 
 
 def test_predict_returns_probabilities(client, example_image):

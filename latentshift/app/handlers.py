@@ -191,7 +191,7 @@ def describe_progress(explanation: Explanation) -> str:
     else:
         lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
     if explanation.shift is not None:
-        lines.append(explanation.outcome)
+        lines.append(explanation.outcome_text(with_warnings=False))
     lines += [f"⚠ {w['message']}" for w in explanation.warnings if w["code"] != "input_note"]
     return "\n\n".join(lines)
 

@@ -77,7 +77,7 @@ def _slider(name: str, label: str) -> gr.Slider:
     """A slider whose range, step and default come from the options object."""
     spec = option_spec(name)
     low, high, step = spec["ui"]
-    return gr.Slider(low, high, value=spec["default"], step=step, label=label, info=spec["help"])
+    return gr.Slider(low, high, value=spec["default"], step=step, label=label)
 
 
 def _by_component(c: dict[str, Any], values: dict[str, Any]) -> dict:
