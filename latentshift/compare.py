@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OptionsError
+from .errors import LatentShiftError, OptionsError
 from .explanation import DISCLAIMER
 from .io import render
 from .io.describe import outcome_sentence
@@ -87,7 +87,11 @@ def compare(image_source, target: str, classifier_ids: list[str] | None = None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, skipped, autoencoder = [], {}, None
     for classifier_id in dict.fromkeys(ids):
-        pipeline = Pipeline.get(classifier_id, autoencoder_id, device=device, manifest_path=manifest_path)
+        try:
+            pipeline = Pipeline.get(classifier_id, autoencoder_id, device=device, manifest_path=manifest_path)
+        except LatentShiftError as exc:  # e.g. a classifier of another resolution than the autoencoder
+            skipped[classifier_id] = str(exc)
+            continue
         reason = _skip_reason(pipeline, classifier_id, target)
         if reason:
             skipped[classifier_id] = reason

@@ -36,6 +36,7 @@ from .io import render
 from .io.imaging import XrayImage, load_xray
 from .options import ExplainOptions
 from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
+from .weights.manifest import EXTRA_MANIFEST_ENV
 from .weights.store import LoadedModel, ModelStore
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class ModelChoice:
 
 def list_models(kind: str, manifest: Manifest | None = None) -> list[ModelChoice]:
     """The manifest's models of ``kind`` with their availability here (no download)."""
-    manifest = manifest or Manifest.load()
+    manifest = manifest or Manifest.for_user()
     choices = []
     for entry in manifest.of_kind(kind):
         status = model_status(entry)
@@ -113,11 +114,11 @@ class Pipeline:
     @classmethod
     def store(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None) -> ModelStore:
         """The process's model store for this manifest and device (created on first use)."""
-        path = str(manifest_path or os.environ.get(MANIFEST_ENV) or "")
-        key = (path, str(torch.device(device)))
+        key = (str(manifest_path or ""), os.environ.get(MANIFEST_ENV, ""), os.environ.get(EXTRA_MANIFEST_ENV, ""),
+               str(torch.device(device)))
         with cls._stores_lock:
             if key not in cls._stores:
-                cls._stores[key] = ModelStore(Manifest.load(path or None), device)
+                cls._stores[key] = ModelStore(Manifest.for_user(manifest_path), device)
             return cls._stores[key]
 
     @classmethod
@@ -128,14 +129,22 @@ class Pipeline:
         A model that cannot be loaded here falls back to the embedded default of its kind,
         and the pipeline's ``warnings`` say so.
         """
-        store = cls.store(device, manifest_path)
-        return cls(store.get(classifier_id, "classifier"), store.get(autoencoder_id, "autoencoder"), device,
-                   cls.domain_guard(device, manifest_path))
+        return cls.from_store(cls.store(device, manifest_path), classifier_id, autoencoder_id)
+
+    @classmethod
+    def from_store(cls, store: ModelStore, classifier_id: str | None = None,
+                   autoencoder_id: str | None = None) -> "Pipeline":
+        """The pipeline of a pair of ``store``'s models (None: its embedded defaults)."""
+        return cls(store.get(classifier_id, "classifier"), store.get(autoencoder_id, "autoencoder"), store.device,
+                   cls._guard_of(store))
 
     @classmethod
     def domain_guard(cls, device: str = "cpu", manifest_path: str | None = None) -> DomainGuard | None:
         """The manifest's embedded domain guard through the model store; None if it lists none."""
-        store = cls.store(device, manifest_path)
+        return cls._guard_of(cls.store(device, manifest_path))
+
+    @staticmethod
+    def _guard_of(store: ModelStore) -> DomainGuard | None:
         if not any(entry.kind == "guard" and entry.embedded_default for entry in store.manifest):
             return None
         loaded = store.get(None, "guard")
@@ -143,8 +152,8 @@ class Pipeline:
 
     def check_domain(self, image: XrayImage) -> tuple[dict | None, list[dict]]:
         """(the guard's summary or None, warnings) for an upload, against this classifier's population."""
-        if self.guard is None:
-            return None, []
+        if self.guard is None or getattr(self.guard.model, "resolution", self.resolution) != self.resolution:
+            return None, []  # no guard, or one that judges images of another size
         population = self.population if self.population in ("pediatric", "adult") else None
         result = self.guard.check(image, population=population)
         return result.summary(), [warning(w["code"], w["message"]) for w in result.warnings]

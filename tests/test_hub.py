@@ -397,3 +397,20 @@ def test_settings_are_read_at_call_time(monkeypatch, tmp_path):
     assert not hub.is_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.is_offline()
+
+
+def test_weights_add_pins_a_hub_model_with_the_hash_of_its_download(fake_hub, tmp_path, capsys):
+    from latentshift.cli import main
+
+    data = b"pretend torchxrayvision weights"
+    commit = fake_hub.add_file("test-org/densenet-nih", "model.pt", data)
+    mine = tmp_path / "my_models.json"
+    assert main(["weights", "add", "test-org/densenet-nih", "--revision", commit, "--labels", "Effusion,Mass",
+                 "--to", str(mine)]) == 0
+    entry = json.loads(mine.read_text())["models"][0]
+    assert entry["id"] == "densenet-nih" and entry["labels"] == ["Effusion", "Mass"]
+    assert entry["source"] == {"type": "hub", "repo_id": "test-org/densenet-nih", "filename": "model.pt",
+                               "revision": commit, "sha256": sha256_hex(data), "size": len(data)}
+    assert "added densenet-nih" in capsys.readouterr().out
+    assert main(["weights", "add", "test-org/densenet-nih", "--revision", "main", "--to", str(mine)]) == 2
+    assert "40-hex commit" in capsys.readouterr().err

@@ -34,7 +34,9 @@ def test_a_classifier_is_loaded_once_whatever_autoencoder_it_meets(two_of_each):
     store = Pipeline.store(manifest_path=str(two_of_each))
     assert first.classifier is second.classifier
     assert first.autoencoder is not second.autoencoder
-    assert store.loads == 3, "two autoencoders and one classifier were read from disk"
+    tiny = sorted(i for i in store.loaded_ids() if i.startswith("tiny"))
+    assert tiny == ["tiny-autoencoder", "tiny-autoencoder-b", "tiny-classifier"]
+    assert store.loads == len(store.loaded_ids()), "nothing was read from disk twice (the guard is loaded once too)"
     assert first.classifier_model.lock is second.classifier_model.lock, "one lock per model"
 
 

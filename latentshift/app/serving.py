@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offline", action="store_true",
                         help="never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1): "
                              "only embedded and already cached models are offered")
+    parser.add_argument("--manifest", default=None,
+                        help="your own models: a manifest merged over the package's "
+                             "(default $LATENTSHIFT_EXTRA_MANIFEST; see README, 'Use your own model')")
     parser.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH"),
                         help="URL prefix when served behind a reverse proxy, e.g. /latentshift "
                              "(default $GRADIO_ROOT_PATH)")
@@ -53,6 +56,11 @@ def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
     """Environment the app needs before Gradio and huggingface_hub are imported."""
     if command_line is not None and command_line.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if command_line is not None and getattr(command_line, "manifest", None):
+        path = Path(command_line.manifest).resolve()
+        if not path.is_file():
+            raise SystemExit(f"cannot start the app: manifest not found: {path}")
+        os.environ["LATENTSHIFT_EXTRA_MANIFEST"] = str(path)
 
 
 class RunFolders:

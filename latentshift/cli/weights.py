@@ -26,7 +26,7 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser("weights", help="list, download and verify model weights",
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, default=None,
-                        help="weights manifest (default: $LATENTSHIFT_MANIFEST or the repository's)")
+                        help="your own manifest, merged over the package's (default: $LATENTSHIFT_EXTRA_MANIFEST)")
     commands = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
 
     list_parser = commands.add_parser("list", help="show every model and whether it is available here")
@@ -45,6 +45,19 @@ def add_cli(subparsers) -> None:
     verify_parser = commands.add_parser("verify", help="recompute the sha256 of local copies")
     verify_parser.add_argument("ids", nargs="*", metavar="ID")
     verify_parser.set_defaults(func=run_verify)
+
+    add_parser = commands.add_parser(
+        "add", help="add a torchxrayvision-format classifier of the Hub to your manifest (sha256 from the download)")
+    add_parser.add_argument("repo_id", metavar="REPO_ID", help="e.g. torchxrayvision/densenet121-res224-nih")
+    add_parser.add_argument("--revision", required=True, help="the 40-hex commit to pin")
+    add_parser.add_argument("--filename", default="model.pt", help="file in the repository (default model.pt)")
+    add_parser.add_argument("--id", dest="model_id", help="model id (default: the repository's name)")
+    add_parser.add_argument("--labels", help="comma-separated output names (default: torchxrayvision's 18)")
+    add_parser.add_argument("--population", choices=["adult", "pediatric"], default="adult")
+    add_parser.add_argument("--to", dest="target_manifest", default=None, metavar="MY_MODELS.json",
+                            help="your manifest to add it to, created if missing (default: --manifest, "
+                                 "else my_models.json here)")
+    add_parser.set_defaults(func=run_add)
 
     store_parser = commands.add_parser(
         "store-check", help="load every loadable model through the model store; print loads and peak memory")
@@ -81,7 +94,7 @@ def _selected(manifest: Manifest, ids: list[str]) -> list[ModelEntry]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    manifest = Manifest.load(args.manifest)
+    manifest = Manifest.for_user(args.manifest)
     rows = [("ID", "KIND", "SOURCE", "CACHED", "VERIFIED", "STATUS")]
     for entry in manifest:
         status = model_status(entry, check_network=not args.no_network,
@@ -96,7 +109,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    manifest = Manifest.load(args.manifest)
+    manifest = Manifest.for_user(args.manifest)
     if args.ids:
         entries = _selected(manifest, args.ids)
     else:
@@ -128,7 +141,7 @@ def local_copy(entry: ModelEntry) -> Path | None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    manifest = Manifest.load(args.manifest)
+    manifest = Manifest.for_user(args.manifest)
     entries = _selected(manifest, args.ids)
     failures = []
     for entry in entries:
@@ -159,7 +172,7 @@ def run_store_check(args: argparse.Namespace) -> int:
 
     if args.max_models is not None and args.max_models < 1:
         raise LatentShiftError("--max-models must be at least 1")
-    store = ModelStore(Manifest.load(args.manifest), max_models=args.max_models)
+    store = ModelStore(Manifest.for_user(args.manifest), max_models=args.max_models)
     report = cycle_through_models(store, rounds=max(1, args.rounds))
     print(f"models loadable here: {len(report['models'])} ({', '.join(report['models'])})")
     print(f"store bound {report['max_models']}, {report['rounds']} rounds: {report['loads_from_disk']} loads "
@@ -169,3 +182,32 @@ def run_store_check(args: argparse.Namespace) -> int:
     print(f"peak resident memory of this process: {report['peak_rss_before_mib']} MiB before loading "
           f"(imports), {report['peak_rss_mib']} MiB after")
     return 1 if report["failed"] else 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    """Download a Hub classifier at a pinned commit and add it, with its sha256 and size, to a manifest."""
+    import json
+
+    path = hub.download_pinned(args.repo_id, args.filename, args.revision)
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else xrv_default_labels()
+    entry = {"id": args.model_id or args.repo_id.split("/")[-1], "kind": "classifier",
+             "architecture": "xrv-densenet121", "labels": labels, "resolution": 224, "input_range": [-1024, 1024],
+             "format": "torch-pickle", "population": args.population,
+             "source": {"type": "hub", "repo_id": args.repo_id, "filename": args.filename,
+                        "revision": args.revision, "sha256": sha256_of(path), "size": path.stat().st_size},
+             "description": f"added with latentshift weights add from {args.repo_id}@{args.revision[:12]}"}
+    target = Path(args.target_manifest or args.manifest or "my_models.json")
+    data = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {"format_version": 1, "models": []}
+    data["models"] = [m for m in data.get("models", []) if m.get("id") != entry["id"]] + [entry]
+    target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"added {entry['id']} ({args.repo_id}@{args.revision[:12]}, sha256 {entry['source']['sha256'][:16]}…, "
+          f"{entry['source']['size']} bytes, {len(labels)} outputs) to {target}")
+    print(f"use it with --manifest {target} (CLI and app)")
+    return 0
+
+
+def xrv_default_labels() -> list[str]:
+    """torchxrayvision's 18 output names, the order of its DenseNet classifiers."""
+    import torchxrayvision as xrv
+
+    return list(xrv.datasets.default_pathologies)

@@ -236,6 +236,19 @@ def _download_from_hub(entry: ModelEntry, revision: str) -> Path:
             f"{entry.id!r} is unavailable: downloading {filename} of {where} failed: {first_line}") from None
 
 
+def download_pinned(repo_id: str, filename: str, revision: str) -> Path:
+    """Download ``filename`` of ``repo_id`` at the 40-hex commit ``revision`` into the Hub cache.
+
+    For adding a model the manifest does not list yet (``latentshift weights add``): nothing is
+    read from the file here; its sha256 and size become the new entry's integrity data.
+    """
+    if not COMMIT_PATTERN.match(revision or ""):
+        raise WeightsError(f"--revision must be a full 40-hex commit id (not a branch or tag), got {revision!r}")
+    entry = ModelEntry(id=repo_id, kind="classifier", architecture="xrv-densenet121",
+                       source={"type": "hub", "repo_id": repo_id, "filename": filename, "revision": revision})
+    return _download_from_hub(entry, revision)
+
+
 def _download_url(entry: ModelEntry, destination: Path) -> Path:
     """Download a ``url`` source with the standard library, atomically, into ``destination``."""
     url = entry.source["url"]

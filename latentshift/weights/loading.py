@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..errors import IntegrityError, WeightsError
 from ..models import build_architecture
+from .exported import EXPORT_FORMAT, ExportedAutoencoder, ExportedClassifier, load_program
 from .integrity import same_sha256, sha256_bytes
 from .manifest import Manifest, ModelEntry
 from .sources import fetch_weights
@@ -87,11 +89,37 @@ def load_model_with_warning(entry: ModelEntry, device: str | torch.device = "cpu
     """Like :func:`load_model`, also returning the warning to show (unverified weights) or None."""
     fetched = fetch_weights(entry, allow_unverified=allow_unverified)
     logger.info("loading %s %r from %s", entry.kind, entry.id, fetched.path)
+    if entry.format == EXPORT_FORMAT:
+        model, warnings = _build_exported(entry, fetched, allow_unverified)
+        return model.to(device), "; ".join(warnings) or None
     expected = entry.sha256 if fetched.verified else None
     model = build_model(entry, read_state_dict(fetched.path, entry.format, expected_sha256=expected))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.to(device), fetched.warning
+
+
+def _build_exported(entry: ModelEntry, fetched, allow_unverified: bool | None) -> tuple[nn.Module, list[str]]:
+    """An exported classifier, or an autoencoder from its verified encoder and decoder files."""
+    warnings = [fetched.warning] if fetched.warning else []
+    if entry.kind == "autoencoder":
+        decoder_source = entry.info.get("decoder_source")
+        if not decoder_source:
+            raise WeightsError(f"exported autoencoder {entry.id!r} needs a decoder_source (its decoder program)")
+        decoder = fetch_weights(replace(entry, source=dict(decoder_source)), allow_unverified=allow_unverified)
+        warnings += [decoder.warning] if decoder.warning else []
+        model = ExportedAutoencoder(load_program(fetched.path, f"encoder of {entry.id!r}"),
+                                    load_program(decoder.path, f"decoder of {entry.id!r}"), entry)
+    elif entry.kind == "classifier":
+        model = ExportedClassifier(load_program(fetched.path, f"classifier {entry.id!r}"), entry)
+        if entry.thresholds is not None:
+            model.thresholds = [float("nan") if t is None else float(t) for t in entry.thresholds]
+    else:
+        raise WeightsError(f"{entry.id!r}: only classifiers and autoencoders can be exported programs")
+    model.model_id = entry.id
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval(), warnings
 
 
 def load_model(entry: ModelEntry, device: str | torch.device = "cpu",

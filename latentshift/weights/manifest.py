@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,8 @@ from ..errors import WeightsError
 PACKAGE_ROOT = Path(str(resources.files("latentshift")))
 DEFAULT_MANIFEST = PACKAGE_ROOT / "weights_manifest.json"
 BUILTIN_BASE_DIR = PACKAGE_ROOT.parent
-MANIFEST_ENV = "LATENTSHIFT_MANIFEST"
+MANIFEST_ENV = "LATENTSHIFT_MANIFEST"          # a manifest used *instead of* the package's
+EXTRA_MANIFEST_ENV = "LATENTSHIFT_EXTRA_MANIFEST"  # a manifest merged *over* the package's
 KINDS = ("classifier", "autoencoder", "guard")
 
 
@@ -117,17 +118,34 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "Manifest":
-        """Read the manifest at ``path``, ``$LATENTSHIFT_MANIFEST`` or the repo's default."""
+        """Read exactly the manifest at ``path``, ``$LATENTSHIFT_MANIFEST`` or the package's own."""
         path = Path(path or os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
         builtin = path.resolve() == DEFAULT_MANIFEST.resolve()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise WeightsError(f"weights manifest not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise WeightsError(f"weights manifest {path} is not valid JSON: {exc}") from None
+        data = read_structured_file(path, "weights manifest")
         base_dir = BUILTIN_BASE_DIR if builtin else path.resolve().parent
         return cls([ModelEntry.from_dict(e, base_dir) for e in data.get("models", [])], path)
+
+    @classmethod
+    def for_user(cls, extra: str | os.PathLike | None = None) -> "Manifest":
+        """The manifest a person works with.
+
+        ``extra`` (``--manifest``), else ``$LATENTSHIFT_EXTRA_MANIFEST``, is merged over the
+        package's manifest (or over ``$LATENTSHIFT_MANIFEST`` when that replaces it).
+        """
+        base = cls.load()
+        extra = extra or os.environ.get(EXTRA_MANIFEST_ENV)
+        return base.merged(cls.load(extra)) if extra else base
+
+    def merged(self, extra: "Manifest") -> "Manifest":
+        """This manifest with ``extra``'s entries added (same id: extra wins).
+
+        A kind for which ``extra`` marks an embedded default gets that default; otherwise this
+        manifest's default stays the default.
+        """
+        extra_defaults = {e.kind for e in extra if e.embedded_default}
+        kept = [replace(e, embedded_default=False) if e.kind in extra_defaults else e
+                for e in self if e.id not in extra.entries]
+        return Manifest(list(extra) + kept, extra.path)
 
     def __iter__(self):
         return iter(self.entries.values())
@@ -153,3 +171,27 @@ class Manifest:
         raise WeightsError(f"the manifest marks no {kind} as embedded_default")
 
 
+def read_structured_file(path: Path, what: str) -> dict:
+    """A JSON (or, with PyYAML installed, YAML) file as a dict; a message naming the file otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise WeightsError(f"{what} not found: {path}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise WeightsError(f"{what} {path} is YAML, but PyYAML is not installed (pip install pyyaml), "
+                               "or write it as JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise WeightsError(f"{what} {path} is not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WeightsError(f"{what} {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{what} {path} must hold an object (keys and values), not a {type(data).__name__}")
+    return data

@@ -13,6 +13,8 @@ from ..errors import ModelUnavailableError, WeightsError
 from . import hub
 from .integrity import (ALLOW_UNVERIFIED_ENV, FetchedWeights, ModelStatus, accept_file,
                         allow_unverified_requested, check_file, refuse_unverified_message)
+from ..models.registry import ARCHITECTURES
+from .exported import EXPORT_FORMAT
 from .manifest import ModelEntry
 
 
@@ -56,7 +58,12 @@ def model_status(entry: ModelEntry, check_network: bool = True,
 
     With ``check_network`` a Hub/URL entry that is not cached costs at most one quick
     reachability probe per host and process (see :func:`latentshift.hub.is_reachable`).
+    An entry whose architecture cannot be built here is unavailable, whatever its file.
     """
+    if entry.format != EXPORT_FORMAT and entry.architecture not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        return ModelStatus(False, False, None, f"unknown architecture {entry.architecture!r} (known: {known}); "
+                                               "register it in Python or export the model with torch.export")
     if entry.source_type == "file":
         path = local_file_path(entry)
         if not path.is_file():
