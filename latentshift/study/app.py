@@ -46,7 +46,8 @@ KEYS_JS = """
 """
 CSS = """
 #claim { font-size: 1.1em; }
-#rating-row button { min-width: 56px; }
+#rating-row { flex-wrap: nowrap; gap: 6px; }
+#rating-row button { min-width: 0; padding-left: 4px; padding-right: 4px; }
 .study-note { color: #555; }
 """
 
@@ -132,7 +133,8 @@ def page_values(service: StudyService, reader: str) -> dict:
     label = "Latent Shift: the image with the finding curtailed and exaggerated" \
         if step["condition"] == "latent_shift" else "Attribution maps"
     return {"progress": f"Case {step['position']} of {step['total']}", "claim": describe_claim(step["claim"]),
-            "media_1": gr.update(value=media[0], visible=True, label=label),
+            "media_1": gr.update(value=media[0], visible=True, label=label,
+                                 show_label=step["condition"] == "latent_shift"),  # the map PNGs carry titles
             "media_2": gr.update(value=media[1] if len(media) > 1 else None, visible=len(media) > 1),
             "rating_row": gr.update(visible=True), "reader": reader.strip(), "case": step["case_id"],
             "condition": step["condition"]}
