@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "latentshift.cli.evaluation",   # evaluate-maps
     "latentshift.cli.tools",        # bench, loadtest
     "latentshift.cli.app",          # app
+    "latentshift.cli.study",        # study create | serve | analyze
 )
 
 logger = logging.getLogger("latentshift")
