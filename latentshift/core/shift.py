@@ -317,7 +317,8 @@ class LatentShift:
         on_cpu = self.device.type == "cpu"
         if search == "ladder":
             batch = search_batch or (1 if on_cpu else 4)
-            walkers = {side: _ladder_walker(cache, side, rules, step_size, batch) for side in sides}
+            largest = 1 if on_cpu and search_batch is None else max(batch, MAX_SEARCH_BATCH)
+            walkers = {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
         elif not bool(cache.gradient.any()):  # p does not depend on z here: nothing moves
             return {side: 0.0 for side in sides}, {side: "not_moving" for side in sides}
         else:
@@ -382,9 +383,10 @@ def _advance(side, walker, wanted, ends, first=False) -> None:
         ends[side] = stop.value
 
 
-def _ladder_walker(cache, side, rules, step_size, batch):
+def _ladder_walker(cache, side, rules, step_size, batch, largest):
     """The reference search on one side: rungs 0, λ_1, λ_2, … checked in order against the
-    previous rung's prediction; returns (the rung at which a rule fired, the rule)."""
+    previous rung's prediction, ``batch`` rungs at a time (doubling up to ``largest``);
+    returns (the rung at which a rule fired, the rule)."""
     rungs = [0.0] + lambda_ladder(step_size, rules.max_lambda, -1 if side == "curtail" else 1)
     previous, index = rules.start_pred, 0
     while True:
@@ -397,7 +399,7 @@ def _ladder_walker(cache, side, rules, step_size, batch):
             if reason is not None:
                 return lam, reason
             previous = pred
-        batch = min(batch * 2, max(batch, MAX_SEARCH_BATCH))
+        batch = min(batch * 2, largest)
 
 
 def _bisect_walker(cache, side, rules, step_size, precision):
