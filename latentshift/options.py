@@ -20,6 +20,7 @@ from .errors import OptionsError
 DIRECTIONS = ("both", "curtail", "exaggerate")
 HEATMAP_MODES = ("int", "max", "mean", "mm")
 MAP_NAMES = ("gradcam", "integrated_gradients")
+SEARCH_MODES = ("bisect", "ladder")
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, low: float | None = None,
@@ -60,6 +61,9 @@ class ExplainOptions:
     pixel_budget: float = _option(0.05, "stop once the image changed by this fraction (0.05 = 5 %)",
                                   flag="--pixel-budget", low=0.0, high=1.0, positive=True)
     max_lambda: float = _option(3000.0, "largest |λ| the search tries", flag="--max-lambda", positive=True)
+    search: str = _option("bisect", "how the λ range is searched: bisect (bracket by doubling |λ|, then bisect "
+                          "to 2 %; fewer evaluations) or ladder (the reference implementation's ladder, "
+                          "its exact answer)", flag="--search", choices=SEARCH_MODES)
 
     def validate(self) -> "ExplainOptions":
         """Raise :class:`OptionsError` naming the first bad option; return self."""
@@ -79,7 +83,7 @@ class ExplainOptions:
         return dict(lambda_range=self.lambda_range, step_size=float(self.step_size), frames=int(self.frames),
                     direction=self.direction, pred_diff=float(self.pred_diff),
                     pixel_budget=float(self.pixel_budget), max_lambda=float(self.max_lambda),
-                    heatmap=self.heatmap)
+                    heatmap=self.heatmap, search=self.search)
 
     def replace(self, **changes) -> "ExplainOptions":
         """A copy with ``changes`` applied (validated)."""

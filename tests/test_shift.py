@@ -66,10 +66,80 @@ def test_sweep_includes_zero_and_has_requested_frame_count():
     assert list(sweep_lambdas(0.0, 0.0, 10)) == [0.0]
 
 
-def test_ladder_follows_reference_rule_and_clips():
+def test_ladder_follows_the_reference_rule_without_clipping():
+    # λ ← λ − step + λ // 10 with floor division, as the reference implementation computes it
+    assert lambda_ladder(10.0, 3000.0, -1)[:6] == [-10.0, -21.0, -34.0, -48.0, -63.0, -80.0]
+    assert lambda_ladder(10.0, 3000.0, +1)[:6] == [10.0, 21.0, 34.0, 48.0, 63.0, 80.0]
     ladder = lambda_ladder(10.0, 100.0, -1)
-    assert ladder[:3] == pytest.approx([-10.0, -21.0, -33.1])
-    assert ladder[-1] == -100.0 and all(abs(v) <= 100 for v in ladder)
+    assert ladder[-1] < -100.0 and ladder[-2] > -100.0, "ends at the first rung past max λ, unclipped"
+    assert lambda_ladder(10.0, 3000.0, -1)[-1] == -3103.0
+
+
+def ladder(classifier=None, **kwargs):
+    return explainer(classifier).attribute(image(), 0, search="ladder", **kwargs)
+
+
+def test_ladder_returns_the_rung_at_which_a_rule_fired():
+    result = ladder(pred_diff=0.3, pixel_budget=10.0, frames=12)
+    rungs = {"curtail": lambda_ladder(10.0, 3000.0, -1), "exaggerate": lambda_ladder(10.0, 3000.0, 1)}
+    for side, end, pred in (("curtail", result.lambda_range[0], result.preds[0]),
+                            ("exaggerate", result.lambda_range[1], result.preds[-1])):
+        assert end in rungs[side]
+        assert result.stop_reasons[side] in ("pred_diff", "floor", "ceiling")
+        moved = abs(pred - result.reconstruction_pred)
+        assert moved > 0.3 or pred < 0.05 or pred > 0.95, "the returned rung is where the rule fired"
+
+
+def test_ladder_checks_floor_and_pred_diff_before_the_pixel_budget():
+    # A huge first step: the prediction moves past pred_diff and the image past the budget
+    # at the same rung; the reference names the prediction rule and returns that rung.
+    result = ladder(step_size=2000.0, pixel_budget=0.01, pred_diff=0.2, frames=3)
+    assert result.stop_reasons["curtail"] in ("floor", "pred_diff")
+    assert result.lambda_range[0] == -2000.0 and result.pixel_change[0] > 0.01
+
+
+def test_ladder_does_not_clip_at_max_lambda():
+    result = ladder(max_lambda=15.0, pixel_budget=100.0, pred_diff=1.0, floor=0.0, ceiling=1.0, frames=5)
+    assert result.stop_reasons == {"curtail": "max_lambda", "exaggerate": "max_lambda"}
+    assert result.lambda_range == (-21.0, 21.0)
+
+
+def test_ladder_stops_at_the_pixel_budget_on_the_rung_past_it():
+    result = ladder(step_size=0.2, pixel_budget=0.05, pred_diff=1.0, frames=6)
+    assert result.stop_reasons == {"curtail": "pixel_budget", "exaggerate": "pixel_budget"}
+    assert result.pixel_change[0] > 0.05 and result.pixel_change[-1] > 0.05
+    end = result.lambda_range[0]
+    before = [lam for lam in lambda_ladder(0.2, 3000.0, -1) if lam > end][-1]
+    check = explainer().attribute(image(), 0, lambda_range=(before, 1.0), frames=2)
+    assert check.pixel_change[0] <= 0.05
+
+
+def test_bisect_ends_within_precision_of_a_fine_scan():
+    # Linear models: p(λ) is monotone, so the first λ past pred_diff is well defined.
+    shift = explainer()
+    result = shift.attribute(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=4, precision=0.02)
+    fine = np.linspace(0.0, -400.0, 4001)
+    scan = shift.attribute(image(), 0, lambda_range=(-400.0, 0.0), frames=len(fine))
+    start = result.reconstruction_pred
+    fired = scan.lambdas[(scan.preds < start - 0.3) | (scan.preds < 0.05)]
+    first = fired.max()  # the λ nearest 0 at which a rule fires
+    assert result.stop_reasons["curtail"] in ("pred_diff", "floor")
+    assert result.lambda_range[0] <= first + 0.1
+    assert abs(result.lambda_range[0] - first) <= 0.02 * abs(first) + 0.1
+
+
+def test_bisect_needs_fewer_evaluations_than_the_ladder_on_a_long_search():
+    kwargs = dict(step_size=0.2, pred_diff=0.6, pixel_budget=10.0, frames=4, direction="curtail")
+    bisect = explainer().attribute(image(), 0, search="bisect", **kwargs)
+    walked = explainer().attribute(image(), 0, search="ladder", **kwargs)
+    assert walked.evaluations > 20
+    assert bisect.evaluations < 0.6 * walked.evaluations, (bisect.evaluations, walked.evaluations)
+    assert abs(bisect.lambda_range[0] - walked.lambda_range[0]) <= 0.15 * abs(walked.lambda_range[0])
+
+
+def test_bad_search_mode_raises():
+    with pytest.raises(OptionsError, match="search must be one of"):
+        explainer().attribute(image(), 0, search="walk")
 
 
 def test_search_both_directions_reaches_pred_diff():
@@ -83,14 +153,15 @@ def test_search_both_directions_reaches_pred_diff():
     assert len(result.lambdas) == 12
 
 
-def test_search_stops_at_pixel_budget_and_keeps_budget():
+def test_bisect_stops_at_pixel_budget_just_past_it():
     result = explainer().attribute(image(), 0, step_size=0.2, pixel_budget=0.05, pred_diff=1.0, frames=6)
     assert result.stop_reasons == {"curtail": "pixel_budget", "exaggerate": "pixel_budget"}
-    assert result.pixel_change.max() <= 0.05
+    assert 0.05 < result.pixel_change.max() <= 0.05 * 1.03
 
 
-def test_search_stops_at_max_lambda():
-    result = explainer().attribute(image(), 0, max_lambda=15.0, pixel_budget=100.0, frames=5)
+def test_bisect_clips_at_max_lambda():
+    result = explainer().attribute(image(), 0, max_lambda=15.0, pixel_budget=100.0, pred_diff=1.0,
+                                   floor=0.0, ceiling=1.0, frames=5)
     assert result.stop_reasons == {"curtail": "max_lambda", "exaggerate": "max_lambda"}
     assert result.lambda_range == (-15.0, 15.0)
 
@@ -98,11 +169,10 @@ def test_search_stops_at_max_lambda():
 def test_search_stops_when_prediction_stops_moving():
     shift = LatentShift(SineClassifier(period=3.0), LinearAutoencoder(SIDE))
     result = shift.attribute(image(), 0, step_size=50.0, pixel_budget=1e9, pred_diff=1.0,
-                             max_lambda=1e5, frames=6)
-    # Exaggerating overshoots the sine's peak at the first step: that λ is not kept.
+                             max_lambda=1e5, frames=6, search="ladder")
+    # Exaggerating overshoots the sine's peak at the first rung: the reference returns that rung.
     assert result.stop_reasons["exaggerate"] == "not_moving"
-    assert result.lambda_range[1] == 0.0
-    assert result.stop_reasons["curtail"] == "floor" and result.preds[0] < 0.05
+    assert result.lambda_range[1] == 50.0
 
 
 def test_zero_gradient_gives_single_frame_without_crash():
@@ -123,8 +193,8 @@ def test_single_direction_searches_one_side_only():
 
 def test_batched_search_equals_one_at_a_time_search_and_reuses_cache():
     kwargs = dict(pred_diff=0.3, pixel_budget=10.0, frames=8)
-    one_at_a_time = explainer(batch_size=1).attribute(image(), 0, search_batch=1, **kwargs)
-    batched = explainer(batch_size=16).attribute(image(), 0, search_batch=8, **kwargs)
+    one_at_a_time = explainer(batch_size=1).attribute(image(), 0, search="ladder", search_batch=1, **kwargs)
+    batched = explainer(batch_size=16).attribute(image(), 0, search="ladder", search_batch=8, **kwargs)
     assert one_at_a_time.lambda_range == batched.lambda_range
     np.testing.assert_allclose(one_at_a_time.preds, batched.preds, atol=1e-6)
     # The sweep's two ends were evaluated by the search and not decoded again.

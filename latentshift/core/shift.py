@@ -8,9 +8,11 @@ Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pi
 2. ``g = ∂p/∂z`` at ``z`` (one backward pass).
 3. ``frame(λ) = D(z + λ·g)``, ``pred(λ) = p(z + λ·g)``; λ < 0 curtails the feature the
    classifier sees, λ > 0 exaggerates it. λ is unitless (a multiple of the gradient).
-4. The λ range is given, or searched per direction on the reference ladder
-   ``λ_{k+1} = λ_k ∓ (step_size + |λ_k| / 10)``; the ladder is evaluated in batches (both
-   directions in the same batch) and every evaluated λ is cached.
+4. The λ range is given, or searched per direction until a stop rule fires, either
+   ``search="bisect"`` (default: bracket by doubling |λ| from ``step_size``, then bisect to
+   :data:`BISECT_PRECISION` relative to |λ|) or ``search="ladder"`` (the reference
+   implementation's ladder ``λ ← λ − step + λ // 10``, its check order and its end, exactly).
+   Every evaluated λ is cached.
 5. The sweep decodes and classifies the frames in batches, reusing cached λs.
 """
 
@@ -27,17 +29,21 @@ import torch
 from torch import nn
 
 from ..errors import OptionsError
-from ..options import DEFAULTS, DIRECTIONS, HEATMAP_MODES
+from ..options import DEFAULTS, DIRECTIONS, HEATMAP_MODES, SEARCH_MODES
 
 logger = logging.getLogger(__name__)
 
 Direction = Literal["both", "curtail", "exaggerate"]
 HeatmapMode = Literal["int", "max", "mean", "mm"]
 
-#: Ladder rungs per direction evaluated together at most: the batch doubles from
-#: ``search_batch`` up to this, so a long search needs few rounds while a batch rarely
-#: overshoots the stop by many rungs (each overshooting rung is a wasted decode).
+#: Ladder rungs per direction evaluated together at most (on an accelerator): the batch
+#: doubles from ``search_batch`` up to this, so a long search needs few rounds while a batch
+#: rarely overshoots the stop by many rungs (each overshooting rung is a wasted decode).
 MAX_SEARCH_BATCH = 8
+
+#: Relative precision of the bisect search: it stops once the bracket [λ_ok, λ_stop] is
+#: narrower than this fraction of |λ_stop| and returns λ_stop (where a stop rule fired).
+BISECT_PRECISION = 0.02
 
 #: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
 STOP_REASONS = {
@@ -119,16 +125,17 @@ class ShiftResult:
 
 
 def lambda_ladder(step_size: float, max_lambda: float, sign: int) -> list[float]:
-    """The reference search ladder on one side: λ_{k+1} = λ_k + sign·(step + |λ_k|/10).
+    """The reference implementation's search ladder on one side (0 excluded).
 
-    The last rung is clipped to ``sign·max_lambda``. Returns λ_1, λ_2, ... (0 excluded).
+    Curtailing (``sign`` = -1) it is ``λ ← λ − step_size + λ // 10`` with floor division on
+    the float values, as the reference computes it: −10, −21, −34, −48, −63, −80, … for
+    step 10. Exaggerating (``sign`` = +1) is its mirror image (+10, +21, +34, …). The ladder
+    is not clipped: it ends at the first rung with |λ| ≥ ``max_lambda`` (e.g. −3103).
     """
-    rungs, current = [], 0.0
-    while abs(current) < max_lambda:
-        current = current + sign * (step_size + abs(current) / 10.0)
-        if abs(current) >= max_lambda:
-            current = sign * float(max_lambda)
-        rungs.append(current)
+    rungs, current = [], 0.0  # ``current`` walks the curtail side (≤ 0)
+    while current > -max_lambda:
+        current = current - step_size + current // 10
+        rungs.append(-current if sign > 0 else current)
     return rungs
 
 
@@ -202,7 +209,10 @@ class LatentShift:
                   heatmap: HeatmapMode = DEFAULTS.heatmap,
                   floor: float = 0.05,
                   ceiling: float = 0.95,
-                  search_batch: int = 4) -> ShiftResult:
+                  search: str = DEFAULTS.search,
+                  precision: float = BISECT_PRECISION,
+                  search_batch: int | None = None,
+                  initial_pred: float | None = None) -> ShiftResult:
         """Explain ``target`` for image ``x`` of shape (1, 1, H, W) in [-1024, 1024].
 
         Args:
@@ -217,19 +227,26 @@ class LatentShift:
             heatmap: "int" (mean |Δ| of consecutive frames), "max"/"mean" (of |x0 − frame|),
                 "mm" (|first − last|).
             floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
-            search_batch: ladder rungs per direction in the first batch (doubles each round,
-                up to :data:`MAX_SEARCH_BATCH`).
+            search: "bisect" (bracket and bisect, the default) or "ladder" (the reference's
+                ladder and its exact answer); see :meth:`_search`.
+            precision: relative precision of the bisect search (0.02 = 2 % of |λ|).
+            search_batch: ladder rungs per direction per batch (doubles each round, up to
+                :data:`MAX_SEARCH_BATCH`); default 1 on the CPU (where a batch of N costs
+                about N single evaluations), 4 elsewhere.
+            initial_pred: the target prediction of ``x`` when the caller already has it
+                (saves one classifier call); computed otherwise.
         """
         self._check_options(x, target, lambda_range, step_size, frames, direction, pred_diff,
-                            pixel_budget, max_lambda, heatmap, search_batch)
+                            pixel_budget, max_lambda, heatmap, search_batch, search, precision)
         self.classifier.eval()
         self.autoencoder.eval()
         timings: dict[str, float] = {}
         started = time.perf_counter()
         x = x.to(self.device, torch.float32)
         z, gradient, reconstruction, reconstruction_pred = self._latent_gradient(x, target)
-        with torch.inference_mode():
-            initial_pred = float(self._prediction(x, target)[0])
+        if initial_pred is None:
+            with torch.inference_mode():
+                initial_pred = float(self._prediction(x, target)[0])
         timings["encode_gradient"] = time.perf_counter() - started
 
         cache = _FrameCache(self, z, gradient, reconstruction, reconstruction_pred, target)
@@ -242,9 +259,10 @@ class LatentShift:
                 lambda_min = 0.0
             stop_reasons = {side: "given_range" for side in ("curtail", "exaggerate")}
         else:
-            rules = _StopRules(reconstruction_pred, pred_diff, pixel_budget, max_lambda, floor, ceiling)
+            rules = _StopRules(reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget),
+                               max_lambda, floor, ceiling)
             sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")]
-            found, stop_reasons = self._search(cache, sides, rules, step_size, max_lambda, search_batch)
+            found, stop_reasons = self._search(cache, sides, rules, step_size, search, precision, search_batch)
             lambda_min, lambda_max = found.get("curtail", 0.0), found.get("exaggerate", 0.0)
         for side in ("curtail", "exaggerate"):
             stop_reasons.setdefault(side, "not_requested")
@@ -285,40 +303,32 @@ class LatentShift:
             (gradient,) = torch.autograd.grad(prediction.sum(), z)
         return z.detach(), gradient.detach(), reconstruction.detach(), float(prediction.detach()[0])
 
-    def _search(self, cache, sides, rules, step_size, max_lambda, search_batch):
-        """Walk each side's ladder in batches until a stop rule fires.
+    def _search(self, cache, sides, rules, step_size, search, precision, search_batch):
+        """Search each side until a stop rule fires; ({side: λ_end}, {side: stop reason}).
 
-        Returns ({side: λ_end}, {side: stop reason}).
+        "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
+        end is the rung at which a rule fired. "bisect": |λ| doubles from ``step_size``
+        (clipped at max_lambda) until a rule fires, then the bracket is bisected to
+        ``precision``; the end is the closest λ found at which a rule fires. The rules are
+        :class:`_StopRules` in the reference's order for both. On the CPU each side's probes
+        are evaluated on their own (a batch costs its size); elsewhere the two sides'
+        probes share a batch.
         """
-        ladders = {side: lambda_ladder(step_size, max_lambda, -1 if side == "curtail" else 1)
-                   for side in sides}
-        state = {side: _SideState() for side in sides}
-        batch = search_batch
-        while any(not s.done for s in state.values()):
-            wanted = {side: ladders[side][state[side].next_rung:state[side].next_rung + batch]
-                      for side in sides if not state[side].done}
-            cache.evaluate(np.array([lam for rungs in wanted.values() for lam in rungs]))
-            for side, rungs in wanted.items():
-                side_state = state[side]
-                for lam in rungs:
-                    side_state.next_rung += 1
-                    reason, keep = rules.check(side, lam, cache.pred(lam), side_state.last_pred,
-                                               cache.change(lam))
-                    if reason is None:
-                        side_state.accept(lam, cache.pred(lam))
-                        continue
-                    if keep:
-                        side_state.accept(lam, cache.pred(lam))
-                    side_state.finish(reason)
-                    break
-                if not side_state.done and side_state.next_rung >= len(ladders[side]):
-                    side_state.finish("max_lambda")
-            batch = min(batch * 2, max(search_batch, MAX_SEARCH_BATCH))
-        return ({side: s.last_lambda for side, s in state.items()},
-                {side: s.reason for side, s in state.items()})
+        on_cpu = self.device.type == "cpu"
+        if search == "ladder":
+            batch = search_batch or (1 if on_cpu else 4)
+            largest = 1 if on_cpu and search_batch is None else max(batch, MAX_SEARCH_BATCH)
+            walkers = {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
+        elif not bool(cache.gradient.any()):  # p does not depend on z here: nothing moves
+            return {side: 0.0 for side in sides}, {side: "not_moving" for side in sides}
+        else:
+            walkers = {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
+        ends = _drive(cache, walkers, share=not on_cpu)
+        return ({side: lam for side, (lam, _) in ends.items()},
+                {side: reason for side, (_, reason) in ends.items()})
 
     def _check_options(self, x, target, lambda_range, step_size, frames, direction, pred_diff,
-                       pixel_budget, max_lambda, heatmap, search_batch):
+                       pixel_budget, max_lambda, heatmap, search_batch, search, precision):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 1:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise OptionsError(f"x must be a tensor of shape (1, 1, H, W), got {shape}")
@@ -341,52 +351,123 @@ class LatentShift:
             raise OptionsError("step_size and max_lambda must be positive")
         if not 0 < pred_diff <= 1 or not pixel_budget > 0:
             raise OptionsError("pred_diff must be in (0, 1] and pixel_budget positive")
-        if search_batch < 1:
+        if search_batch is not None and search_batch < 1:
             raise OptionsError("search_batch must be at least 1")
+        if search not in SEARCH_MODES:
+            raise OptionsError(f"search must be one of {SEARCH_MODES}, got {search!r}")
+        if not 0 < precision < 1:
+            raise OptionsError(f"precision must be in (0, 1), got {precision}")
 
 
-@dataclass
-class _SideState:
-    last_lambda: float = 0.0
-    last_pred: float | None = None
-    next_rung: int = 0
-    reason: str = ""
-    done: bool = False
+def _drive(cache, walkers: dict, share: bool) -> dict[str, tuple[float, str]]:
+    """Run the sides' walkers: each yields the λs it needs evaluated next and returns
+    (λ_end, reason). ``share``: one batch for both sides' λs per round."""
+    ends, wanted = {}, {}
+    for side, walker in walkers.items():
+        _advance(side, walker, wanted, ends, first=True)
+    while wanted:
+        if share:
+            cache.evaluate(np.array([lam for lams in wanted.values() for lam in lams]))
+        for side in list(wanted):
+            if not share:
+                cache.evaluate(np.array(wanted[side]))
+            _advance(side, walkers[side], wanted, ends)
+    return ends
 
-    def accept(self, lam: float, pred: float) -> None:
-        self.last_lambda, self.last_pred = lam, pred
 
-    def finish(self, reason: str) -> None:
-        self.reason, self.done = reason, True
+def _advance(side, walker, wanted, ends, first=False) -> None:
+    try:
+        wanted[side] = next(walker) if first else walker.send(None)
+    except StopIteration as stop:
+        wanted.pop(side, None)
+        ends[side] = stop.value
+
+
+def _ladder_walker(cache, side, rules, step_size, batch, largest):
+    """The reference search on one side: rungs 0, λ_1, λ_2, … checked in order against the
+    previous rung's prediction, ``batch`` rungs at a time (doubling up to ``largest``);
+    returns (the rung at which a rule fired, the rule)."""
+    rungs = [0.0] + lambda_ladder(step_size, rules.max_lambda, -1 if side == "curtail" else 1)
+    previous, index = rules.start_pred, 0
+    while True:
+        chunk = rungs[index:index + batch]
+        index += len(chunk)
+        yield chunk
+        for lam in chunk:
+            pred = cache.pred(lam)
+            reason = rules.check(side, lam, pred, previous, cache.diff(lam))
+            if reason is not None:
+                return lam, reason
+            previous = pred
+        batch = min(batch * 2, largest)
+
+
+def _bisect_walker(cache, side, rules, step_size, precision):
+    """Bracket-and-bisect on one side; returns (λ_end, rule): λ_end fires a rule and is within
+    ``precision``·|λ_end| of a λ that fires none (or is ±max_lambda, or 0)."""
+    sign = -1.0 if side == "curtail" else 1.0
+    reason = rules.check(side, 0.0, rules.start_pred, rules.start_pred, 0.0)
+    if reason is not None:
+        return 0.0, reason
+    low, low_pred, magnitude = 0.0, rules.start_pred, float(step_size)
+    while True:  # bracket: |λ| = step, 2·step, 4·step, … (the last clipped at max_lambda)
+        high = sign * min(magnitude, rules.max_lambda)
+        yield [high]
+        reason = rules.check(side, high, cache.pred(high), low_pred, cache.diff(high), check_max=False)
+        if reason is None and abs(high) >= rules.max_lambda:
+            return high, "max_lambda"
+        if reason is not None:
+            break
+        low, low_pred, magnitude = high, cache.pred(high), magnitude * 2
+    while abs(high - low) > precision * abs(high):
+        middle = (low + high) / 2
+        yield [middle]
+        found = rules.check(side, middle, cache.pred(middle), low_pred, cache.diff(middle))
+        if found is None:
+            low, low_pred = middle, cache.pred(middle)
+        else:
+            high, reason = middle, found
+    return high, reason
 
 
 @dataclass
 class _StopRules:
-    """The stop rules of the search; ``check`` returns (reason or None, keep this λ?)."""
+    """The reference's stop rules in its order (``check`` returns the rule that fires or None).
+
+    ``pixel_threshold`` is ``pixel_budget · sum|x0|`` in float32, as the reference compares
+    ``sum|frame − x0| > sum|x0| · budget``.
+    """
 
     start_pred: float
     pred_diff: float
-    pixel_budget: float
+    pixel_threshold: float
     max_lambda: float
     floor: float
     ceiling: float
 
-    def check(self, side: str, lam: float, pred: float, last_pred: float | None, change: float):
-        previous = self.start_pred if last_pred is None else last_pred
-        curtail = side == "curtail"
-        if change > self.pixel_budget:
-            return "pixel_budget", False
-        if (curtail and pred >= previous) or (not curtail and pred <= previous):
-            return "not_moving", False
-        if abs(pred - self.start_pred) >= self.pred_diff:
-            return "pred_diff", True
-        if curtail and pred < self.floor:
-            return "floor", True
-        if not curtail and pred > self.ceiling:
-            return "ceiling", True
-        if abs(lam) >= self.max_lambda:
-            return "max_lambda", True
-        return None, True
+    def check(self, side: str, lam: float, pred: float, previous: float, diff_sum: float,
+              check_max: bool = True) -> str | None:
+        """The first rule that fires at λ (pred and ``previous``, the last accepted λ's, in
+        [0, 1]; ``diff_sum`` = sum|frame − x0| in pixel units), else None."""
+        if side == "curtail":
+            if previous < pred:
+                return "not_moving"
+            if pred < self.floor:
+                return "floor"
+            if self.start_pred - self.pred_diff > pred:
+                return "pred_diff"
+        else:
+            if previous > pred:
+                return "not_moving"
+            if pred > self.ceiling:
+                return "ceiling"
+            if self.start_pred + self.pred_diff < pred:
+                return "pred_diff"
+        if check_max and abs(lam) >= self.max_lambda:
+            return "max_lambda"
+        if diff_sum > self.pixel_threshold:
+            return "pixel_budget"
+        return None
 
 
 class _FrameCache:
@@ -401,13 +482,23 @@ class _FrameCache:
         self.preds: dict[float, float] = {0.0: reconstruction_pred}
         self.outputs: dict[float, torch.Tensor] = {}
         self.changes: dict[float, float] = {0.0: 0.0}
+        self.diffs: dict[float, float] = {0.0: 0.0}
         self.evaluations = 1
 
     def pred(self, lam: float) -> float:
         return self.preds[float(lam)]
 
     def change(self, lam: float) -> float:
+        """sum|frame − x0| / sum|x0| at an evaluated λ."""
         return self.changes[float(lam)]
+
+    def diff(self, lam: float) -> float:
+        """sum|frame − x0| (float32 sum, pixel units) at an evaluated λ."""
+        return self.diffs[float(lam)]
+
+    def budget_threshold(self, pixel_budget: float) -> float:
+        """``sum|x0| · pixel_budget`` computed in float32, as the reference does."""
+        return float(self.reconstruction.abs().sum() * pixel_budget)
 
     def evaluate(self, lambdas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (F, 1, H, W) and predictions (F,) for ``lambdas``, computing only new λs."""
@@ -426,7 +517,9 @@ class _FrameCache:
                     self.frames[lam] = image.clone()
                     self.preds[lam] = float(output[self.target])
                     self.outputs[lam] = output.clone()
-                    self.changes[lam] = float((image - self.reconstruction[0]).abs().sum()) / self.reference_mass
+                    diff = float((image - self.reconstruction[0]).abs().sum())
+                    self.diffs[lam] = diff
+                    self.changes[lam] = diff / self.reference_mass
                 self.evaluations += len(chunk)
         frames = torch.stack([self.frames[k] for k in keys]) if keys else torch.empty(0)
         return frames, torch.tensor([self.preds[k] for k in keys], dtype=torch.float64)

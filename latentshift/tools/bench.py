@@ -66,7 +66,8 @@ STAGE_LABELS = {
     "end_to_end": "end to end",
 }
 MODES = ("fixed", "search")
-SIDES = ("baseline", "ours")
+#: "ours" is the default (bisect) search, "ladder" ours with search="ladder" (compared with the baseline).
+SIDES = ("baseline", "ours", "ladder")
 TOLERANCE = 1e-4
 
 #: The fixed seed image (a pneumonia case of the shared CXR data set, found like the training data).
@@ -89,6 +90,7 @@ class ShiftSettings:
     floor: float = 0.05
     ceiling: float = 0.95
     ig_steps: int = DEFAULTS.ig_steps
+    search: str = DEFAULTS.search
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class SideJob:
     target: str | None = None
     image_path: str | None = None
     profile: bool = False
+    opt_in: tuple[str, ...] = ()
 
 
 @dataclass
@@ -146,6 +149,7 @@ class SideReport:
     peak_cuda_mb: float | None
     floor: dict[str, float] | None = None
     profile_table: str | None = None
+    opt_in: list[dict] = field(default_factory=list)
 
     def median(self, stage: str) -> float | None:
         values = [r[stage] for r in self.repeats if stage in r]
@@ -283,17 +287,20 @@ def peak_rss_mb() -> float:
 
 
 class PaperStyleLatentShift:
-    """Latent Shift as the paper's code did it: one λ at a time, nothing cached.
+    """Latent Shift as the reference implementation (ieee8023/latentshift) does it: one λ
+    decoded and classified at a time, a dict of evaluated λs reused by the sweep.
 
-    The search walks λ_{k+1} = λ_k ∓ (step_size + |λ_k| / 10) (last rung clipped to
-    ±max_lambda) one decode+classify per rung, with the stop rules of
-    :mod:`latentshift.shift`; the sweep decodes and classifies every frame on its own.
+    The search of one side starts at λ = 0 and walks ``λ ← λ − step + λ // 10`` (mirrored
+    for exaggerating); at each rung it checks, in this order, that the prediction still
+    moves the wanted way, the floor (ceiling), pred_diff, |λ| ≥ max_lambda and the pixel
+    budget, and returns the rung at which one fired (never clipped at max_lambda).
     """
 
     def __init__(self, classifier: torch.nn.Module, autoencoder: torch.nn.Module):
         self.classifier = classifier.eval()
         self.autoencoder = autoencoder.eval()
         self.evaluations = 0
+        self.cache: dict[float, tuple[torch.Tensor, float]] = {}
 
     def prediction(self, image: torch.Tensor, target: int) -> float:
         with torch.no_grad():
@@ -301,6 +308,7 @@ class PaperStyleLatentShift:
 
     def latent_gradient(self, x: torch.Tensor, target: int):
         """(z, ∂p/∂z, reconstruction, p(reconstruction)) with one backward pass."""
+        self.cache = {}
         with torch.no_grad():
             z = self.autoencoder.encode(x)
         z = z.detach().clone().requires_grad_(True)
@@ -311,38 +319,39 @@ class PaperStyleLatentShift:
         return z.detach(), gradient.detach(), reconstruction.detach().cpu(), float(prediction.detach()[0])
 
     def decode_and_classify(self, z, gradient, lam: float, target: int) -> tuple[torch.Tensor, float]:
-        with torch.no_grad():
-            image = self.autoencoder.decode(z + lam * gradient)
-            pred = float(torch.sigmoid(self.classifier(image))[0, target])
-        self.evaluations += 1
-        return image.cpu(), pred
+        """(frame (1, 1, H, W) on the CPU, target prediction) at λ, from the cache when evaluated."""
+        if lam not in self.cache:
+            with torch.no_grad():
+                image = self.autoencoder.decode(z + lam * gradient)
+                pred = float(torch.sigmoid(self.classifier(image))[0, target])
+            self.evaluations += 1
+            self.cache[lam] = image.cpu(), pred
+        return self.cache[lam]
 
     def search_side(self, z, gradient, reconstruction, start_pred: float, target: int, sign: int,
                     settings: ShiftSettings) -> tuple[float, str]:
-        """Walk one side of the ladder; returns (last accepted λ, why it stopped)."""
-        reference_mass = float(reconstruction.abs().sum()) or 1.0
-        curtail = sign < 0
-        accepted_lambda, last_pred, lam = 0.0, start_pred, 0.0
-        while abs(lam) < settings.max_lambda:
-            lam = lam + sign * (settings.step_size + abs(lam) / 10.0)
-            if abs(lam) >= settings.max_lambda:
-                lam = sign * float(settings.max_lambda)
+        """Walk one side of the reference ladder; returns (the rung where a rule fired, the rule)."""
+        pixel_threshold = reconstruction.abs().sum() * settings.pixel_budget
+        _, start = self.decode_and_classify(z, gradient, 0.0, target)
+        walked, last_pred = 0.0, start  # ``walked``: the curtail-side value (≤ 0) of the rung
+        while True:
+            lam = walked if sign < 0 else -walked
             image, pred = self.decode_and_classify(z, gradient, lam, target)
-            change = float((image[0] - reconstruction[0]).abs().sum()) / reference_mass
-            if change > settings.pixel_budget:
-                return accepted_lambda, "pixel_budget"
-            if (curtail and pred >= last_pred) or (not curtail and pred <= last_pred):
-                return accepted_lambda, "not_moving"
-            accepted_lambda, last_pred = lam, pred
-            if abs(pred - start_pred) >= settings.pred_diff:
+            pixel_diff = (reconstruction - image).abs().sum()
+            wrong_way, past_end = (last_pred < pred, pred < settings.floor) if sign < 0 else (
+                last_pred > pred, pred > settings.ceiling)
+            if wrong_way:
+                return lam, "not_moving"
+            if past_end:
+                return lam, "floor" if sign < 0 else "ceiling"
+            if (start - settings.pred_diff > pred) if sign < 0 else (start + settings.pred_diff < pred):
                 return lam, "pred_diff"
-            if curtail and pred < settings.floor:
-                return lam, "floor"
-            if not curtail and pred > settings.ceiling:
-                return lam, "ceiling"
-            if abs(lam) >= settings.max_lambda:
+            if walked <= -settings.max_lambda:
                 return lam, "max_lambda"
-        return accepted_lambda, "max_lambda"
+            if pixel_diff > pixel_threshold:
+                return lam, "pixel_budget"
+            last_pred = pred
+            walked = walked - settings.step_size + walked // 10
 
 
 def _paper_style_gif(path: Path, input_pixels: np.ndarray, frames: np.ndarray, preds: np.ndarray,
@@ -476,7 +485,8 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
     result = LatentShift(classifier, autoencoder, apply_sigmoid=True).attribute(
         x, target_index, lambda_range=settings.lambda_range, step_size=settings.step_size,
         frames=settings.frames, pred_diff=settings.pred_diff, pixel_budget=settings.pixel_budget,
-        max_lambda=settings.max_lambda, floor=settings.floor, ceiling=settings.ceiling, heatmap="int")
+        max_lambda=settings.max_lambda, floor=settings.floor, ceiling=settings.ceiling, heatmap="int",
+        search=settings.search, initial_pred=float(probabilities[target_index]))
     shift_seconds = time.perf_counter() - shift_started
     for stage in ("encode_gradient", "search", "sweep", "heatmap"):
         clock.seconds[stage] = result.timings.get(stage, 0.0)
@@ -523,6 +533,76 @@ def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, l
     return {"gradient": gradient_seconds, "frames": frames_seconds, "total": gradient_seconds + frames_seconds}
 
 
+#: Faster paths that may change answers, measured on request (``--opt-in``), never defaults.
+OPT_IN_PATHS = ("channels_last", "bf16", "compile")
+
+
+@contextmanager
+def _opt_in_models(path: str, classifier, autoencoder, device: torch.device):
+    """(classifier, autoencoder) running the ``path`` variant; the originals are restored."""
+    if path == "channels_last":
+        classifier.to(memory_format=torch.channels_last)
+        autoencoder.to(memory_format=torch.channels_last)
+        try:
+            yield classifier, autoencoder
+        finally:
+            classifier.to(memory_format=torch.contiguous_format)
+            autoencoder.to(memory_format=torch.contiguous_format)
+    elif path == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield classifier, autoencoder
+    else:  # compile: the forward passes (decode, classify) compiled, dynamic batch size
+        class Compiled(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner, self.pathologies = inner, getattr(inner, "pathologies", [])
+                self.decode_fn = torch.compile(inner.decode, dynamic=True) if hasattr(inner, "decode") else None
+                self.forward_fn = torch.compile(inner.forward, dynamic=True)
+
+            def forward(self, x):
+                return self.forward_fn(x)
+
+            def encode(self, x):
+                return self.inner.encode(x)
+
+            def decode(self, z):
+                return self.decode_fn(z)
+
+        yield Compiled(classifier), Compiled(autoencoder)
+
+
+def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, reference: RequestOutcome,
+                   settings: ShiftSettings, device: torch.device) -> dict:
+    """One opt-in path against our fp32 answer ``reference``: seconds of a search request
+    (encode+gradient+search+sweep; the first, cold call timed apart), max |Δp| at the same
+    λs (fixed range = the reference's) and whether the search stops elsewhere."""
+    from ..core.shift import LatentShift
+
+    kwargs = dict(step_size=settings.step_size, frames=settings.frames, pred_diff=settings.pred_diff,
+                  pixel_budget=settings.pixel_budget, max_lambda=settings.max_lambda, floor=settings.floor,
+                  ceiling=settings.ceiling, search=settings.search)
+    fixed = (float(reference.lambdas[0]), float(reference.lambdas[-1]))
+    try:
+        with _opt_in_models(path, classifier, autoencoder, device) as (cls, ae):
+            explainer = LatentShift(cls, ae, apply_sigmoid=True)
+            started = time.perf_counter()
+            searched = explainer.attribute(x, reference.target_index, **kwargs)
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            searched = explainer.attribute(x, reference.target_index, **kwargs)
+            warm = time.perf_counter() - started
+            same_lambdas = (explainer.attribute(x, reference.target_index, lambda_range=fixed, **kwargs)
+                            if fixed[0] < fixed[1] else searched)
+    except Exception as error:  # an opt-in path that does not run here is reported, not fatal
+        logger.warning("opt-in path %s failed: %s", path, error)
+        return {"path": path, "error": f"{type(error).__name__}: {error}"[:200]}
+    delta = float(np.max(np.abs(np.asarray(same_lambdas.preds, dtype=np.float64) - reference.preds), initial=0.0))
+    ends = (float(searched.lambdas[0]), float(searched.lambdas[-1]))
+    ours_ends = (float(reference.lambdas[0]), float(reference.lambdas[-1]))
+    return {"path": path, "cold_seconds": cold, "seconds": warm, "max_delta_pred": delta,
+            "ends": ends, "stops_elsewhere": ends != ours_ends or dict(searched.stop_reasons) != reference.stop_reasons}
+
+
 def _target(classifier, probabilities: torch.Tensor, target: str | None) -> tuple[int, str]:
     names = list(classifier.pathologies)
     if target is None:
@@ -541,6 +621,7 @@ def _target(classifier, probabilities: torch.Tensor, target: str | None) -> tupl
 REQUEST_RUNNERS: dict[str, Callable[..., RequestOutcome]] = {
     "baseline": run_baseline_request,
     "ours": run_our_request,
+    "ladder": run_our_request,
 }
 
 
@@ -587,13 +668,15 @@ def run_side(job: SideJob) -> SideReport:
                                             outcome.lambdas, device))
         floor = {key: statistics.median(f[key] for f in floors) for key in floors[0]} if floors else None
         profile_table = None
+        opt_in = [measure_opt_in(path, classifier, autoencoder, x, outcome, job.settings, device)
+                  for path in (job.opt_in if job.side == "ours" else ())]
         if job.side == "ours":
             if job.profile:
                 profile_table = profile_request(runner, classifier, autoencoder, x, pixels, job, Path(folder),
                                                 device)
     peak_cuda = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
     return SideReport(job.side, torch.get_num_threads(), repeats, outcome, peak_rss_mb(), peak_cuda, floor,
-                      profile_table)
+                      profile_table, opt_in)
 
 
 def profile_request(runner, classifier, autoencoder, x, pixels, job: SideJob, out_dir: Path,
@@ -673,6 +756,42 @@ class Comparison:
     baseline: SideReport
     ours: SideReport
     equivalence: Equivalence
+    ladder: SideReport | None = None
+
+    def end_differences(self) -> dict[str, float]:
+        """{side: |λ_end(bisect) − λ_end(ladder)| / |λ_end(ladder)|} (0 when both ends are 0)."""
+        if self.ladder is None:
+            return {}
+        ours, ladder = self.ours.outcome.lambdas, self.ladder.outcome.lambdas
+        return {"curtail": _relative(ours[0], ladder[0]), "exaggerate": _relative(ours[-1], ladder[-1])}
+
+    def _side_rows(self) -> list[str]:
+        sides = [("baseline", self.baseline), ("ours", self.ours)] + (
+            [("ladder", self.ladder)] if self.ladder is not None else [])
+        lines = [f"{'stage':<24}" + "".join(f"{name + ' s':>12}" for name, _ in sides) + f"{'baseline/ours':>15}"]
+        for stage in STAGES:
+            values = [report.median(stage) for _, report in sides]
+            if any(v is None for v in values) or (stage == "search" and self.settings.lambda_range is not None):
+                continue
+            ratio = f"{values[0] / values[1]:.2f}x" if values[1] > 1e-4 else "-"
+            lines.append(f"{STAGE_LABELS[stage]:<24}" + "".join(f"{v:>12.3f}" for v in values) + f"{ratio:>15}")
+        lines.append(f"{'λ evaluations':<24}" + "".join(f"{r.outcome.evaluations:>12d}" for _, r in sides))
+        lines.append(f"{'λ ends':<24}" + "".join(
+            f"{f'{r.outcome.lambdas[0]:.0f},{r.outcome.lambdas[-1]:.0f}':>12}" for _, r in sides))
+        return lines
+
+    def _opt_in_lines(self) -> list[str]:
+        lines = []
+        fp32 = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep", "heatmap"))
+        for entry in self.ours.opt_in:
+            if "error" in entry:
+                lines.append(f"opt-in {entry['path']}: did not run ({entry['error']})")
+                continue
+            lines.append(f"opt-in {entry['path']}: latent shift {entry['seconds']:.3f} s (first call "
+                         f"{entry['cold_seconds']:.2f} s) vs fp32 {fp32:.3f} s = {fp32 / entry['seconds']:.2f}x; "
+                         f"max |Δp| at the same λs {entry['max_delta_pred']:.1e}; search stops "
+                         f"{'ELSEWHERE ' + str(tuple(round(v, 1) for v in entry['ends'])) if entry['stops_elsewhere'] else 'at the same λs'}")
+        return lines
 
     def table(self) -> str:
         settings = self.settings
@@ -681,18 +800,9 @@ class Comparison:
                 f"automatic search (step {settings.step_size:g}, max |λ| {settings.max_lambda:g}, "
                 f"pred_diff {settings.pred_diff:g}, pixel budget {settings.pixel_budget:g})")
         lines = [f"{self.models} | {mode} | {settings.frames} frames, IG {settings.ig_steps} steps | "
-                 f"{self.device}, {self.ours.threads} thread(s), median of {len(self.ours.repeats)}",
-                 f"{'stage':<24}{'baseline s':>12}{'ours s':>10}{'baseline/ours':>15}"]
-        for stage in STAGES:
-            base, ours = self.baseline.median(stage), self.ours.median(stage)
-            if base is None or ours is None:
-                continue
-            if stage == "search" and settings.lambda_range is not None:
-                continue
-            ratio = f"{base / ours:.2f}x" if ours > 1e-4 else "-"
-            lines.append(f"{STAGE_LABELS[stage]:<24}{base:>12.3f}{ours:>10.3f}{ratio:>15}")
-        lines.append(f"{'λ evaluations':<24}{self.baseline.outcome.evaluations:>12d}"
-                     f"{self.ours.outcome.evaluations:>10d}")
+                 f"{self.device}, {self.ours.threads} thread(s), median of {len(self.ours.repeats)} | "
+                 f"ours = search 'bisect', ladder = ours with search 'ladder', baseline = the reference's "
+                 f"behaviour"] + self._side_rows()
         if self.ours.floor:
             floor = self.ours.floor
             shift = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep"))
@@ -703,7 +813,8 @@ class Comparison:
                          f"search+sweep {search_sweep:.3f} s = {search_sweep / floor['frames']:.2f}x "
                          f"the batched evaluation")
         verdict = "PASS" if self.equivalence.passed else "FAIL"
-        lines.append(f"same answer (λs, predictions to {TOLERANCE:g}): {verdict}: max |Δλ| "
+        compared = "ladder" if self.ladder is not None else "ours"
+        lines.append(f"same answer as the baseline ({compared}; λs, predictions to {TOLERANCE:g}): {verdict}: max |Δλ| "
                      f"{self.equivalence.max_lambda_difference:.1e}, max |Δpred| "
                      f"{self.equivalence.max_pred_difference:.1e}; {self.equivalence.detail}")
         lines.append(f"maps, max difference relative to the baseline's range: Grad-CAM "
@@ -715,7 +826,11 @@ class Comparison:
             memory += (f"; cuda max allocated: baseline {self.baseline.peak_cuda_mb:.0f} MiB, "
                        f"ours {self.ours.peak_cuda_mb:.0f} MiB")
         lines.append(memory)
-        return "\n".join(lines)
+        differences = self.end_differences()
+        if differences and self.settings.lambda_range is None:
+            lines.append("bisect's λ ends vs the ladder's: " + ", ".join(
+                f"{side} {100 * value:.1f} %" for side, value in differences.items()))
+        return "\n".join(lines + self._opt_in_lines())
 
     def to_json(self) -> dict:
         def side(report: SideReport) -> dict:
@@ -729,21 +844,32 @@ class Comparison:
 
         return {"models": self.models, "mode": self.mode, "device": self.device,
                 "settings": asdict(self.settings), "baseline": side(self.baseline), "ours": side(self.ours),
-                "equivalence": asdict(self.equivalence)}
+                "ladder": side(self.ladder) if self.ladder is not None else None,
+                "bisect_vs_ladder_end_difference": self.end_differences(),
+                "opt_in": self.ours.opt_in, "equivalence": asdict(self.equivalence)}
+
+
+def _relative(value: float, reference: float) -> float:
+    return 0.0 if value == reference else abs(float(value) - float(reference)) / max(abs(float(reference)), 1e-12)
 
 
 def compare(models: ModelSource, settings: ShiftSettings, *, device: str = "cpu", repeats: int = 3,
             threads: int | None = None, target: str | None = None, image_path: str | None = None,
-            isolate: bool = True, profile: bool = False) -> Comparison:
-    """Run both sides on the same models, image, target and settings; compare."""
+            isolate: bool = True, profile: bool = False, opt_in: tuple[str, ...] = ()) -> Comparison:
+    """Run the baseline, ours (``settings.search``, default bisect) and, in search mode, ours
+    with search="ladder" on the same models, image, target and settings; the same-answer
+    check compares the baseline with the ladder (with ours in fixed-range mode)."""
     reports = {}
-    for side in SIDES:
-        job = SideJob(side, models, settings, device, repeats, threads, target, image_path,
-                      profile=profile and side == "ours")
+    searching = settings.lambda_range is None
+    for side in SIDES if searching else ("baseline", "ours"):
+        side_settings = ShiftSettings(**{**asdict(settings), "search": "ladder"}) if side == "ladder" else settings
+        job = SideJob(side, models, side_settings, device, repeats, threads, target, image_path,
+                      profile=profile and side == "ours", opt_in=opt_in if searching and side == "ours" else ())
         reports[side] = run_isolated(job, isolate)
-    mode = "fixed" if settings.lambda_range is not None else "search"
-    return Comparison(models.name, mode, settings, device, reports["baseline"], reports["ours"],
-                      compare_outcomes(reports["baseline"].outcome, reports["ours"].outcome))
+    compared = reports.get("ladder", reports["ours"])
+    return Comparison(models.name, "search" if searching else "fixed", settings, device, reports["baseline"],
+                      reports["ours"], compare_outcomes(reports["baseline"].outcome, compared.outcome),
+                      reports.get("ladder"))
 
 
 def thread_table(models: ModelSource, settings: ShiftSettings, thread_counts: list[int], *, device: str,
@@ -821,12 +947,17 @@ def build_parser(prog: str = "python -m latentshift.tools.bench") -> argparse.Ar
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler table of one of our xrv requests (search mode)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained xrv weights")
+    parser.add_argument("--search", default=DEFAULTS.search, choices=("bisect", "ladder"),
+                        help="our side's search (the ladder side always runs in search mode too)")
+    parser.add_argument("--opt-in", default="channels_last,bf16",
+                        help=f"opt-in paths measured on our side, comma separated from {','.join(OPT_IN_PATHS)} "
+                             "('' for none; compile is slow to start)")
     parser.add_argument("--json", default=None, help="write every number to this JSON file")
     return parser
 
 
 def _run_model_sections(args: argparse.Namespace, folder: Path, modes: list[str], settings_by_mode: dict,
-                        common: dict, record: dict, outputs: list[str]) -> None:
+                        common: dict, record: dict, outputs: list[str], opt_in: tuple[str, ...] = ()) -> None:
     """The comparisons, thread table and profile of the chosen models (files under ``folder``)."""
     sources: list[ModelSource] = []
     if args.models in ("demo", "both"):
@@ -844,7 +975,7 @@ def _run_model_sections(args: argparse.Namespace, folder: Path, modes: list[str]
 
     for source in [] if args.skip_comparison else sources:
         for mode in modes:
-            comparison = compare(source, settings_by_mode[mode], profile=False, **common)
+            comparison = compare(source, settings_by_mode[mode], profile=False, opt_in=opt_in, **common)
             print(comparison.table() + "\n", flush=True)
             outputs.append(comparison.table())
             record["comparisons"].append(comparison.to_json())
@@ -878,11 +1009,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         logger.error("unknown mode(s) %s; choose from %s", unknown, MODES)
         return 2
     base_settings = ShiftSettings(frames=args.frames, step_size=args.step_size, max_lambda=args.max_lambda,
-                                  ig_steps=args.ig_steps)
+                                  ig_steps=args.ig_steps, search=args.search)
     settings_by_mode = {"fixed": ShiftSettings(**{**asdict(base_settings), "lambda_range": tuple(args.range)}),
                         "search": base_settings}
     common = dict(device=args.device, repeats=args.repeats, threads=args.threads, target=args.target,
                   image_path=args.image)
+    opt_in = tuple(p.strip() for p in args.opt_in.split(",") if p.strip())
+    if any(p not in OPT_IN_PATHS for p in opt_in):
+        logger.error("unknown opt-in path(s) in %r; choose from %s", args.opt_in, OPT_IN_PATHS)
+        return 2
     record: dict = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                                 "default_threads": torch.get_num_threads(), "device": args.device,
                                 "load_average": list(os.getloadavg())},
@@ -890,7 +1025,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     outputs: list[str] = []
 
     with tempfile.TemporaryDirectory(prefix="bench-models-") as folder:
-        _run_model_sections(args, Path(folder), modes, settings_by_mode, common, record, outputs)
+        _run_model_sections(args, Path(folder), modes, settings_by_mode, common, record, outputs, opt_in)
 
     if args.app:
         demo = demo_model_source()
