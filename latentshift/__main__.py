@@ -1,7 +1,5 @@
 """``python -m latentshift ...`` runs the command line (see :mod:`latentshift.cli`)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -290,7 +290,8 @@ class Pipeline:
             yield _at(explanation, "gradcam")
 
         with _timed(explanation, "latent_shift"), self._computing():
-            shift = self.explainer.attribute(x, explanation.target_index, **options.shift_kwargs())
+            shift = self.explainer.attribute(x, explanation.target_index, **options.shift_kwargs(),
+                                             initial_pred=explanation.predictions[explanation.target])
             explanation.shift = shift
             self._check_reconstruction(explanation)
             self._note_degenerate_range(explanation)

@@ -39,7 +39,7 @@ def test_the_wheel_carries_the_manifest_and_every_embedded_file(wheel):
     assert any(name.startswith("latentshift/app/examples/") and name.endswith(".png") for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:
-        assert "latentshift = latentshift.cli:main" in archive.read(entry_points).decode()
+        assert "latentshift = latentshift.cli:entry" in archive.read(entry_points).decode()
 
 
 def test_the_console_script_explains_an_example_from_another_folder(tmp_path):

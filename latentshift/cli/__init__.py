@@ -14,6 +14,7 @@ import logging
 import sys
 
 from ..errors import LatentShiftError
+from ..runtime import reexec_with_allocator_tunables
 
 #: Modules that contribute sub-commands through ``add_cli(subparsers)``.
 COMMAND_MODULES = (
@@ -41,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_cli(subparsers)
     return parser
+
+
+def entry() -> None:
+    """The console script and ``python -m latentshift``: the allocator setting, then :func:`main`.
+
+    glibc's allocator tunables must be in the environment when the process starts, so the
+    process re-executes itself once with them (see :mod:`latentshift.runtime`).
+    """
+    reexec_with_allocator_tunables(sys.argv)
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
