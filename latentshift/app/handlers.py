@@ -41,7 +41,11 @@ NEXT_STEP = {
 EXPLAIN_API_FILES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "counterfactual",
                      "summary")
 DOWNLOAD_ORDER = ("gif", "summary", "counterfactual", "exaggerated", "heatmap", "gradcam",
-                  "integrated_gradients", "prediction_plot", "input")
+                  "integrated_gradients", "prediction_plot", "other_findings_plot", "input")
+#: The before/after slider's pairs: (choice label, "left|right").
+SLIDER_PAIRS = [("curtailed ↔ exaggerated", "curtailed|exaggerated"), ("input ↔ curtailed", "input|curtailed"),
+                ("input ↔ exaggerated", "input|exaggerated")]
+SLIDER_EMPTY_LABEL = "Before / after (drag)"
 #: The result outputs a new upload clears.
 RESULT_NAMES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "before_after",
                 "downloads")
@@ -190,28 +194,60 @@ def describe_progress(explanation: Explanation) -> str:
         lines.append(f"Done in {explanation.timings['total']:.1f} s ({timings}).")
     else:
         lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
-    if explanation.shift is not None:
-        lines.append(explanation.outcome_text(with_warnings=False))
-    lines += [f"⚠ {w['message']}" for w in explanation.warnings if w["code"] != "input_note"]
     return "\n\n".join(lines)
 
 
-def shifted_end_frame(explanation: Explanation) -> str | None:
-    """The frame at the far end of the sweep: the counterfactual, or the exaggeration."""
-    key = "exaggerated" if explanation.options.direction == "exaggerate" else "counterfactual"
-    return file_path(explanation, key)
+def describe_outcome(explanation: Explanation) -> str:
+    """The outcome in words (shown prominently once the sweep is done; empty before)."""
+    if explanation.shift is None:
+        return ""
+    return f"**Outcome.** {explanation.outcome_text(with_warnings=False)}"
+
+
+def describe_warnings(explanation: Explanation) -> str:
+    """The run's warnings, each once (the input notes go into summary.json only)."""
+    return "\n\n".join(f"⚠ {w['message']}" for w in explanation.warnings if w["code"] != "input_note")
+
+
+def slider_frames(explanation: Explanation) -> dict[str, list[str]] | None:
+    """The three images the before/after slider can compare: name -> [path, caption]."""
+    shift = explanation.shift
+    if shift is None or "counterfactual" not in explanation.files:
+        return None
+    return {"input": [file_path(explanation, "input"), f"input (p = {shift.initial_pred:.2f})"],
+            "curtailed": [file_path(explanation, "counterfactual"),
+                          f"curtailed (λ = {shift.lambdas[0]:.0f}, p = {shift.preds[0]:.2f})"],
+            "exaggerated": [file_path(explanation, "exaggerated"),
+                            f"exaggerated (λ = {shift.lambdas[-1]:.0f}, p = {shift.preds[-1]:.2f})"]}
+
+
+def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0][1]) -> dict[str, Any]:
+    """The slider's images for one pair ("left|right" names of :func:`slider_frames`) and the caption
+    naming both sides."""
+    if not frames:
+        return {"before_after": None, "slider_caption": ""}
+    left, right = (frames[name] for name in pair.split("|"))
+    return {"before_after": (left[0], right[0]), "slider_caption": f"◀ **left:** {left[1]} · **right:** {right[1]} ▶"}
+
+
+def refusal_values(message: str) -> dict[str, Any]:
+    """A refused upload or run: the message in the status line, every result cleared, nothing raised."""
+    return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "outcome": "", "warnings": "",
+            "run_id": None, "slider_frames": None, **{name: None for name in RESULT_NAMES},
+            **slider_value(None)}
 
 
 def result_values(explanation: Explanation) -> dict[str, Any]:
     """Output name -> value for the page after any stage of an explanation."""
     done = explanation.stage == "done"
-    after = shifted_end_frame(explanation)
+    frames = slider_frames(explanation)
     values = {
         "predictions": explanation.predictions, "target": explanation.target,
-        "status": describe_progress(explanation),
+        "status": describe_progress(explanation), "outcome": describe_outcome(explanation),
+        "warnings": describe_warnings(explanation),
         **{key: file_path(explanation, key)
            for key in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot")},
-        "before_after": None if after is None else (file_path(explanation, "input"), after),
+        "slider_frames": frames, **slider_value(frames), "slider_pair": SLIDER_PAIRS[0][1],
         "downloads": [str(explanation.files[key]) for key in DOWNLOAD_ORDER if key in explanation.files]
         if done else None,
     }
@@ -225,6 +261,7 @@ def result_values(explanation: Explanation) -> dict[str, Any]:
 def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) -> dict[str, Any]:
     """Predictions for a new upload; the target follows the top prediction; results cleared."""
     cleared = {name: None for name in RESULT_NAMES}
+    cleared.update(outcome="", warnings="", slider_frames=None, **slider_value(None))
     if not path:
         return {"predictions": None, "target": TOP_PREDICTION, **cleared, "status": READY_TEXT, "suggestion": None}
     with errors_for_people("reading the image and predicting"):
@@ -250,7 +287,7 @@ def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | No
         pipeline = pipeline_for(classifier_id, autoencoder_id)
     values: dict[str, Any] = {"classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id,
                               "target_choices": target_choices(pipeline), "target": TOP_PREDICTION,
-                              "warnings": [w["message"] for w in pipeline.warnings]}
+                              "model_warnings": [w["message"] for w in pipeline.warnings]}
     if upload_path:
         values.update(predict_upload(upload_path, pipeline.classifier_id, pipeline.autoencoder_id))
     return values

@@ -7,6 +7,7 @@ The API endpoints ``/predict`` and ``/explain`` are ``gr.api`` functions, not hi
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ import gradio as gr
 
 from ..options import DEFAULTS, DIRECTIONS, option_spec
 from ..pipeline import list_models
-from . import handlers, serving
+from . import handlers, serving, stages
 from .handlers import TOP_PREDICTION, UPLOAD_FILE_TYPES
 from .serving import run_folders
 
@@ -35,7 +36,37 @@ CSS = """
 .disclaimer p { margin: 0; }
 .intro p { margin: 2px 0; }
 #status { min-height: 2.5em; }
+#outcome p { border-left: 4px solid #2563eb; background: #eff6ff; padding: 8px 14px; border-radius: 6px;
+             font-size: 1.05em; margin: 0; }
+#warnings p { margin: 2px 0; }
+#warnings { color: #92400e; }
+/* Output images: room above the picture for the label, so it never covers the PNG's own title. */
+.result-image .image-container, .result-image .image-frame { padding-top: 34px; }
+.result-image .empty { min-height: 120px; }
+/* Example thumbnails with their captions (finding), smaller than Gradio's default. */
+#examples button.gallery-item { display: inline-flex; flex-direction: column; align-items: center; }
+#examples button.gallery-item img { width: 72px; height: 72px; object-fit: cover; }
+#examples button.gallery-item::after { content: attr(data-caption); font-size: 11px; line-height: 1.2;
+                                       margin-top: 2px; }
+#downloads .file-preview td { padding-top: 3px; padding-bottom: 3px; }
+@media (max-width: 768px) {
+  #examples button.gallery-item img { width: 52px; height: 52px; }
+}
 """
+
+#: After Explain on a narrow screen the view moves to the status line, the outcome and the results.
+SCROLL_TO_RESULTS_JS = """() => { if (window.innerWidth < 768) {
+  document.querySelector('#status')?.scrollIntoView({behavior: 'instant', block: 'start'}); } }"""
+#: On load: captions on the example thumbnails; on a narrow screen the settings accordion closes.
+ON_LOAD_JS = """() => { const captions = CAPTIONS;
+  const caption = () => document.querySelectorAll('#examples button.gallery-item').forEach((item, i) => {
+    if (captions[i]) { item.dataset.caption = captions[i]; item.title = captions[i];
+                       item.querySelector('img')?.setAttribute('alt', captions[i]); } });
+  caption(); setTimeout(caption, 500); setTimeout(caption, 2000);
+  if (window.innerWidth < 768) {
+    const toggle = document.querySelector('#settings > button.label-wrap, #settings .label-wrap');
+    if (toggle && toggle.classList.contains('open')) toggle.click();
+  } }"""
 
 INTRO = f"""
 # {TITLE}
@@ -95,9 +126,11 @@ def _by_component(c: dict[str, Any], values: dict[str, Any]) -> dict:
 
 def _input_column(c: dict, pipeline) -> None:
     c["image"] = XrayUpload(
-        label="Chest X-ray (PNG or JPEG; 16-bit PNGs keep their depth)", type="filepath",
+        label="Chest X-ray (PNG, JPEG)", type="filepath", elem_id="xray-upload",
         image_mode=None, sources=["upload", "clipboard"], height=300, buttons=["fullscreen"])
-    c["file"] = gr.File(label="…or a DICOM / TIFF file", file_types=UPLOAD_FILE_TYPES, height=120)
+    with gr.Accordion("…or a DICOM / TIFF file", open=False, elem_id="file-accordion"):
+        c["file"] = gr.File(label="DICOM, TIFF or any X-ray file (16-bit PNGs keep their depth)",
+                            file_types=UPLOAD_FILE_TYPES, height=120, elem_id="file-upload")
     c["examples_slot"] = gr.Column()
     with gr.Row():
         c["predict_button"] = gr.Button("Predict", variant="secondary", scale=1)
@@ -115,7 +148,7 @@ def _input_column(c: dict, pipeline) -> None:
 
 
 def _settings(c: dict) -> None:
-    with gr.Accordion("Latent Shift settings", open=True):
+    with gr.Accordion("Latent Shift settings", open=True, elem_id="settings"):
         c["direction"] = gr.Radio([(DIRECTION_LABELS[d], d) for d in DIRECTIONS], value=DEFAULTS.direction,
                                   label="Direction", info="Curtail: λ < 0, the finding fades; exaggerate: λ > 0")
         with gr.Row():
@@ -133,26 +166,36 @@ def _settings(c: dict) -> None:
 
 def _output_column(c: dict) -> None:
     c["status"] = gr.Markdown(handlers.READY_TEXT, elem_id="status")
+    c["outcome"] = gr.Markdown("", elem_id="outcome")  # styled on its paragraph: nothing shows while empty
+    c["warnings"] = gr.Markdown("", elem_id="warnings")
     c["suggested_id"] = gr.State(None)
+    c["run_id"] = gr.State(None)
+    c["slider_frames"] = gr.State(None)
     c["suggest"] = gr.Button("", visible=False, variant="secondary", size="sm", elem_id="suggest-classifier")
+    c["predictions"] = gr.Label(label="Predicted probabilities", num_top_classes=8, show_heading=False,
+                                elem_id="predictions")
     with gr.Row(equal_height=False):
-        c["gif"] = gr.Image(label="Latent Shift GIF", type="filepath", interactive=False, height=400, scale=3,
-                            buttons=["download", "fullscreen"], elem_id="latent-shift-gif")
-        with gr.Column(scale=2, min_width=240):
-            c["predictions"] = gr.Label(label="Predicted probabilities", num_top_classes=8, show_heading=False)
-            c["prediction_plot"] = gr.Image(label="Prediction along the sweep", type="filepath",
-                                            interactive=False, height=250, buttons=["fullscreen"])
+        c["gif"] = gr.Image(label="Latent Shift GIF", type="filepath", interactive=False, height=380,
+                            buttons=["download", "fullscreen"], elem_id="latent-shift-gif",
+                            elem_classes="result-image", min_width=260)
+        c["prediction_plot"] = gr.Image(label="Prediction along the sweep", type="filepath", interactive=False,
+                                        height=380, buttons=["fullscreen"], elem_id="prediction-plot",
+                                        elem_classes="result-image", min_width=260)
     with gr.Row():
         for name, elem_id, label in (("heatmap", "heatmap-map", "Latent Shift heatmap"),
                                      ("gradcam", "gradcam-map", "Grad-CAM"),
                                      ("integrated_gradients", "integrated-gradients-map", "Integrated Gradients")):
-            c[name] = gr.Image(label=label, type="filepath", interactive=False, height=320,
-                               buttons=["fullscreen"], elem_id=elem_id, show_label=False)  # PNGs carry titles
+            c[name] = gr.Image(label=label, type="filepath", interactive=False, height=300, min_width=160,
+                               buttons=["fullscreen"], elem_id=elem_id, elem_classes="result-image")
     with gr.Row(equal_height=False):
-        c["before_after"] = gr.ImageSlider(label="Before / after (drag)", type="filepath", interactive=False,
-                                           max_height=300)
-        c["downloads"] = gr.File(label="Downloads: GIF, PNGs, summary.json", file_count="multiple",
-                                 interactive=False, height=300)
+        with gr.Column(min_width=260):
+            c["before_after"] = gr.ImageSlider(label=handlers.SLIDER_EMPTY_LABEL, type="filepath",
+                                               interactive=False, max_height=300, elem_id="before-after")
+            c["slider_caption"] = gr.Markdown("", elem_id="slider-caption")
+            c["slider_pair"] = gr.Radio(handlers.SLIDER_PAIRS, value=handlers.SLIDER_PAIRS[0][1],
+                                        label="Compare", elem_id="slider-pair")
+        c["downloads"] = gr.File(label="Downloads: GIF, PNGs, summary.json (with the outcome)",
+                                 file_count="multiple", interactive=False, elem_id="downloads", min_width=260)
 
 
 def build_demo() -> gr.Blocks:
@@ -177,34 +220,65 @@ def build_demo() -> gr.Blocks:
         _wire_explain(c, pipeline)
         _wire_compare(c)
         _wire_api()
+        captions = example_captions(example_images())
+        demo.load(None, None, None, js=ON_LOAD_JS.replace("CAPTIONS", json.dumps(captions)), queue=False,
+                  api_visibility="private")
     demo.queue(max_size=serving.QUEUE_MAX_SIZE, default_concurrency_limit=serving.EXPLAIN_CONCURRENCY)
     return demo
 
 
+#: What an upload, the Predict button or a model change updates.
+UPLOAD_OUTPUTS = ("image", "file", "predictions", "target", "status", "outcome", "warnings",
+                  *handlers.RESULT_NAMES, "slider_caption",
+                  "slider_frames", "suggest", "suggested_id")
+
+
+def _only(c: dict, names, values: dict[str, Any]) -> dict:
+    """Updates of exactly ``names`` (what a handler did not set is skipped)."""
+    chosen = {name: values.get(name, gr.skip()) for name in names if name not in ("suggest", "suggested_id")}
+    for special in ("suggestion", "target_choices"):
+        if special in values:
+            chosen[special] = values[special]
+    return _by_component(c, chosen)
+
+
+def _predicted(compute, *args) -> dict[str, Any]:
+    """A prediction's values; a refused upload says why once (a toast and the status line), clears
+    the results and the upload box, and raises nothing, so no output box shows an error badge."""
+    try:
+        return compute(*args)
+    except gr.Error as error:
+        gr.Warning(error.message, duration=8)
+        return {**handlers.refusal_values(error.message), "image": None, "file": None, "suggestion": None}
+
+
 def _wire_uploads(c: dict) -> None:
-    events = dict(api_visibility="private", concurrency_id="predict",
-                  concurrency_limit=serving.PREDICT_CONCURRENCY, show_progress="minimal")
-    outputs = [c[n] for n in ("predictions", "target", "status", *handlers.RESULT_NAMES, "suggest", "suggested_id")]
+    events = dict(api_visibility="private", concurrency_id="predict", concurrency_limit=serving.PREDICT_CONCURRENCY,
+                  show_progress="minimal", show_progress_on=[c["predictions"]])
+    outputs = [c[n] for n in UPLOAD_OUTPUTS]
 
     def on_image(image_path, classifier_id, autoencoder_id):
-        return _by_component(c, {"file": None, **handlers.predict_upload(image_path, classifier_id, autoencoder_id)})
+        values = _predicted(handlers.predict_upload, image_path, classifier_id, autoencoder_id)
+        return _only(c, UPLOAD_OUTPUTS, {"file": None, **values})
 
     def on_file(upload_path, classifier_id, autoencoder_id):
-        return _by_component(c, {"image": None, **handlers.predict_upload(upload_path, classifier_id, autoencoder_id)})
+        values = _predicted(handlers.predict_upload, upload_path, classifier_id, autoencoder_id)
+        return _only(c, UPLOAD_OUTPUTS, {"image": None, **values})
 
     def on_predict(image_path, upload_path, classifier_id, autoencoder_id):
-        path = handlers.chosen_upload(image_path, upload_path)
-        return _by_component(c, handlers.predict_upload(path, classifier_id, autoencoder_id))
+        values = _predicted(lambda: handlers.predict_upload(handlers.chosen_upload(image_path, upload_path),
+                                                            classifier_id, autoencoder_id))
+        return _only(c, UPLOAD_OUTPUTS, values)
 
     def on_models(classifier_id, autoencoder_id, image_path, upload_path):
-        values = handlers.change_models(classifier_id, autoencoder_id, image_path or upload_path)
-        for warning in values.pop("warnings"):
+        values = _predicted(handlers.change_models, classifier_id, autoencoder_id, image_path or upload_path)
+        for warning in values.pop("model_warnings", []):
             gr.Warning(warning)
-        return _by_component(c, values)
+        return _only(c, ("classifier", "autoencoder", *UPLOAD_OUTPUTS), values)
 
     models = [c["classifier"], c["autoencoder"]]
-    c["image"].input(on_image, [c["image"], *models], [c["file"], *outputs], trigger_mode="always_last", **events)
-    c["file"].upload(on_file, [c["file"], *models], [c["image"], *outputs], **events)
+    c["image"].input(on_image, [c["image"], *models], outputs, trigger_mode="always_last", **events)
+    c["file"].upload(on_file, [c["file"], *models], outputs, **events)
     c["predict_button"].click(on_predict, [c["image"], c["file"], *models], outputs, **events)
     gr.on([c["classifier"].change, c["autoencoder"].change], on_models, [*models, c["image"], c["file"]],
           [*models, *outputs], **events)
@@ -212,40 +286,63 @@ def _wire_uploads(c: dict) -> None:
                        api_visibility="private", show_progress="hidden")
     c["range_mode"].change(lambda mode: gr.update(visible=mode == RANGE_MANUAL), c["range_mode"],
                            c["manual_range_row"], queue=False, api_visibility="private", show_progress="hidden")
+    c["slider_pair"].change(lambda frames, pair: _by_component(c, handlers.slider_value(frames, pair)),
+                            [c["slider_frames"], c["slider_pair"]], [c["before_after"], c["slider_caption"]],
+                            queue=False, api_visibility="private", show_progress="hidden")
 
 
-def _explain_in_ui(c: dict, image_path, upload_path, classifier_id, autoencoder_id, target_name, direction,
-                   frame_count, step, mode, low, high, duration_ms, ig_step_count, progress):
-    """Stream the stages: predictions and Grad-CAM first, then the GIF, then IG."""
-    path = handlers.chosen_upload(image_path, upload_path)
-    options = handlers.explain_options(target_name, direction, frame_count, step, mode == RANGE_MANUAL,
-                                       low, high, duration_ms, ig_step_count)
-    shown_warnings = 0
-    progress(0, desc="Reading the image and predicting")
-    for explanation in handlers.iter_explanation(path, classifier_id, autoencoder_id, options):
-        for warning in explanation.warnings[shown_warnings:]:
-            gr.Warning(warning["message"])
-        shown_warnings = len(explanation.warnings)
-        values = handlers.result_values(explanation)
-        values.setdefault("lambda_min", gr.skip())
-        values.setdefault("lambda_max", gr.skip())
-        yield _by_component(c, values)
-        if explanation.stage in handlers.NEXT_STEP:
-            progress(handlers.NEXT_STEP[explanation.stage][0], desc=handlers.NEXT_STEP[explanation.stage][1])
+EXPLAIN_INPUTS = ("image", "file", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
+                  "range_mode", "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps")
+#: Every output an explanation updates (the examples' outputs).
+EXPLAIN_OUTPUTS = tuple(dict.fromkeys(name for _, names, _, _ in stages.STAGES for name in names))
+
+
+def _start_explanation(c: dict, image_path, upload_path, classifier_id, autoencoder_id, target_name, direction,
+                       frame_count, step, mode, low, high, duration_ms, ig_step_count) -> dict:
+    """The first stage of a run from the page: checks, then the prediction; a refusal goes to the status."""
+    names = stages.STAGES[0][1]
+    try:
+        path = handlers.chosen_upload(image_path, upload_path)
+        options = handlers.explain_options(target_name, direction, frame_count, step, mode == RANGE_MANUAL,
+                                           low, high, duration_ms, ig_step_count)
+    except gr.Error as error:
+        return _only(c, names, handlers.refusal_values(error.message))
+    run_id = stages.start(path, classifier_id, autoencoder_id, options)
+    return _only(c, names, stages.advance(run_id, "predict"))
+
+
+def _stage_step(c: dict, stage: str, names: tuple[str, ...], description: str):
+    """The event function of one later stage: advance the run in ``run_id`` to ``stage``."""
+    def step(run_id, progress=gr.Progress()):
+        progress(0, desc=description)
+        return _only(c, names, stages.advance(run_id, stage))
+
+    step.__name__ = f"explain_{stage}"
+    return step
 
 
 def _wire_explain(c: dict, pipeline) -> None:
-    inputs = [c[n] for n in ("image", "file", "classifier", "autoencoder", "target", "direction", "frames",
-                             "step_size", "range_mode", "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps")]
-    outputs = [c[n] for n in ("predictions", "target", "status", *handlers.RESULT_NAMES, "lambda_min",
-                              "lambda_max")]
+    """Explain: one chained event per stage; each shows progress only on its own outputs."""
+    events = dict(api_visibility="private", concurrency_id="explain", concurrency_limit=serving.EXPLAIN_CONCURRENCY,
+                  show_progress="full")
+    first, names, shown, description = stages.STAGES[0]
 
-    def explain_in_ui(*values, progress=gr.Progress()):
-        yield from _explain_in_ui(c, *values, progress=progress)
+    def explain_start(*values, progress=gr.Progress()):
+        progress(0, desc=description)
+        return _start_explanation(c, *values)
 
-    c["explain_button"].click(explain_in_ui, inputs, outputs, api_visibility="private", concurrency_id="explain",
-                              concurrency_limit=serving.EXPLAIN_CONCURRENCY)
-    _examples(c, pipeline, outputs)
+    event = c["explain_button"].click(explain_start, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in names],
+                                      show_progress_on=[c[n] for n in shown], **events)
+    for stage, names, shown, description in stages.STAGES[1:]:
+        event = event.success(_stage_step(c, stage, names, description), c["run_id"], [c[n] for n in names],
+                              show_progress_on=[c[n] for n in shown], **events)
+    c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
+    _examples(c, pipeline, [c[n] for n in EXPLAIN_OUTPUTS])
+
+
+def example_captions(paths: list[str]) -> list[str]:
+    """What each example shows, from its file name (normal-… / pneumonia-…); the source is in the label."""
+    return [Path(path).name.split("-", 1)[0].capitalize() for path in paths]
 
 
 def _examples(c: dict, pipeline, outputs: list) -> None:
@@ -258,9 +355,10 @@ def _examples(c: dict, pipeline, outputs: list) -> None:
     def explain_example(image_path, classifier_id, autoencoder_id, target_name, direction, frame_count, step,
                         mode, duration_ms, ig_step_count):
         """An example with the default settings (every input column needs a value to be cached)."""
-        yield from _explain_in_ui(c, image_path, None, classifier_id, autoencoder_id, target_name, direction,
-                                  frame_count, step, mode, None, None, duration_ms, ig_step_count,
-                                  progress=gr.Progress())
+        options = handlers.explain_options(target_name, direction, frame_count, step, False, None, None,
+                                           duration_ms, ig_step_count)
+        for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
+            yield _only(c, EXPLAIN_OUTPUTS, {**handlers.result_values(explanation), "run_id": None})
 
     rows = [[path, pipeline.classifier_id, pipeline.autoencoder_id, TOP_PREDICTION, DEFAULTS.direction,
              DEFAULTS.frames, DEFAULTS.step_size, RANGE_AUTOMATIC, DEFAULTS.frame_duration_ms, DEFAULTS.ig_steps]
@@ -268,7 +366,8 @@ def _examples(c: dict, pipeline, outputs: list) -> None:
     with c["examples_slot"]:
         gallery = gr.Examples(rows, [c[n] for n in names], outputs, fn=explain_example, cache_examples=True,
                               cache_mode="lazy", visible_columns=[0], examples_per_page=12,
-                              label="Examples (click one; results are computed once, then cached)",
+                              label="Examples: normal and pneumonia, Kermany et al. 2018 pediatric set "
+                                    "(CC BY 4.0); click one, its result is computed once, then cached",
                               elem_id="examples")
         gallery.dataset.click(lambda: None, None, c["file"], queue=False, api_visibility="private",
                               show_progress="hidden")
