@@ -19,6 +19,7 @@ from ..errors import LatentShiftError
 COMMAND_MODULES = (
     "latentshift.cli.explain",      # explain
     "latentshift.cli.compare",      # compare
+    "latentshift.cli.batch",        # batch
     "latentshift.cli.weights",      # weights list | fetch | verify
     "latentshift.cli.training",     # train, evaluate-models
     "latentshift.cli.evaluation",   # evaluate-maps
