@@ -17,7 +17,7 @@ from ..errors import OptionsError
 from ..weights import Manifest
 from . import gallery, parallel, resume
 from .inputs import Item, content_hash, read_items
-from .results import write_results
+from .results import relabel, write_results
 from .run import BatchConfig, Task
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def run_batch(source: str | Path, config: BatchConfig, classifiers: list[str] | 
         if row is None:
             todo.append((index, task))
         else:
-            rows[index] = row
+            rows[index] = relabel(row, task.item.label)
     logger.info("%d tasks: %d already done, %d to run", len(tasks), len(rows), len(todo))
     if ray_address:
         results = parallel.ray_tasks(todo, config, ray_address)

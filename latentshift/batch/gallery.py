@@ -24,7 +24,7 @@ header p{margin:0;font-size:13px;opacity:.85}
 .filters{display:flex;flex-wrap:wrap;gap:14px;padding:12px 20px;background:#fff;border-bottom:1px solid #dde}
 .filters label{font-size:13px}.filters select{margin-left:6px;font-size:13px}
 #shown{font-size:13px;align-self:center;color:#556}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:14px;padding:16px 20px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(215px,1fr));gap:14px;padding:16px 20px}
 .card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.15);overflow:hidden;font-size:12.5px}
 .card button{display:block;width:100%;padding:0;border:0;background:#000;cursor:zoom-in}
 .card img{display:block;width:100%;aspect-ratio:1;object-fit:cover}
@@ -33,8 +33,8 @@ header p{margin:0;font-size:13px;opacity:.85}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;margin:2px 4px 0 0;font-size:11.5px;background:#e4e7ee}
 .crossed{background:#d3f3dc;color:#135c2c}.did-not-cross{background:#fde2cf;color:#7a3410}
 .error{background:#f9d6d6;color:#8a1010}.errortext{color:#8a1010;word-break:break-word}
-dialog{border:0;border-radius:8px;padding:12px;max-width:min(96vw,980px)}dialog img{max-width:100%;display:block}
-dialog::backdrop{background:rgba(0,0,0,.7)}dialog p{font-size:13px;max-width:900px}
+dialog{border:0;border-radius:8px;padding:12px;width:min(92vw,620px)}dialog img{width:100%;display:block}
+dialog::backdrop{background:rgba(0,0,0,.7)}dialog p{font-size:13px}
 """
 
 SCRIPT = """
@@ -75,7 +75,7 @@ PAGE = Template("""<!DOCTYPE html>
 $cards
 </main>
 <dialog id="viewer"><img id="viewer-img" alt="Latent Shift GIF"><p id="viewer-text"></p>
-<p><a id="viewer-folder" href="#">all files of this item</a> · <button id="viewer-close">close</button></p></dialog>
+<p><a id="viewer-folder" href="#">summary.json</a> (beside it: every file of the item) · <button id="viewer-close">close</button></p></dialog>
 <script>$script</script>
 </body></html>
 """)
@@ -100,9 +100,8 @@ def _preds_line(row: dict) -> str:
         return ""
     threshold = row.get("threshold")
     shown = "" if threshold in (None, "") else f" · threshold {float(threshold):.2f}"
-    return (f'<div class="preds">{float(row["initial_pred"]):.2f} on the input<br>curtail '
-            f'{float(row["pred_curtail"]):.2f} ↔ exaggerate {float(row["pred_exaggerate"]):.2f}'
-            f'<span class="muted">{shown}</span></div>')
+    return (f'<div class="preds">input {float(row["initial_pred"]):.2f}<span class="muted">{shown}</span><br>'
+            f'curtail {float(row["pred_curtail"]):.2f} · exaggerate {float(row["pred_exaggerate"]):.2f}</div>')
 
 
 def _card(row: dict) -> str:
@@ -117,7 +116,7 @@ def _card(row: dict) -> str:
         details = f'<div class="errortext">{e(row["error"])}</div>'
     else:
         text = f'{row["name"]} · {row["classifier"]} · {row.get("outcome", "")}'
-        picture = (f'<button type="button" data-gif="{_url(row["gif"])}" data-folder="{_url(row["folder"])}/" '
+        picture = (f'<button type="button" data-gif="{_url(row["gif"])}" data-folder="{_url(row["folder"] + "/summary.json")}" '
                    f'data-text="{e(text)}"><img loading="lazy" src="{_url(row["thumbnail"])}" '
                    f'alt="{e(row["name"])}"></button>')
         details = _preds_line(row)

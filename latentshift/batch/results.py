@@ -72,6 +72,15 @@ def explanation_row(base: dict, explanation: Explanation, folder: str) -> dict:
     return _full(row)
 
 
+def relabel(row: dict, label: str) -> dict:
+    """A stored row with this run's label (labels are not part of what an explanation depends on)."""
+    row = dict(row, label=label)
+    positive = {"true": True, "false": False}.get(str(row.get("predicted_positive")).lower(), row.get("predicted_positive"))
+    row["truth"] = truth_of(label, row.get("target") or "") if not row.get("error") else ""
+    row["result"] = "" if row.get("error") else _result(row["truth"], positive)
+    return _full(row)
+
+
 def _result(truth: str, positive: bool | None) -> str:
     if not truth or positive is None:
         return ""
