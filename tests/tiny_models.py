@@ -108,18 +108,24 @@ class TinyConvAutoencoder(nn.Module):
         return torch.tanh(self.decoder(z)) * 1024
 
 
+def register_tiny_architectures() -> None:
+    """Register the tiny conv architectures (also the setup hook of batch workers: tiny_models:register_tiny_architectures)."""
+    from latentshift.models import ARCHITECTURES, register_architecture
+
+    if "test-tiny-classifier" not in ARCHITECTURES:
+        register_architecture("test-tiny-classifier")(TinyConvClassifier)
+        register_architecture("test-tiny-autoencoder")(TinyConvAutoencoder)
+
+
 def write_tiny_manifest(folder, seed: int = 0):
     """Save tiny conv models as safetensors plus a manifest naming them; returns its path."""
     import json
 
     from safetensors.torch import save_file
 
-    from latentshift.models import ARCHITECTURES, register_architecture
     from latentshift.weights import sha256_of
 
-    if "test-tiny-classifier" not in ARCHITECTURES:
-        register_architecture("test-tiny-classifier")(TinyConvClassifier)
-        register_architecture("test-tiny-autoencoder")(TinyConvAutoencoder)
+    register_tiny_architectures()
     torch.manual_seed(seed)
     entries = []
     for model_id, kind, model in (("tiny-classifier", "classifier", TinyConvClassifier()),

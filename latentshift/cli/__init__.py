@@ -20,6 +20,7 @@ from ..runtime import reexec_with_allocator_tunables
 COMMAND_MODULES = (
     "latentshift.cli.explain",      # explain
     "latentshift.cli.compare",      # compare
+    "latentshift.cli.batch",        # batch
     "latentshift.cli.weights",      # weights list | fetch | verify
     "latentshift.cli.training",     # train, evaluate-models
     "latentshift.cli.evaluation",   # evaluate-maps

@@ -1,0 +1,114 @@
+"""Three ways to run the same tasks: in this process, in N local worker processes, as Ray tasks.
+
+Each is a generator of ``(index, row)`` as tasks finish, calling :func:`.run.run_task`.
+Local workers are spawned processes that load the models once (at start) and share the
+cores out (torch threads = cores // N). Ray is imported only when asked for; each Ray task
+takes one CPU (one GPU with ``--device cuda``) and its worker keeps the models it loaded
+for the next task. The output folder must be one the Ray workers can write (on a cluster:
+a shared file system).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from typing import Iterator
+
+from ..errors import OptionsError
+from ..pipeline import Pipeline
+from .results import error_row
+from .run import BatchConfig, Task, prepare_process, run_task
+
+logger = logging.getLogger(__name__)
+
+Indexed = list[tuple[int, Task]]
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def sequential(tasks: Indexed, config: BatchConfig) -> Iterator[tuple[int, dict]]:
+    """Run the tasks one after the other in this process."""
+    for index, task in tasks:
+        yield index, run_task(task, config)
+
+
+def _warm_worker(config: BatchConfig, classifiers: list[str]) -> None:
+    """Worker start: setup hook, threads, and every model of the batch loaded once."""
+    prepare_process(config)
+    for classifier in classifiers:
+        try:
+            Pipeline.get(classifier, config.autoencoder, device=config.device, manifest_path=config.manifest)
+        except Exception as exc:  # noqa: BLE001 - the tasks report it, row by row
+            logger.warning("worker %d could not load %s: %s", os.getpid(), classifier, exc)
+
+
+def _crashed_row(task: Task, exc: BaseException) -> dict:
+    base = {"name": task.item.name, "path": task.item.path, "classifier": task.classifier,
+            "label": task.item.label, "image_sha256": task.key["image_sha256"]}
+    return error_row(base, f"worker failed: {type(exc).__name__}: {exc}", task.folder)
+
+
+def local_workers(tasks: Indexed, config: BatchConfig, workers: int) -> Iterator[tuple[int, dict]]:
+    """Run the tasks in ``workers`` spawned processes, models loaded once per process."""
+    config = replace(config, threads=config.threads or max(1, available_cores() // workers))
+    classifiers = list(dict.fromkeys(task.classifier for _, task in tasks))
+    logger.info("%d local workers, %d torch thread(s) each", workers, config.threads)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_warm_worker, initargs=(config, classifiers))
+    try:
+        futures = {pool.submit(run_task, task, config): (index, task) for index, task in tasks}
+        for future in as_completed(futures):
+            index, task = futures[future]
+            try:
+                yield index, future.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker fails its tasks, not the batch
+                yield index, _crashed_row(task, exc)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def import_ray():
+    """The ``ray`` module, or an :class:`OptionsError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise OptionsError("--ray needs Ray, which is not installed here: "
+                           "pip install 'latentshift[distributed]' (or pip install 'ray>=2.40')") from None
+    return ray
+
+
+def ray_tasks(tasks: Indexed, config: BatchConfig, address: str) -> Iterator[tuple[int, dict]]:
+    """Run the tasks as Ray tasks on the cluster at ``address`` ('auto': the one this machine is part of).
+
+    When Ray is already initialised in this process (a notebook, a test), that connection is used.
+    """
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise OptionsError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+    config = replace(config, threads=config.threads or 1)
+    gpus = 1 if str(config.device).startswith("cuda") else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1)(run_task)
+    window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending, queue = {}, list(tasks)
+    while queue or pending:
+        while queue and len(pending) < window:
+            index, task = queue.pop(0)
+            pending[remote.remote(task, config)] = (index, task)
+        done, _ = ray.wait(list(pending), num_returns=1)
+        index, task = pending.pop(done[0])
+        try:
+            yield index, ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - a lost worker fails its task, not the batch
+            yield index, _crashed_row(task, exc)

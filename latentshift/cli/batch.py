@@ -1,0 +1,52 @@
+"""``latentshift batch INPUT --out DIR``: explain a folder or a CSV of images, write results.csv and a gallery."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..batch import BatchConfig, run_batch
+from ..options import add_cli_arguments, from_cli_args
+
+logger = logging.getLogger(__name__)
+
+
+def add_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "batch", help="explain every image of a folder or CSV: results.csv and a static gallery (index.html)",
+        description="INPUT is a folder (searched recursively for image and DICOM files) or a CSV with a 'path' "
+                    "column and optional 'target', 'label' and 'classifier' columns. Writes DIR/<image>/<classifier>/ "
+                    "(the files of `latentshift explain`), DIR/results.csv (and results.parquet with pyarrow) and "
+                    "DIR/index.html. A rerun skips the finished items; a bad file gets a row with its error.")
+    parser.add_argument("input", help="folder of images or a CSV file")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--classifiers", default="",
+                        help="comma-separated classifier ids (default: the embedded one); one row per item and classifier")
+    parser.add_argument("--autoencoder", help="autoencoder id from weights_manifest.json (default: embedded)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="local worker processes (models loaded once per worker, cores shared out; default 1)")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="run the items as Ray tasks on the cluster at ADDRESS, or 'auto' "
+                             "(needs pip install 'latentshift[distributed]')")
+    parser.add_argument("--setup", metavar="MODULE:FUNCTION", default=None,
+                        help="call this in every worker before loading models (e.g. to register your own architectures)")
+    parser.add_argument("--manifest", help="another weights manifest (default: the package's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cli_arguments(parser)
+    parser.set_defaults(func=run_batch_command)
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    config = BatchConfig(out_dir=args.out, options=from_cli_args(args), autoencoder=args.autoencoder,
+                         manifest=args.manifest, device=args.device, setup=args.setup)
+    classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
+    report = run_batch(args.input, config, classifiers, workers=args.workers, ray_address=args.ray,
+                       progress=not args.no_progress)
+    for row in report.errors:
+        logger.warning("%s (%s): %s", row["name"], row["classifier"], row["error"])
+    print(f"{len(report.rows)} rows: {report.computed} explained, {report.skipped} already done, "
+          f"{len(report.errors)} with an error; {report.seconds:.1f} s"
+          + (f" ({report.items_per_minute:.1f} items/min)" if report.computed else ""))
+    print(f"wrote {', '.join(p.name for p in report.files)} to {args.out}")
+    return 0
