@@ -99,7 +99,7 @@ def suggest_classifier(population: str | None, current_id: str) -> str | None:
         return None
     candidates = [c for c in list_models("classifier", manifest)
                   if c.available and manifest.get(c.id).info.get("population") == population]
-    candidates.sort(key=lambda c: (manifest.get(c.id).source_type != "file", c.id))
+    candidates.sort(key=lambda c: (manifest.get(c.id).source_type != "file", -len(manifest.get(c.id).labels), c.id))
     return candidates[0].id if candidates else None
 
 

@@ -62,7 +62,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Adult classifier recipes with their own flags (``latentshift train-adult --help``).
+ADULT_RECIPES = {
+    "train-adult": ("latentshift.training.adult", "train the adult multi-label classifier (demo-adult-classifier)"),
+    "train-adult-cardiomegaly": ("latentshift.training.adult_cardiomegaly",
+                                 "train the box-supervised adult Cardiomegaly classifier (demo-adult-cardiomegaly)"),
+}
+
+
+def _add_adult_recipes(subparsers) -> None:
+    import importlib
+
+    for name, (module, help_text) in ADULT_RECIPES.items():
+        parser = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+        parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
+        parser.set_defaults(func=lambda args, module=module: int(importlib.import_module(module).main(
+            list(args.recipe_args)) or 0), default_log_level=logging.INFO)
+
+
 def add_cli(subparsers) -> None:
+    _add_adult_recipes(subparsers)
     p = subparsers.add_parser("train", help="train a demo model on the chest X-ray folder",
                               description="Train the demo autoencoder or pneumonia classifier "
                                           "(research demo, not for clinical use).")

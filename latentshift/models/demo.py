@@ -172,6 +172,186 @@ def _build_demo_autoencoder(*, resolution=224, latent_channels=4, widths=(16, 32
     return DemoAutoencoder(latent_channels=latent_channels, widths=widths, resolution=resolution)
 
 
+class DemoEncoderClassifier(nn.Module):
+    """Multi-label CNN whose stem is the demo autoencoder's encoder layout.
+
+    Args:
+        pathologies: output names (one logit each).
+        thresholds: decision thresholds on the sigmoid outputs (NaN where unknown).
+        encoder_widths: channels of the encoder's stride-2 stages (as ``DemoAutoencoder``'s
+            ``widths``; 224 -> 28 with three stages).
+        widths: channels of the stride-2 conv blocks after the encoder (28 -> 7 with two).
+        dropout: dropout before the linear layer (training only).
+    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits.
+    ``encoder`` has the layer indices of ``DemoAutoencoder.encoder`` without its final
+    1×1 latent convolution, so :meth:`init_from_autoencoder` copies those weights.
+    ``gradcam_layer`` is the last conv block (7×7 feature map for R = 224).
+    """
+
+    def __init__(self, pathologies: Sequence[str] = ("Cardiomegaly",),
+                 thresholds: Sequence[float] | None = None,
+                 encoder_widths: Sequence[int] = (16, 32, 64), widths: Sequence[int] = (96, 128),
+                 dropout: float = 0.2, resolution: int = 224):
+        super().__init__()
+        self.pathologies = list(pathologies)
+        self.thresholds = [math.nan if t is None else float(t)
+                           for t in (thresholds or [math.nan] * len(self.pathologies))]
+        self.resolution = resolution
+        self.input_range = PIXEL_RANGE
+        enc: list[nn.Module] = []
+        c_prev = 1
+        for i, c in enumerate(encoder_widths):
+            enc.append(_conv(c_prev, c, stride=2))
+            if i > 0:
+                enc.append(_ResBlock(c))
+            c_prev = c
+        enc.append(nn.SiLU())
+        self.encoder = nn.Sequential(*enc)
+        self.features = nn.Sequential(*[_ConvBlock(a, b, stride=2) for a, b in
+                                        zip([c_prev] + list(widths[:-1]), widths)])
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(list(widths)[-1], len(self.pathologies))
+
+    def init_from_autoencoder(self, autoencoder: nn.Module) -> None:
+        """Copy the encoder weights of a :class:`DemoAutoencoder` with the same widths."""
+        own = self.encoder.state_dict()
+        theirs = {k: v for k, v in autoencoder.encoder.state_dict().items() if k in own}
+        if set(theirs) != set(own):
+            raise ValueError("the autoencoder's encoder does not match encoder_widths")
+        self.encoder.load_state_dict(theirs, strict=True)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(self.encoder(x / SCALE))
+        h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.classifier(self.dropout(h))
+
+
+def _build_demo_encoder_classifier(*, labels=("Cardiomegaly",), thresholds=None, resolution=224,
+                                   encoder_widths=(16, 32, 64), widths=(96, 128), dropout=0.2, **_):
+    return DemoEncoderClassifier(labels, thresholds, encoder_widths=encoder_widths, widths=widths,
+                                 dropout=dropout, resolution=resolution)
+
+
+class _HeadEnsemble(nn.Module):
+    """``n_heads`` independent small conv heads on a shared feature map, logit maps averaged.
+
+    Per head: conv3×3 (stride 1) -> BN -> ReLU -> conv3×3 (stride 2) -> BN -> ReLU ->
+    conv3×3 (dilation 2) -> BN -> ReLU -> dropout -> conv1×1 to one logit map per output.
+    The heads are stored as grouped convolutions (head m owns channel block m), so an
+    ensemble of separately trained heads is one module (see :meth:`DemoAEHeadClassifier.merge`).
+    Shapes: (N, c_in, H, W) -> (N, n_out, H/2, W/2) logit maps (mean over heads);
+    :meth:`per_head` gives (N, n_heads, n_out, H/2, W/2).
+    """
+
+    def __init__(self, c_in: int, width: int, n_out: int, n_heads: int = 1, dropout: float = 0.2):
+        super().__init__()
+        w, m = width * n_heads, n_heads
+        self.n_heads, self.n_out = n_heads, n_out
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, 2, 1, groups=m, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(w, w, 3, 1, 2, dilation=2, groups=m, bias=False), nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.out = nn.Conv2d(w, n_out * m, 1, groups=m)
+
+    def per_head(self, h: torch.Tensor) -> torch.Tensor:
+        maps = self.out(self.body(h))
+        return maps.view(maps.shape[0], self.n_heads, self.n_out, *maps.shape[-2:])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.per_head(h).mean(1)
+
+
+class DemoAEHeadClassifier(nn.Module):
+    """Multi-label classifier: the demo autoencoder's encoder (frozen in training) plus
+    an ensemble of small conv heads that each output one *spatial* logit map per finding.
+
+    Args:
+        pathologies: output names (one logit each).
+        thresholds: decision thresholds on the sigmoid outputs (NaN where unknown).
+        encoder_widths: as ``DemoAutoencoder``'s ``widths`` (224 -> 28 with three stages); the
+            encoder stops before the autoencoder's 1×1 latent convolution (64 channels, 28×28).
+        head_width: channels per head.
+        n_heads: heads averaged (an ensemble of seeds).
+        lse_r: sharpness of the log-mean-exp pooling of each logit map (→ 0: mean, large: max).
+        dropout: spatial dropout before the 1×1 output convolution (training only).
+    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits. ``logit_maps``:
+    (N, len(pathologies), R/16, R/16) (14×14 for R = 224), which is also the output of
+    ``gradcam_layer`` (the head ensemble). Differentiable end to end from the input.
+    """
+
+    def __init__(self, pathologies: Sequence[str] = ("Cardiomegaly",),
+                 thresholds: Sequence[float] | None = None,
+                 encoder_widths: Sequence[int] = (16, 32, 64), head_width: int = 48, n_heads: int = 1,
+                 lse_r: float = 2.0, dropout: float = 0.2, resolution: int = 224):
+        super().__init__()
+        self.pathologies = list(pathologies)
+        self.thresholds = [math.nan if t is None else float(t)
+                           for t in (thresholds or [math.nan] * len(self.pathologies))]
+        self.resolution, self.input_range, self.lse_r = resolution, PIXEL_RANGE, float(lse_r)
+        enc: list[nn.Module] = []
+        c_prev = 1
+        for i, c in enumerate(encoder_widths):
+            enc.append(_conv(c_prev, c, stride=2))
+            if i > 0:
+                enc.append(_ResBlock(c))
+            c_prev = c
+        enc.append(nn.SiLU())
+        self.encoder = nn.Sequential(*enc)
+        self.heads = _HeadEnsemble(c_prev, head_width, len(self.pathologies), n_heads, dropout)
+
+    init_from_autoencoder = DemoEncoderClassifier.init_from_autoencoder
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.heads
+
+    def pool(self, maps: torch.Tensor) -> torch.Tensor:
+        """Log-mean-exp over the last two axes: (..., h, w) -> (...)."""
+        flat = maps.flatten(-2) * self.lse_r
+        return (torch.logsumexp(flat, -1) - math.log(flat.shape[-1])) / self.lse_r
+
+    def logit_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.encoder(x / SCALE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.logit_maps(x))
+
+    @classmethod
+    def merge(cls, models: Sequence["DemoAEHeadClassifier"], keep: Sequence[int] | None = None,
+              thresholds: Sequence[float] | None = None) -> "DemoAEHeadClassifier":
+        """One model whose heads are the (single-head) ``models``' heads, keeping outputs ``keep``.
+
+        All models must share the encoder weights, ``head_width`` and ``lse_r``.
+        """
+        first = models[0]
+        keep = list(range(len(first.pathologies))) if keep is None else list(keep)
+        width = first.heads.body[0].out_channels // first.heads.n_heads
+        merged = cls([first.pathologies[k] for k in keep], thresholds, head_width=width, n_heads=len(models),
+                     lse_r=first.lse_r, dropout=first.heads.body[-1].p, resolution=first.resolution)
+        merged.encoder.load_state_dict(first.encoder.state_dict())
+        state = {}
+        for name, _ in merged.heads.state_dict().items():
+            parts = [m.heads.state_dict()[name] for m in models]
+            if name.startswith("out."):
+                n_out = len(first.pathologies)
+                parts = [p.view(n_out, *p.shape[1:])[keep] for p in parts]
+            state[name] = parts[0] if parts[0].dim() == 0 else torch.cat(parts, 0)
+        merged.heads.load_state_dict(state)
+        return merged.eval()
+
+
+def _build_demo_ae_head_classifier(*, labels=("Cardiomegaly",), thresholds=None, resolution=224,
+                                   encoder_widths=(16, 32, 64), head_width=48, n_heads=1, lse_r=2.0,
+                                   dropout=0.2, **_):
+    return DemoAEHeadClassifier(labels, thresholds, encoder_widths=encoder_widths, head_width=head_width,
+                                n_heads=n_heads, lse_r=lse_r, dropout=dropout, resolution=resolution)
+
+
 #: Output order of :class:`DomainGuardNet`.
 GUARD_CLASSES = ("pediatric", "adult", "not_cxr")
 
@@ -238,4 +418,6 @@ BUILDERS = {
     "demo-classifier": _build_demo_classifier,
     "demo-autoencoder": _build_demo_autoencoder,
     "demo-domain-guard": _build_domain_guard,
+    "demo-encoder-classifier": _build_demo_encoder_classifier,
+    "demo-ae-head-classifier": _build_demo_ae_head_classifier,
 }
