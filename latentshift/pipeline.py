@@ -347,9 +347,9 @@ class Pipeline:
             out_dir / FILE_NAMES["prediction_plot"], shift.lambdas, shift.preds,
             target_name=explanation.target, threshold=threshold, initial_pred=shift.initial_pred)
         explanation.files["counterfactual"] = render.write_png(
-            out_dir / FILE_NAMES["counterfactual"], shift.frames[0, 0])
+            out_dir / FILE_NAMES["counterfactual"], shift.frames[0, 0], footer=True)
         explanation.files["exaggerated"] = render.write_png(
-            out_dir / FILE_NAMES["exaggerated"], shift.frames[-1, 0])
+            out_dir / FILE_NAMES["exaggerated"], shift.frames[-1, 0], footer=True)
         others = explanation.other_findings
         if others:
             curves = [(name, shift.lambdas, preds) for name, preds in others.items()]

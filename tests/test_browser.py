@@ -213,3 +213,32 @@ def test_page_loads_inside_an_iframe(browser, app_url):
     frame.get_by_role("button", name="Explain", exact=True).wait_for(timeout=60_000)
     assert frame.locator("#examples button.gallery-item").count() == len(layout.example_images())
     page.close()
+
+
+def test_a_shared_link_shows_the_same_result_in_a_fresh_browser(browser, app_url):
+    """Share via link: the deep link opened in a second, fresh browser context shows the same result."""
+    page = open_page(browser, app_url, DESKTOP)
+    example = layout.example_images()[0]
+    upload(page, example)
+    status_says(page, "Top prediction")
+    page.get_by_role("button", name="Explain", exact=True).click()
+    status_says(page, "Done in")
+    outcome = page.locator("#outcome").inner_text()
+    link = page.evaluate("""async () => {
+        const r = await fetch(`gradio_api/deep_link?session_hash=${window.__gradio_session_hash__}`);
+        return (await r.text()).replace(/^"|"$/g, ''); }""")
+    assert link, "the server saved no state for this session"
+    page.get_by_role("button", name="Share via link").click()  # the button itself works
+    page.get_by_role("button", name="Link copied").wait_for(timeout=5_000)
+    page.close()
+    context = browser.new_context(viewport=DESKTOP)  # a second person: no cookies, no session
+    try:
+        other = context.new_page()
+        other.goto(f"{app_url}?deep_link={link}")
+        other.wait_for_function("() => document.querySelector('#outcome')?.innerText.length > 20",
+                                timeout=RUN_TIMEOUT_MS)
+        assert other.locator("#outcome").inner_text() == outcome
+        other.wait_for_selector("#latent-shift-gif img", timeout=RUN_TIMEOUT_MS)
+        assert other.locator("#latent-shift-gif img").get_attribute("src").endswith(".gif")
+    finally:
+        context.close()

@@ -75,6 +75,8 @@ gives a direction, and decoding z + λ·dy/dz over a range of λ gives the frame
 with λ below 0 the finding fades, with λ above 0 it is exaggerated. Compare the animation with the
 Grad-CAM and Integrated Gradients maps. Paper: [Cohen et al., MIDL 2021](https://arxiv.org/abs/2102.09475).
 """
+SHARE_NOTE = ("The link reopens this result for a collaborator while the server keeps it (about an hour); "
+              "to keep a result, download its files.")
 DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The default models are small "
               "models trained for this demo; do not use the predictions or images for diagnosis. "
               "Uploads are processed on this server and deleted within about an hour.")
@@ -194,8 +196,12 @@ def _output_column(c: dict) -> None:
             c["slider_caption"] = gr.Markdown("", elem_id="slider-caption")
             c["slider_pair"] = gr.Radio(handlers.SLIDER_PAIRS, value=handlers.SLIDER_PAIRS[0][1],
                                         label="Compare", elem_id="slider-pair")
-        c["downloads"] = gr.File(label="Downloads: GIF, PNGs, summary.json (with the outcome)",
-                                 file_count="multiple", interactive=False, elem_id="downloads", min_width=260)
+        with gr.Column(min_width=260):
+            c["downloads"] = gr.File(label="Downloads: GIF, PNGs, summary.json (with the outcome)",
+                                     file_count="multiple", interactive=False, elem_id="downloads")
+            c["share"] = gr.DeepLinkButton("Share via link", copied_value="Link copied", variant="secondary",
+                                           size="md")
+            gr.Markdown(SHARE_NOTE, elem_id="share-note")
 
 
 def build_demo() -> gr.Blocks:

@@ -169,6 +169,19 @@ def _to_palette_image(rgb: Image.Image) -> Image.Image:
 # ---------------------------------------------------------------------------- GIF
 
 
+#: The small line every image this project writes carries (GIF frames, overlays, plots, frames).
+FOOTER = "Research demo, not for clinical use"
+
+
+def _draw_footer(canvas: Image.Image, y: int) -> None:
+    """The footer, centred at height ``y`` of ``canvas``, in small muted type."""
+    draw = ImageDraw.Draw(canvas)
+    font = _font(11)
+    width, _ = _text_size(draw, FOOTER, font)
+    fill = 140 if canvas.mode == "L" else (140, 140, 140)
+    draw.text(((canvas.width - width) // 2, y), FOOTER, font=font, fill=fill)
+
+
 def _gif_layout(height: int, width: int, scale: int = 1) -> dict[str, Any]:
     """Geometry of one GIF frame: canvas size and the boxes (x0, y0, x1, y1) of its parts."""
     pad, gap = 14, 12
@@ -188,7 +201,8 @@ def _gif_layout(height: int, width: int, scale: int = 1) -> dict[str, Any]:
         "scrub_y": y + 24 + 14 + 16,
         "lambda_text_y": y + 24 + 14 + 24,
     }
-    layout["size"] = (content_w + 2 * pad, layout["lambda_text_y"] + 18 + pad)
+    layout["footer_y"] = layout["lambda_text_y"] + 20
+    layout["size"] = (content_w + 2 * pad, layout["footer_y"] + 14 + pad)
     return layout
 
 
@@ -244,6 +258,7 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
     ltext = f"{_lambda_symbol(f_small)} = {lam:.1f}" + ("  (reconstruction)" if lam == 0 else "")
     lw, _ = _text_size(draw, ltext, f_small)
     draw.text(((x0 + x1 - lw) // 2, ty), ltext, font=f_small, fill=_TEXT)
+    _draw_footer(canvas, layout["footer_y"])
     return canvas
 
 
@@ -425,7 +440,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
 
     pad, title_h, bar_h = 14, 28, 12
     width = max(ow, 240) + 2 * pad
-    height = pad + title_h + oh + 12 + bar_h + 22 + pad
+    height = pad + title_h + oh + 12 + bar_h + 22 + 16 + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     f_title, f_small = _font(17, bold=True), _font(12)
@@ -448,6 +463,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     kind = "|attribution|" if absolute else "positive attribution"
     kw, _ = _text_size(draw, kind, f_small)
     draw.text(((width - kw) // 2, by + bar_h + 4), kind, font=f_small, fill=(110, 110, 110))
+    _draw_footer(canvas, by + bar_h + 24)
 
     path = _prepare_path(path)
     canvas.save(path, format="PNG", compress_level=6)  # optimize=True costs ~0.3 s per map
@@ -508,8 +524,9 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
     ax.set_ylabel("P(target)")
     ax.set_title(f"{target_name}: prediction along the latent shift", fontsize=10)
     ax.grid(True, alpha=0.3, lw=0.5)
-    ax.legend(fontsize=7, loc="best", framealpha=0.85)
-    fig.tight_layout()
+    ax.legend(fontsize=9, loc="best", framealpha=0.85)
+    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=7, color="0.55")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
 
     path = _prepare_path(path)
     fig.savefig(path, format="png")
@@ -550,7 +567,8 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
-    fig.tight_layout()
+    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=7, color="0.55")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = _prepare_path(path)
     fig.savefig(path, format="png")
     fig.clear()
@@ -558,10 +576,19 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
     return path
 
 
-def write_png(path: str | os.PathLike, image: Any) -> Path:
-    """Write one model-range image (H, W) float in [-1024, 1024] as an 8-bit grayscale PNG."""
+def write_png(path: str | os.PathLike, image: Any, footer: bool = False) -> Path:
+    """Write one model-range image (H, W) float in [-1024, 1024] as an 8-bit grayscale PNG.
+
+    ``footer``: add a 16-px strip below the image with :data:`FOOTER` (for generated frames).
+    """
     img = _as_image(image, "image")
     path = _prepare_path(path)
-    Image.fromarray(to_display_uint8(img)).save(path, format="PNG")
+    picture = Image.fromarray(to_display_uint8(img))
+    if footer:
+        canvas = Image.new("L", (picture.width, picture.height + 16), 255)
+        canvas.paste(picture, (0, 0))
+        _draw_footer(canvas, picture.height + 2)
+        picture = canvas
+    picture.save(path, format="PNG")
     logger.info("wrote PNG %s (%dx%d)", path, img.shape[1], img.shape[0])
     return path
