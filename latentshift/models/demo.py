@@ -172,6 +172,20 @@ def _build_demo_autoencoder(*, resolution=224, latent_channels=4, widths=(16, 32
     return DemoAutoencoder(latent_channels=latent_channels, widths=widths, resolution=resolution)
 
 
+def autoencoder_encoder(encoder_widths: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """The convolutional part of :class:`DemoAutoencoder`'s encoder (same layers and names, so
+    its weights can be copied in), and its output channels."""
+    layers: list[nn.Module] = []
+    c_prev = 1
+    for i, c in enumerate(encoder_widths):
+        layers.append(_conv(c_prev, c, stride=2))
+        if i > 0:
+            layers.append(_ResBlock(c))
+        c_prev = c
+    layers.append(nn.SiLU())
+    return nn.Sequential(*layers), c_prev
+
+
 class DemoEncoderClassifier(nn.Module):
     """Multi-label CNN whose stem is the demo autoencoder's encoder layout.
 
@@ -198,15 +212,7 @@ class DemoEncoderClassifier(nn.Module):
                            for t in (thresholds or [math.nan] * len(self.pathologies))]
         self.resolution = resolution
         self.input_range = PIXEL_RANGE
-        enc: list[nn.Module] = []
-        c_prev = 1
-        for i, c in enumerate(encoder_widths):
-            enc.append(_conv(c_prev, c, stride=2))
-            if i > 0:
-                enc.append(_ResBlock(c))
-            c_prev = c
-        enc.append(nn.SiLU())
-        self.encoder = nn.Sequential(*enc)
+        self.encoder, c_prev = autoencoder_encoder(encoder_widths)
         self.features = nn.Sequential(*[_ConvBlock(a, b, stride=2) for a, b in
                                         zip([c_prev] + list(widths[:-1]), widths)])
         self.dropout = nn.Dropout(dropout)
@@ -293,15 +299,7 @@ class DemoAEHeadClassifier(nn.Module):
         self.thresholds = [math.nan if t is None else float(t)
                            for t in (thresholds or [math.nan] * len(self.pathologies))]
         self.resolution, self.input_range, self.lse_r = resolution, PIXEL_RANGE, float(lse_r)
-        enc: list[nn.Module] = []
-        c_prev = 1
-        for i, c in enumerate(encoder_widths):
-            enc.append(_conv(c_prev, c, stride=2))
-            if i > 0:
-                enc.append(_ResBlock(c))
-            c_prev = c
-        enc.append(nn.SiLU())
-        self.encoder = nn.Sequential(*enc)
+        self.encoder, c_prev = autoencoder_encoder(encoder_widths)
         self.heads = _HeadEnsemble(c_prev, head_width, len(self.pathologies), n_heads, dropout)
 
     init_from_autoencoder = DemoEncoderClassifier.init_from_autoencoder

@@ -471,6 +471,16 @@ def write_manifest_entry(metrics: dict, out_dir: Path, manifest_path: Path | Non
     return entry
 
 
+def add_recipe_flags(p) -> None:
+    """The flags both adult recipes share (threads, exploration switches, GIFs, manifest)."""
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-test", action="store_true", help="exploration: never read the test split")
+    p.add_argument("--no-save", action="store_true", help="write only the metrics JSON")
+    p.add_argument("--gifs", default=None)
+    p.add_argument("--n-gifs", type=int, default=6)
+    p.add_argument("--manifest", action="store_true", help="also add the entry to weights_manifest.json")
+
+
 def main(argv=None) -> int:
     """Command line: ``latentshift train-adult [options]``."""
     p = argparse.ArgumentParser(description="Train the adult multi-label demo classifier (NIH only).")
@@ -483,12 +493,7 @@ def main(argv=None) -> int:
     p.add_argument("--recon-prob", type=float, default=0.5)
     p.add_argument("--mixup", type=float, default=0.4)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-test", action="store_true", help="exploration: never read the test split")
-    p.add_argument("--no-save", action="store_true", help="write only the metrics JSON")
-    p.add_argument("--gifs", default=None)
-    p.add_argument("--n-gifs", type=int, default=6)
-    p.add_argument("--manifest", action="store_true", help="also add the entry to weights_manifest.json")
+    add_recipe_flags(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from ..errors import LatentShiftError
 from ..models.demo import DemoAEHeadClassifier
-from .adult import (CHECKOUT, EMBEDDED, _split, auc_table, evaluate_adult, predict_multi, select_outputs,
+from .adult import (CHECKOUT, EMBEDDED, _split, add_recipe_flags, auc_table, evaluate_adult, predict_multi, select_outputs,
                     write_manifest_entry)
 from .data import CXRData, _intensity_jitter, load_data
 from .data import blur as _blur
@@ -339,14 +339,9 @@ def main(argv=None) -> int:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--encoder-lr", type=float, default=0.0, help="> 0: fine-tune the encoder (exploration)")
     p.add_argument("--workers", type=int, default=1, help="seeds trained in parallel (processes)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-test", action="store_true", help="exploration: never read the test split")
-    p.add_argument("--no-save", action="store_true", help="write only the metrics JSON")
-    p.add_argument("--gifs", default=None)
-    p.add_argument("--n-gifs", type=int, default=6)
-    p.add_argument("--manifest", action="store_true", help="also add the entry to weights_manifest.json")
+    add_recipe_flags(p)
     p.add_argument("--evaluate-only", action="store_true",
-                   help="no training: evaluate <out>/demo-adult-classifier.safetensors on val and test")
+                   help="no training: evaluate <out>/demo-adult-cardiomegaly.safetensors on val and test")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
