@@ -115,3 +115,9 @@ def test_outcome_sentence_says_both_ends_against_the_threshold_and_why():
     assert "Effusion: 0.70 on the input (threshold 0.50: positive)" in text
     assert "curtailing takes it to 0.10, so it becomes negative (stopped because the image had changed by 5%)" in text
     assert "exaggerating takes it to 0.90, so it stays positive" in text
+    # the verdict is against the input's side, even when the reconstruction (λ = 0) sits across the threshold
+    text = outcome_sentence("Pneumonia", 0.22, [0.04, 0.19, 0.91], [-77.0, 0.0, 159.0], 0.20,
+                            {"curtail": "floor", "exaggerate": "pixel_budget"},
+                            {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0})
+    assert "(threshold 0.20: positive); curtailing takes it to 0.04, so it becomes negative" in text
+    assert "exaggerating takes it to 0.91, so it stays positive" in text

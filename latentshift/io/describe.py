@@ -61,8 +61,7 @@ def outcome_sentence(target: str, initial_pred: float, preds: Sequence[float], l
     threshold_text = "" if threshold is None else f" (threshold {threshold:.2f}: {_side(initial_pred, threshold)})"
     parts = [f"{target}: {_number(initial_pred, threshold)} on the input{threshold_text}"]
     lambdas = np.asarray(lambdas, dtype=float)
-    zero = int(np.flatnonzero(lambdas == 0.0)[0]) if np.any(lambdas == 0.0) else 0
-    start = float(preds[zero])
+    start = float(initial_pred)  # "stays" / "becomes" against what the person was told about the input
     if lambdas[0] < 0:
         parts.append(_direction_clause("curtailing", start, float(preds[0]), threshold,
                                        stop_reasons.get("curtail", ""), limits))
