@@ -274,3 +274,14 @@ def test_gif_long_target_name_and_scale(tmp_path):
     assert render.gif_frame_count(p) == 4
     with Image.open(p) as im:
         assert im.size == render._gif_layout(32, 32, 2)["size"]
+
+
+def test_palette_lookup_per_colour_equals_the_per_pixel_nearest_entry():
+    """The GIF maps each distinct colour once (cached); the result is the brute-force nearest entry."""
+    palette = render._gif_palette()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (500, 3))
+    codes = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    brute = ((rgb[:, None, :] - palette[None].astype(np.int64)) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(render._nearest_palette_entries(codes, palette), brute)
+    np.testing.assert_array_equal(render._nearest_palette_entries(codes, palette), brute)  # from the cache

@@ -148,6 +148,28 @@ def _gif_palette() -> np.ndarray:
     return np.array(entries, dtype=np.uint8)
 
 
+_NEAREST_ENTRY: dict[int, int] = {}  # packed 0xRRGGBB -> palette index, shared by every frame
+
+
+def _nearest_palette_entries(codes: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Palette index (uint8) of each packed RGB code: the entry at the least squared distance.
+
+    A frame holds a few dozen distinct colours (the bar, the threshold tick, antialiased text),
+    so each is looked up once per process instead of once per pixel and frame.
+    """
+    result = np.array([_NEAREST_ENTRY.get(int(code), -1) for code in codes], dtype=np.int64)
+    missing = result < 0
+    if missing.any():
+        new = codes[missing].astype(np.int64)
+        rgb = np.stack([(new >> 16) & 255, (new >> 8) & 255, new & 255], 1)
+        dist = ((rgb[:, None, :] - palette[None, :, :].astype(np.int64)) ** 2).sum(-1)
+        found = dist.argmin(1)
+        result[missing] = found
+        if len(_NEAREST_ENTRY) < 1 << 16:
+            _NEAREST_ENTRY.update(zip((int(c) for c in new), (int(f) for f in found)))
+    return result.astype(np.uint8)
+
+
 def _to_palette_image(rgb: Image.Image) -> Image.Image:
     """Map an RGB frame onto the fixed GIF palette (exact nearest entry; Pillow's own
     palette conversion uses a coarse colour cache that shifts grays by a few levels)."""
@@ -159,8 +181,9 @@ def _to_palette_image(rgb: Image.Image) -> Image.Image:
     colour = (r != g) | (g != b)
     if colour.any():
         pix = arr[colour]
-        dist = ((pix[:, None, :] - palette[None, :, :].astype(np.int32)) ** 2).sum(-1)
-        index[colour] = dist.argmin(1).astype(np.uint8)
+        codes = (pix[:, 0] << 16) | (pix[:, 1] << 8) | pix[:, 2]
+        unique, inverse = np.unique(codes, return_inverse=True)
+        index[colour] = _nearest_palette_entries(unique, palette)[inverse.reshape(-1)]
     out = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
     out.putpalette(palette.reshape(-1).tolist())
     return out
