@@ -51,6 +51,10 @@ CSS = """
 #downloads .file-preview td { padding-top: 3px; padding-bottom: 3px; }
 @media (max-width: 768px) {
   #examples button.gallery-item img { width: 52px; height: 52px; }
+  /* Phones: shorter result boxes (the images keep their aspect ratio; fullscreen shows them large). */
+  #heatmap-map, #gradcam-map, #integrated-gradients-map { height: 230px !important; }
+  #latent-shift-gif, #prediction-plot { height: 300px !important; }
+  #xray-upload { height: 240px !important; }
 }
 """
 
