@@ -273,13 +273,7 @@ class Pipeline:
         x = image.tensor(self.device)
 
         with _timed(explanation, "predict"):
-            explanation.predictions = self.predict(image)
-            explanation.thresholds = self.thresholds
-            explanation.target, explanation.target_index = self.target_index(options.target, explanation.predictions)
-            explanation.domain, domain_warnings = self.check_domain(image)
-            for item in domain_warnings:
-                explanation.warn(item["code"], item["message"])
-            explanation.files["input"] = render.write_png(out_dir / FILE_NAMES["input"], image.pixels)
+            self._predict_stage(explanation, out_dir)
         yield _at(explanation, "predict")
 
         if "gradcam" in options.maps:
@@ -301,13 +295,7 @@ class Pipeline:
 
         if "integrated_gradients" in options.maps:
             with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
-                method = IntegratedGradientsMap(self.classifier, n_steps=int(options.ig_steps))
-                result = method.attribute(x, explanation.target_index)
-                explanation.integrated_gradients = result.map
-                explanation.ig_convergence_delta = float(result.convergence_delta)
-                explanation.files["integrated_gradients"] = render.write_overlay(
-                    out_dir / FILE_NAMES["integrated_gradients"], image.pixels, result.map,
-                    title="Integrated Gradients", absolute=True)
+                self._integrated_gradients_stage(explanation, x, out_dir)
             yield _at(explanation, "integrated_gradients")
 
         explanation.timings["total"] = sum(v for k, v in explanation.timings.items() if k != "total")
@@ -315,6 +303,28 @@ class Pipeline:
         explanation.files["summary"] = path
         path.write_text(json.dumps(explanation.summary(), indent=2, ensure_ascii=False), encoding="utf-8")
         yield _at(explanation, "done")
+
+    def _predict_stage(self, explanation: Explanation, out_dir: Path) -> None:
+        """Predictions, thresholds, the target, the domain check and the input PNG."""
+        image = explanation.image
+        explanation.predictions = self.predict(image)
+        explanation.thresholds = self.thresholds
+        explanation.target, explanation.target_index = self.target_index(
+            explanation.options.target, explanation.predictions)
+        explanation.domain, domain_warnings = self.check_domain(image)
+        for item in domain_warnings:
+            explanation.warn(item["code"], item["message"])
+        explanation.files["input"] = render.write_png(out_dir / FILE_NAMES["input"], image.pixels)
+
+    def _integrated_gradients_stage(self, explanation: Explanation, x: torch.Tensor, out_dir: Path) -> None:
+        """Integrated Gradients of the target (its convergence delta kept) and its overlay PNG."""
+        method = IntegratedGradientsMap(self.classifier, n_steps=int(explanation.options.ig_steps))
+        result = method.attribute(x, explanation.target_index)
+        explanation.integrated_gradients = result.map
+        explanation.ig_convergence_delta = float(result.convergence_delta)
+        explanation.files["integrated_gradients"] = render.write_overlay(
+            out_dir / FILE_NAMES["integrated_gradients"], explanation.image.pixels, result.map,
+            title="Integrated Gradients", absolute=True)
 
     def _check_reconstruction(self, explanation: Explanation) -> None:
         shift = explanation.shift

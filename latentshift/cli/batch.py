@@ -7,6 +7,7 @@ import logging
 
 from ..batch import BatchConfig, run_batch
 from ..options import add_cli_arguments, from_cli_args
+from .common import add_multi_model_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +21,7 @@ def add_cli(subparsers) -> None:
                     "DIR/index.html. A rerun skips the finished items; a bad file gets a row with its error.")
     parser.add_argument("input", help="folder of images or a CSV file")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--classifiers", default="",
-                        help="comma-separated classifier ids (default: the embedded one); one row per item and classifier")
-    parser.add_argument("--autoencoder", help="autoencoder id from weights_manifest.json (default: embedded)")
+    add_multi_model_arguments(parser, "default: the embedded one; one row per item and classifier")
     parser.add_argument("--workers", type=int, default=1,
                         help="local worker processes (models loaded once per worker, cores shared out; default 1)")
     parser.add_argument("--ray", metavar="ADDRESS", default=None,
@@ -30,8 +29,6 @@ def add_cli(subparsers) -> None:
                              "(needs pip install 'latentshift[distributed]')")
     parser.add_argument("--setup", metavar="MODULE:FUNCTION", default=None,
                         help="call this in every worker before loading models (e.g. to register your own architectures)")
-    parser.add_argument("--manifest", help="another weights manifest (default: the package's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_cli_arguments(parser)
     parser.set_defaults(func=run_batch_command)

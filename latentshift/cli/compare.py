@@ -7,6 +7,7 @@ import argparse
 from ..compare import compare
 from ..errors import OptionsError
 from ..options import add_cli_arguments, from_cli_args
+from .common import add_multi_model_arguments
 
 
 def add_cli(subparsers) -> None:
@@ -17,11 +18,7 @@ def add_cli(subparsers) -> None:
                     "crossed its threshold).")
     parser.add_argument("image", help="PNG/JPEG (8 or 16 bit), TIFF or DICOM file")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--classifiers", default="",
-                        help="comma-separated classifier ids (default: every available one with the finding)")
-    parser.add_argument("--autoencoder", help="autoencoder id shared by all (default: embedded)")
-    parser.add_argument("--manifest", help="another weights manifest (default: the package's)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_multi_model_arguments(parser, "default: every available one with the finding")
     add_cli_arguments(parser)
     parser.set_defaults(func=run_compare)
 

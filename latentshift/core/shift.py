@@ -198,21 +198,13 @@ class LatentShift:
         scores = self.classifier(images)
         return torch.sigmoid(scores) if self.apply_sigmoid else scores
 
-    def attribute(self, x: torch.Tensor, target: int, *,
-                  lambda_range: tuple[float, float] | None = None,
-                  step_size: float = DEFAULTS.step_size,
-                  frames: int = DEFAULTS.frames,
-                  direction: Direction = DEFAULTS.direction,
-                  pred_diff: float = DEFAULTS.pred_diff,
-                  pixel_budget: float = DEFAULTS.pixel_budget,
-                  max_lambda: float = DEFAULTS.max_lambda,
-                  heatmap: HeatmapMode = DEFAULTS.heatmap,
-                  floor: float = 0.05,
-                  ceiling: float = 0.95,
-                  search: str = DEFAULTS.search,
-                  precision: float = BISECT_PRECISION,
-                  search_batch: int | None = None,
-                  initial_pred: float | None = None) -> ShiftResult:
+    def attribute(self, x: torch.Tensor, target: int, *, lambda_range: tuple[float, float] | None = None,
+                  step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
+                  direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
+                  pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
+                  heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
+                  search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
+                  search_batch: int | None = None, initial_pred: float | None = None) -> ShiftResult:
         """Explain ``target`` for image ``x`` of shape (1, 1, H, W) in [-1024, 1024].
 
         Args:
@@ -251,6 +243,21 @@ class LatentShift:
 
         cache = _FrameCache(self, z, gradient, reconstruction, reconstruction_pred, target)
         started = time.perf_counter()
+        rules = None if lambda_range is not None else _StopRules(
+            reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
+        (lambda_min, lambda_max), stop_reasons = self._find_range(
+            cache, lambda_range, direction, rules, step_size, search, precision, search_batch)
+        timings["search"] = time.perf_counter() - started
+        result = self._sweep(cache, lambda_min, lambda_max, frames, heatmap, timings)
+        logger.debug("latent shift: range [%.1f, %.1f], %d evaluations, stops %s",
+                     lambda_min, lambda_max, cache.evaluations, stop_reasons)
+        return ShiftResult(**result, reconstruction=reconstruction.cpu(), initial_pred=initial_pred,
+                           reconstruction_pred=reconstruction_pred, lambda_range=(lambda_min, lambda_max),
+                           stop_reasons=stop_reasons, target=target, heatmap_mode=heatmap,
+                           evaluations=cache.evaluations, timings=timings)
+
+    def _find_range(self, cache, lambda_range, direction, rules, step_size, search, precision, search_batch):
+        """((λ_min, λ_max), stop reason per side): the given range, or the search's ends."""
         if lambda_range is not None:
             lambda_min, lambda_max = float(lambda_range[0]), float(lambda_range[1])
             if direction == "curtail":
@@ -259,34 +266,27 @@ class LatentShift:
                 lambda_min = 0.0
             stop_reasons = {side: "given_range" for side in ("curtail", "exaggerate")}
         else:
-            rules = _StopRules(reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget),
-                               max_lambda, floor, ceiling)
             sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")]
             found, stop_reasons = self._search(cache, sides, rules, step_size, search, precision, search_batch)
             lambda_min, lambda_max = found.get("curtail", 0.0), found.get("exaggerate", 0.0)
         for side in ("curtail", "exaggerate"):
             stop_reasons.setdefault(side, "not_requested")
-        timings["search"] = time.perf_counter() - started
+        return (lambda_min, lambda_max), stop_reasons
 
+    @staticmethod
+    def _sweep(cache, lambda_min: float, lambda_max: float, frames: int, heatmap: str, timings: dict) -> dict:
+        """The sweep's frames and predictions (cached λs reused), heatmap and pixel change."""
         started = time.perf_counter()
         lambdas = sweep_lambdas(lambda_min, lambda_max, frames)
         frame_batch, preds = cache.evaluate(lambdas)
         all_preds = cache.all_outputs(lambdas)
         timings["sweep"] = time.perf_counter() - started
-
         started = time.perf_counter()
-        heatmap_array = compute_heatmap(frame_batch, reconstruction.cpu(), heatmap)
+        heatmap_array = compute_heatmap(frame_batch, cache.reconstruction, heatmap)
         pixel_change = cache.pixel_change(frame_batch)
         timings["heatmap"] = time.perf_counter() - started
-        logger.debug("latent shift: range [%.1f, %.1f], %d evaluations, stops %s",
-                     lambda_min, lambda_max, cache.evaluations, stop_reasons)
-        return ShiftResult(
-            lambdas=lambdas, preds=preds.numpy().astype(np.float64), frames=frame_batch,
-            heatmap=heatmap_array, reconstruction=reconstruction.cpu(),
-            initial_pred=initial_pred, reconstruction_pred=reconstruction_pred, all_preds=all_preds,
-            lambda_range=(lambda_min, lambda_max), stop_reasons=stop_reasons,
-            pixel_change=pixel_change, target=target, heatmap_mode=heatmap,
-            evaluations=cache.evaluations, timings=timings)
+        return dict(lambdas=lambdas, preds=preds.numpy().astype(np.float64), frames=frame_batch,
+                    heatmap=heatmap_array, all_preds=all_preds, pixel_change=pixel_change)
 
     def latent_gradient(self, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, g): the latent code of ``x`` and ``∂p/∂z`` at it, both detached."""

@@ -306,6 +306,27 @@ def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *,
     Each frame shows the input (left) beside the frame (right), the prediction bar with
     its value, the threshold tick, λ and a marker of the frame's place in the sweep.
     """
+    frames_np, preds_np, lambdas_np, input_np, threshold, scale = _checked_gif_inputs(
+        frames, preds, lambdas, input_image, target_name, threshold, frame_duration_ms, scale)
+    layout = _gif_layout(*frames_np.shape[1:], scale)
+    rendered = _render_gif_frames(layout, frames_np, preds_np, lambdas_np, input_np, target_name.strip(),
+                                  threshold, scale)
+    n = len(rendered)
+    order = list(range(n))
+    if palindrome and n > 2:
+        order += list(range(n - 2, 0, -1))
+    sequence = [rendered[i] for i in order]
+
+    path = _prepare_path(path)
+    sequence[0].save(path, format="GIF", save_all=True, append_images=sequence[1:],
+                     duration=int(frame_duration_ms), loop=0, optimize=optimize, disposal=1)
+    logger.info("wrote GIF %s: %d frames (%d distinct), %dx%d px, %.1f kB", path, len(sequence), n,
+                layout["size"][0], layout["size"][1], path.stat().st_size / 1024)
+    return path
+
+
+def _checked_gif_inputs(frames, preds, lambdas, input_image, target_name, threshold, frame_duration_ms, scale):
+    """The GIF's inputs as arrays (frames (F, H, W)), each checked with a message naming it."""
     frames_np = _to_numpy(frames, "frames")
     if frames_np.ndim == 4 and frames_np.shape[1] == 1:
         frames_np = frames_np[:, 0]
@@ -334,7 +355,14 @@ def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *,
     if scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
 
-    layout = _gif_layout(h, w, scale)
+    return frames_np, preds_np, lambdas_np, input_np, threshold, scale
+
+
+def _render_gif_frames(layout: dict, frames_np: np.ndarray, preds_np: np.ndarray, lambdas_np: np.ndarray,
+                       input_np: np.ndarray, target_name: str, threshold: float | None,
+                       scale: int) -> list[Image.Image]:
+    """One palette image per frame: the input beside the frame, the prediction bar and λ."""
+    n, h, w = frames_np.shape
 
     def panel(img: np.ndarray) -> Image.Image:
         im = Image.fromarray(to_display_uint8(img))
@@ -348,20 +376,9 @@ def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *,
     rendered = []
     for i in range(n):
         rgb = _compose_gif_frame(layout, input_panel, panel(frames_np[i]), float(preds_np[i]),
-                                 float(lambdas_np[i]), i, n, zero_index, target_name.strip(), threshold)
+                                 float(lambdas_np[i]), i, n, zero_index, target_name, threshold)
         rendered.append(_to_palette_image(rgb))
-
-    order = list(range(n))
-    if palindrome and n > 2:
-        order += list(range(n - 2, 0, -1))
-    sequence = [rendered[i] for i in order]
-
-    path = _prepare_path(path)
-    sequence[0].save(path, format="GIF", save_all=True, append_images=sequence[1:],
-                     duration=int(frame_duration_ms), loop=0, optimize=optimize, disposal=1)
-    logger.info("wrote GIF %s: %d frames (%d distinct), %dx%d px, %.1f kB", path, len(sequence), n,
-                layout["size"][0], layout["size"][1], path.stat().st_size / 1024)
-    return path
+    return rendered
 
 
 def gif_frame_count(path: str | os.PathLike) -> int:

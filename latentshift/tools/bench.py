@@ -399,7 +399,7 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
                          target: str | None, settings: ShiftSettings, out_dir: Path,
                          device: torch.device) -> RequestOutcome:
     """One request the paper-style way (see :class:`PaperStyleLatentShift`)."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    from captum.attr import LayerAttribution, LayerGradCam
 
     from ..core.attribution import find_gradcam_layer
 
@@ -424,15 +424,8 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
         z, gradient, reconstruction, reconstruction_pred = explainer.latent_gradient(x, target_index)
         initial_pred = explainer.prediction(x, target_index)
     with clock("search"):
-        if settings.lambda_range is not None:
-            lambda_min, lambda_max = settings.lambda_range
-            stop_reasons = {"curtail": "given_range", "exaggerate": "given_range"}
-        else:
-            lambda_min, curtail_reason = explainer.search_side(
-                z, gradient, reconstruction, reconstruction_pred, target_index, -1, settings)
-            lambda_max, exaggerate_reason = explainer.search_side(
-                z, gradient, reconstruction, reconstruction_pred, target_index, +1, settings)
-            stop_reasons = {"curtail": curtail_reason, "exaggerate": exaggerate_reason}
+        (lambda_min, lambda_max), stop_reasons = _baseline_range(
+            explainer, z, gradient, reconstruction, reconstruction_pred, target_index, settings)
     with clock("sweep"):
         lambdas = sweep_lambdas(float(lambda_min), float(lambda_max), settings.frames)
         decoded = [explainer.decode_and_classify(z, gradient, float(lam), target_index) for lam in lambdas]
@@ -444,12 +437,7 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
         _paper_style_gif(out_dir / "baseline.gif", input_pixels, frames, preds, lambdas, target_name)
 
     with clock("integrated_gradients"):
-        inputs = x.detach().clone()
-        with torch.enable_grad():
-            attributions = IntegratedGradients(classifier).attribute(
-                inputs, baselines=torch.zeros_like(inputs), target=target_index,
-                n_steps=settings.ig_steps, method="gausslegendre")
-        integrated_gradients = attributions.detach().sum(1)[0].cpu().numpy()
+        integrated_gradients = _baseline_integrated_gradients(classifier, x, target_index, settings.ig_steps)
         _paper_style_overlay(out_dir / "integrated_gradients.png", input_pixels,
                              np.abs(integrated_gradients), "Integrated Gradients")
     _synchronize(device)
@@ -457,6 +445,29 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
     return RequestOutcome(target_index, target_name, lambdas, preds, initial_pred, reconstruction_pred,
                           stop_reasons, explainer.evaluations, heatmap, gradcam, integrated_gradients,
                           clock.seconds)
+
+
+def _baseline_range(explainer, z, gradient, reconstruction, reconstruction_pred, target_index: int,
+                    settings: ShiftSettings) -> tuple[tuple[float, float], dict[str, str]]:
+    """The baseline's λ range: given, or the reference's search on each side in turn."""
+    if settings.lambda_range is not None:
+        return tuple(settings.lambda_range), {"curtail": "given_range", "exaggerate": "given_range"}
+    lambda_min, curtail_reason = explainer.search_side(
+        z, gradient, reconstruction, reconstruction_pred, target_index, -1, settings)
+    lambda_max, exaggerate_reason = explainer.search_side(
+        z, gradient, reconstruction, reconstruction_pred, target_index, +1, settings)
+    return (lambda_min, lambda_max), {"curtail": curtail_reason, "exaggerate": exaggerate_reason}
+
+
+def _baseline_integrated_gradients(classifier, x: torch.Tensor, target_index: int, steps: int) -> np.ndarray:
+    """captum's Integrated Gradients from a black image, the paper's way: (H, W) signed map."""
+    from captum.attr import IntegratedGradients
+
+    inputs = x.detach().clone()
+    with torch.enable_grad():
+        attributions = IntegratedGradients(classifier).attribute(
+            inputs, baselines=torch.zeros_like(inputs), target=target_index, n_steps=steps, method="gausslegendre")
+    return attributions.detach().sum(1)[0].cpu().numpy()
 
 
 # ------------------------------------------------------------------------- ours

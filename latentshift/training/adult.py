@@ -327,6 +327,30 @@ def evaluate_adult(model, ae, data: CXRData, splits: dict, *, device: str, n_boo
     return out
 
 
+def _adult_metrics(model, best, cands, arch, opts, seeds, findings, kept_findings, val_table, dropped, splits,
+                   evaluation, evaluate_test, t_start) -> dict:
+    """The metrics record of the kept adult classifier (what ``<id>.metrics.json`` holds)."""
+    arch_name, arch_kwargs = ARCHITECTURES[arch]
+    return {
+        "id": ADULT_ID, "kind": "classifier", "architecture": arch_name, "architecture_kwargs": arch_kwargs,
+        "labels": kept_findings, "thresholds": list(model.thresholds), "population": "adult",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threshold_rule": "Youden's J maximised per output on the NIH validation split",
+        "recipe": {**opts, "seeds": list(seeds), "chosen_seed": best["run"]["seed"],
+                   "best_epoch": best["run"]["best_epoch"], "candidates": [c["run"] for c in cands],
+                   "trained_outputs": list(findings), "autoencoder_encoder_init": arch == "encoder" and opts["encoder_init"],
+                   "loss": "BCE per output with pos_weight = n_negative / n_positive (train split)",
+                   "augmentation": "train.augment_classifier (affine rot 10 deg, scale 0.9-1.15, shift 6%, "
+                                   "contrast 25%, brightness 10%, gamma 0.7-1.4, blur p=1/3)"},
+        "val_all_trained_outputs": val_table, "dropped_outputs": dropped,
+        "data": {s: {"n": len(idx), "positives": dict(zip(kept_findings, y.sum(0).astype(int).tolist()))}
+                 for s, (idx, y) in splits.items() if s != "test" or evaluate_test},
+        **evaluation, "history": best["history"],
+        "train_time_s": round(sum(c["run"]["train_time_s"] for c in cands), 1),
+        "wall_time_s": round(time.time() - t_start, 1), "torch": torch.__version__,
+    }
+
+
 def train_adult_classifier(data_dir, out_dir, *, epochs: int = 14, seeds=(0,), device: str = "cpu",
                            arch: str = "encoder", encoder_init: bool = True, recon_prob: float = 0.5,
                            mixup: float = 0.4, findings=CANDIDATE_FINDINGS, shift_findings=SHIFT_FINDINGS,
@@ -367,24 +391,8 @@ def train_adult_classifier(data_dir, out_dir, *, epochs: int = 14, seeds=(0,), d
                                 evaluate_test=evaluate_test, gif_dir=None if gif_dir is None else Path(gif_dir),
                                 n_gifs=n_gifs)
     arch_name, arch_kwargs = ARCHITECTURES[arch]
-    metrics = {
-        "id": ADULT_ID, "kind": "classifier", "architecture": arch_name, "architecture_kwargs": arch_kwargs,
-        "labels": kept_findings, "thresholds": list(model.thresholds), "population": "adult",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "threshold_rule": "Youden's J maximised per output on the NIH validation split",
-        "recipe": {**opts, "seeds": list(seeds), "chosen_seed": best["run"]["seed"],
-                   "best_epoch": best["run"]["best_epoch"], "candidates": [c["run"] for c in cands],
-                   "trained_outputs": list(findings), "autoencoder_encoder_init": arch == "encoder" and encoder_init,
-                   "loss": "BCE per output with pos_weight = n_negative / n_positive (train split)",
-                   "augmentation": "train.augment_classifier (affine rot 10 deg, scale 0.9-1.15, shift 6%, "
-                                   "contrast 25%, brightness 10%, gamma 0.7-1.4, blur p=1/3)"},
-        "val_all_trained_outputs": val_table, "dropped_outputs": dropped,
-        "data": {s: {"n": len(idx), "positives": dict(zip(kept_findings, y.sum(0).astype(int).tolist()))}
-                 for s, (idx, y) in splits.items() if s != "test" or evaluate_test},
-        **evaluation, "history": best["history"],
-        "train_time_s": round(sum(c["run"]["train_time_s"] for c in cands), 1),
-        "wall_time_s": round(time.time() - t_start, 1), "torch": torch.__version__,
-    }
+    metrics = _adult_metrics(model, best, cands, arch, opts, seeds, findings, kept_findings, val_table, dropped,
+                             splits, evaluation, evaluate_test, t_start)
     if save:
         save_model(model.cpu(), out_dir, ADULT_ID, metrics,
               {"architecture_kwargs": arch_kwargs, "thresholds": list(model.thresholds), "labels": kept_findings})

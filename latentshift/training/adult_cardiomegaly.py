@@ -226,7 +226,7 @@ def train_adult2_classifier(data_dir, out_dir, *, seeds=(0, 1, 2, 3, 4, 5), epoc
     data = load_data(data_dir)
     ae = load_demo_autoencoder(autoencoder_path or EMBEDDED / f"{AE_ID}.safetensors")
     splits = {s: _split(data, s, findings) for s in ("train", "val", "test")}
-    (tr, y_tr), (va, y_va) = splits["train"], splits["val"]
+    va, y_va = splits["val"]
     opts = {"epochs": epochs, "box_weight": box_weight, "head_width": head_width, "lse_r": lse_r, "lr": lr,
             "weight_decay": weight_decay, "dropout": dropout, "encoder_lr": encoder_lr}
     models, runs = _train_seeds(data, ae, splits, findings, seeds, opts, workers)
