@@ -34,6 +34,7 @@ from .errors import OptionsError
 from .explanation import Explanation, warning
 from .io import render
 from .io.imaging import XrayImage, load_xray
+from .models.placement import place_model
 from .options import ExplainOptions
 from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
 from .weights.manifest import EXTRA_MANIFEST_ENV
@@ -181,7 +182,7 @@ class Pipeline:
                               resolution=resolution) for m, kind in ((classifier, "classifier"),
                                                                       (autoencoder, "autoencoder"))]
         for model in (classifier, autoencoder):
-            model.eval().to(device)
+            place_model(model.eval(), device)
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
         return cls(LoadedModel(classifier, entries[0]), LoadedModel(autoencoder, entries[1]), device)

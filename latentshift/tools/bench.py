@@ -544,21 +544,24 @@ def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, l
     return {"gradient": gradient_seconds, "frames": frames_seconds, "total": gradient_seconds + frames_seconds}
 
 
-#: Faster paths that may change answers, measured on request (``--opt-in``), never defaults.
-OPT_IN_PATHS = ("channels_last", "bf16", "compile")
+#: Other paths measured on request (``--opt-in``): faster ones that may change answers (never
+#: defaults) and "contiguous", the layout ours used before channels_last became its CPU default.
+OPT_IN_PATHS = ("contiguous", "channels_last", "bf16", "compile")
 
 
 @contextmanager
 def _opt_in_models(path: str, classifier, autoencoder, device: torch.device):
     """(classifier, autoencoder) running the ``path`` variant; the originals are restored."""
-    if path == "channels_last":
-        classifier.to(memory_format=torch.channels_last)
-        autoencoder.to(memory_format=torch.channels_last)
+    if path in ("contiguous", "channels_last"):
+        layout = torch.channels_last if path == "channels_last" else torch.contiguous_format
+        before = _layout(classifier)
+        classifier.to(memory_format=layout)
+        autoencoder.to(memory_format=layout)
         try:
             yield classifier, autoencoder
         finally:
-            classifier.to(memory_format=torch.contiguous_format)
-            autoencoder.to(memory_format=torch.contiguous_format)
+            classifier.to(memory_format=before)
+            autoencoder.to(memory_format=before)
     elif path == "bf16":
         with torch.autocast(device.type, dtype=torch.bfloat16):
             yield classifier, autoencoder
@@ -580,6 +583,15 @@ def _opt_in_models(path: str, classifier, autoencoder, device: torch.device):
                 return self.decode_fn(z)
 
         yield Compiled(classifier), Compiled(autoencoder)
+
+
+def _layout(model: torch.nn.Module) -> torch.memory_format:
+    """The memory format of ``model``'s convolution weights (channels_last or contiguous)."""
+    for parameter in model.parameters():
+        if parameter.dim() == 4 and parameter.shape[1] > 1 and parameter.shape[2] > 1:
+            return (torch.channels_last if parameter.is_contiguous(memory_format=torch.channels_last)
+                    and not parameter.is_contiguous() else torch.contiguous_format)
+    return torch.contiguous_format
 
 
 def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, reference: RequestOutcome,
@@ -657,6 +669,9 @@ def run_side(job: SideJob) -> SideReport:
     manifest = Manifest.load(job.models.manifest_path)
     classifier = load_model(manifest.get(job.models.classifier_id, "classifier"), device=device)
     autoencoder = load_model(manifest.get(job.models.autoencoder_id, "autoencoder"), device=device)
+    if job.side == "baseline":  # the reference loads its models as they are (contiguous)
+        classifier.to(memory_format=torch.contiguous_format)
+        autoencoder.to(memory_format=torch.contiguous_format)
     load_seconds = time.perf_counter() - started
 
     pixels = seed_image(int(getattr(classifier, "resolution", 224)), job.image_path)
@@ -793,13 +808,13 @@ class Comparison:
 
     def _opt_in_lines(self) -> list[str]:
         lines = []
-        fp32 = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep", "heatmap"))
+        ours_seconds = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep", "heatmap"))
         for entry in self.ours.opt_in:
             if "error" in entry:
                 lines.append(f"opt-in {entry['path']}: did not run ({entry['error']})")
                 continue
             lines.append(f"opt-in {entry['path']}: latent shift {entry['seconds']:.3f} s (first call "
-                         f"{entry['cold_seconds']:.2f} s) vs fp32 {fp32:.3f} s = {fp32 / entry['seconds']:.2f}x; "
+                         f"{entry['cold_seconds']:.2f} s) vs ours {ours_seconds:.3f} s = {ours_seconds / entry['seconds']:.2f}x; "
                          f"max |Δp| at the same λs {entry['max_delta_pred']:.1e}; search stops "
                          f"{'ELSEWHERE ' + str(tuple(round(v, 1) for v in entry['ends'])) if entry['stops_elsewhere'] else 'at the same λs'}")
         return lines
@@ -960,7 +975,7 @@ def build_parser(prog: str = "python -m latentshift.tools.bench") -> argparse.Ar
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained xrv weights")
     parser.add_argument("--search", default=DEFAULTS.search, choices=("bisect", "ladder"),
                         help="our side's search (the ladder side always runs in search mode too)")
-    parser.add_argument("--opt-in", default="channels_last,bf16",
+    parser.add_argument("--opt-in", default="contiguous,bf16",
                         help=f"opt-in paths measured on our side, comma separated from {','.join(OPT_IN_PATHS)} "
                              "('' for none; compile is slow to start)")
     parser.add_argument("--json", default=None, help="write every number to this JSON file")

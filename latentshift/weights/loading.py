@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import IntegrityError, WeightsError
 from ..models import build_architecture
+from ..models.placement import place_model
 from .exported import EXPORT_FORMAT, ExportedAutoencoder, ExportedClassifier, load_program
 from .integrity import same_sha256, sha256_bytes
 from .manifest import Manifest, ModelEntry
@@ -91,12 +92,12 @@ def load_model_with_warning(entry: ModelEntry, device: str | torch.device = "cpu
     logger.info("loading %s %r from %s", entry.kind, entry.id, fetched.path)
     if entry.format == EXPORT_FORMAT:
         model, warnings = _build_exported(entry, fetched, allow_unverified)
-        return model.to(device), "; ".join(warnings) or None
+        return model.to(device), "; ".join(warnings) or None  # a program keeps its own layout
     expected = entry.sha256 if fetched.verified else None
     model = build_model(entry, read_state_dict(fetched.path, entry.format, expected_sha256=expected))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return model.to(device), fetched.warning
+    return place_model(model, device), fetched.warning
 
 
 def _build_exported(entry: ModelEntry, fetched, allow_unverified: bool | None) -> tuple[nn.Module, list[str]]:
