@@ -227,10 +227,15 @@ class Pipeline:
 
     def predict(self, image: XrayImage) -> dict[str, float]:
         """Pathology name -> probability (σ of the classifier's logit) for the image."""
+        return self.predict_many([image])[0]
+
+    def predict_many(self, images: Sequence[XrayImage]) -> list[dict[str, float]]:
+        """:meth:`predict` of each image, in one classifier pass over all of them."""
+        x = torch.cat([image.tensor(self.device) for image in images])
         with self._computing(autoencoder=False), torch.inference_mode():
-            logits = self.classifier(image.tensor(self.device))[0]
-        probabilities = torch.sigmoid(logits).cpu().tolist()
-        return {name: float(p) for name, p in zip(self.classifier.pathologies, probabilities) if name}
+            logits = self.classifier(x)
+        return [{name: float(p) for name, p in zip(self.classifier.pathologies, row) if name}
+                for row in torch.sigmoid(logits).cpu().tolist()]
 
     def gradcam_map(self, x: torch.Tensor, target: int) -> np.ndarray:
         """Grad-CAM (H, W) map of output ``target`` for x (1, 1, H, W), one call at a time."""
@@ -262,15 +267,8 @@ class Pipeline:
 
         Files are written to ``out_dir`` under the names of :data:`FILE_NAMES`.
         """
-        options = options or ExplainOptions()
-        options.validate()
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        explanation = Explanation(image=image, classifier_id=self.classifier_id,
-                                  autoencoder_id=self.autoencoder_id, options=options,
-                                  pathologies=list(self.classifier.pathologies),
-                                  warnings=list(self.warnings) + [warning("input_note", f"input: {note}")
-                                                                  for note in image.notes])
+        explanation, out_dir = self._new_explanation(image, options, out_dir)
+        options = explanation.options
         x = image.tensor(self.device)
 
         with _timed(explanation, "predict"):
@@ -279,17 +277,13 @@ class Pipeline:
 
         if "gradcam" in options.maps:
             with _timed(explanation, "gradcam"):
-                explanation.gradcam = self.gradcam_map(x, explanation.target_index)
-                explanation.files["gradcam"] = render.write_overlay(
-                    out_dir / FILE_NAMES["gradcam"], image.pixels, explanation.gradcam, title="Grad-CAM")
+                self._gradcam_stage(explanation, x, out_dir)
             yield _at(explanation, "gradcam")
 
         with _timed(explanation, "latent_shift"), self._computing():
             shift = self.explainer.attribute(x, explanation.target_index, **options.shift_kwargs(),
                                              initial_pred=explanation.predictions[explanation.target])
-            explanation.shift = shift
-            self._check_reconstruction(explanation)
-            self._note_degenerate_range(explanation)
+            self._accept_shift(explanation, shift)
         with _timed(explanation, "render"):
             self._render_shift(explanation, out_dir)
         yield _at(explanation, "latent_shift")
@@ -299,16 +293,105 @@ class Pipeline:
                 self._integrated_gradients_stage(explanation, x, out_dir)
             yield _at(explanation, "integrated_gradients")
 
+        self._write_summary(explanation, out_dir)
+        yield _at(explanation, "done")
+
+    def explain_many(self, images: Sequence[XrayImage], options: ExplainOptions | Sequence[ExplainOptions] | None,
+                     out_dirs: Sequence[str | Path]) -> list[Explanation]:
+        """Explain several images with this pipeline: one finished :class:`Explanation` per image.
+
+        Each explanation and its files in its ``out_dirs`` entry are those of :meth:`explain`
+        (up to float rounding of batched passes). The classifier's predictions and the Latent
+        Shift (encoding, latent gradients, searches and sweeps;
+        :meth:`LatentShift.attribute_many`) are computed for all images at once; Grad-CAM,
+        Integrated Gradients, the domain check and the files image by image. ``options``: one
+        for all, or one per image; they may differ only in the target. A stage done for all
+        images at once counts seconds / N in each explanation's ``timings``.
+        """
+        options_list = self._options_for(images, options, out_dirs)
+        made = [self._new_explanation(i, o, d) for i, o, d in zip(images, options_list, out_dirs)]
+        explanations, out_dirs = [e for e, _ in made], [d for _, d in made]
+        xs = [image.tensor(self.device) for image in images]
+        with _shared_timed(explanations, "predict"):
+            all_predictions = self.predict_many(images)
+        for explanation, predictions, x, out_dir in zip(explanations, all_predictions, xs, out_dirs):
+            with _timed(explanation, "predict"):
+                self._predict_stage(explanation, out_dir, predictions)
+            if "gradcam" in explanation.options.maps:
+                with _timed(explanation, "gradcam"):
+                    self._gradcam_stage(explanation, x, out_dir)
+        with _shared_timed(explanations, "latent_shift"), self._computing():
+            shifts = self.explainer.attribute_many(
+                torch.cat(xs), [e.target_index for e in explanations], **options_list[0].shift_kwargs(),
+                initial_preds=[e.predictions[e.target] for e in explanations])
+        for explanation, shift, x, out_dir in zip(explanations, shifts, xs, out_dirs):
+            with _timed(explanation, "latent_shift"):
+                self._accept_shift(explanation, shift)
+            with _timed(explanation, "render"):
+                self._render_shift(explanation, out_dir)
+            if "integrated_gradients" in explanation.options.maps:
+                with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
+                    self._integrated_gradients_stage(explanation, x, out_dir)
+            self._write_summary(explanation, out_dir)
+            _at(explanation, "done")
+        return explanations
+
+    def _options_for(self, images, options, out_dirs) -> list[ExplainOptions]:
+        """One validated option set per image; raises OptionsError unless they differ only in the target."""
+        if not images:
+            raise OptionsError("explain_many needs at least one image")
+        if len(out_dirs) != len(images):
+            raise OptionsError(f"give one output folder per image: {len(images)} images, {len(out_dirs)} folders")
+        if options is None or isinstance(options, ExplainOptions):
+            options = [options or ExplainOptions()] * len(images)
+        if len(options) != len(images):
+            raise OptionsError(f"give one set of options or one per image: {len(images)} images, {len(options)} sets")
+        options = [o.validate() for o in options]
+        if len({json.dumps(dict(o.to_dict(), target=None), sort_keys=True) for o in options}) > 1:
+            raise OptionsError("explain_many: the images' options may differ only in the target")
+        if len({tuple(image.pixels.shape) for image in images}) > 1:
+            raise OptionsError("explain_many needs images of one size (load them with this pipeline's load_image)")
+        return list(options)
+
+    def _new_explanation(self, image: XrayImage, options: ExplainOptions | None,
+                         out_dir: str | Path) -> tuple[Explanation, Path]:
+        """An empty :class:`Explanation` of ``image`` (options validated) and its output folder, created."""
+        options = options or ExplainOptions()
+        options.validate()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        explanation = Explanation(image=image, classifier_id=self.classifier_id,
+                                  autoencoder_id=self.autoencoder_id, options=options,
+                                  pathologies=list(self.classifier.pathologies),
+                                  warnings=list(self.warnings) + [warning("input_note", f"input: {note}")
+                                                                  for note in image.notes])
+        return explanation, out_dir
+
+    def _gradcam_stage(self, explanation: Explanation, x: torch.Tensor, out_dir: Path) -> None:
+        """Grad-CAM of the target and its overlay PNG."""
+        explanation.gradcam = self.gradcam_map(x, explanation.target_index)
+        explanation.files["gradcam"] = render.write_overlay(
+            out_dir / FILE_NAMES["gradcam"], explanation.image.pixels, explanation.gradcam, title="Grad-CAM")
+
+    def _accept_shift(self, explanation: Explanation, shift) -> None:
+        """Keep the Latent Shift result and add its reconstruction and range warnings."""
+        explanation.shift = shift
+        self._check_reconstruction(explanation)
+        self._note_degenerate_range(explanation)
+
+    @staticmethod
+    def _write_summary(explanation: Explanation, out_dir: Path) -> None:
+        """The total time and ``summary.json``."""
         explanation.timings["total"] = sum(v for k, v in explanation.timings.items() if k != "total")
         path = out_dir / FILE_NAMES["summary"]
         explanation.files["summary"] = path
         path.write_text(json.dumps(explanation.summary(), indent=2, ensure_ascii=False), encoding="utf-8")
-        yield _at(explanation, "done")
 
-    def _predict_stage(self, explanation: Explanation, out_dir: Path) -> None:
-        """Predictions, thresholds, the target, the domain check and the input PNG."""
+    def _predict_stage(self, explanation: Explanation, out_dir: Path, predictions: dict | None = None) -> None:
+        """Predictions (``predictions`` when already computed), thresholds, the target, the domain
+        check and the input PNG."""
         image = explanation.image
-        explanation.predictions = self.predict(image)
+        explanation.predictions = predictions if predictions is not None else self.predict(image)
         explanation.thresholds = self.thresholds
         explanation.target, explanation.target_index = self.target_index(
             explanation.options.target, explanation.predictions)
@@ -388,4 +471,17 @@ class _timed:
     def __exit__(self, *exc):
         elapsed = time.perf_counter() - self.started
         self.explanation.timings[self.name] = self.explanation.timings.get(self.name, 0.0) + elapsed
+        return False
+
+
+class _shared_timed(_timed):
+    """Context manager adding the block's seconds / N to each of N explanations' ``timings[name]``."""
+
+    def __init__(self, explanations: list[Explanation], name: str):
+        self.explanations, self.name = explanations, name
+
+    def __exit__(self, *exc):
+        share = (time.perf_counter() - self.started) / len(self.explanations)
+        for explanation in self.explanations:
+            explanation.timings[self.name] = explanation.timings.get(self.name, 0.0) + share
         return False

@@ -2,7 +2,7 @@
 
 Tasks are item × classifier (an item's own ``classifier`` cell replaces the list), in input
 order; rows come back in that order whichever way they ran, so results.csv does not depend
-on ``--workers`` or Ray. The results and the gallery are written at the end, and also when
+on ``--workers``, ``--item-batch`` or Ray. The results and the gallery are written at the end, and also when
 the run is interrupted (with the rows finished so far; a rerun does the rest).
 """
 

@@ -1,11 +1,12 @@
 """Three ways to run the same tasks: in this process, in N local worker processes, as Ray tasks.
 
-Each is a generator of ``(index, row)`` as tasks finish, calling :func:`.run.run_task`.
-Local workers are spawned processes that load the models once (at start) and share the
-cores out (torch threads = cores // N). Ray is imported only when asked for; each Ray task
-takes one CPU (one GPU with ``--device cuda``) and its worker keeps the models it loaded
-for the next task. The output folder must be one the Ray workers can write (on a cluster:
-a shared file system).
+The tasks are first grouped into chunks (:func:`chunks`: up to ``--item-batch`` tasks of one
+classifier); each way is a generator of ``(index, row)`` as chunks finish, calling
+:func:`.run.run_chunk` on each. Local workers are spawned processes that load the models once
+(at start) and share the cores out (torch threads = cores // N). Ray is imported only when
+asked for; each Ray task (one chunk) takes one CPU (one GPU with ``--device cuda``) and its
+worker keeps the models it loaded for the next chunk. The output folder must be one the Ray
+workers can write (on a cluster: a shared file system).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Iterator
 from ..errors import OptionsError
 from ..pipeline import Pipeline
 from .results import error_row
-from .run import BatchConfig, Task, prepare_process, run_task
+from .run import BatchConfig, Task, prepare_process, run_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,25 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def sequential(tasks: Indexed, config: BatchConfig) -> Iterator[tuple[int, dict]]:
-    """Run the tasks one after the other in this process."""
+def chunks(tasks: Indexed, size: int) -> list[Indexed]:
+    """The tasks in chunks of up to ``size`` tasks of one classifier, in input order as far
+    as that allows (a chunk goes out when it is full, the partial ones at the end, in the order
+    they were started); with ``size`` 1, one chunk per task in input order."""
+    if size < 1:
+        raise OptionsError(f"--item-batch must be at least 1, not {size}")
+    ready, open_chunks = [], {}
     for index, task in tasks:
-        yield index, run_task(task, config)
+        chunk = open_chunks.setdefault(task.classifier, [])
+        chunk.append((index, task))
+        if len(chunk) == size:
+            ready.append(open_chunks.pop(task.classifier))
+    return ready + list(open_chunks.values())
+
+
+def sequential(tasks: Indexed, config: BatchConfig) -> Iterator[tuple[int, dict]]:
+    """Run the chunks one after the other in this process."""
+    for chunk in chunks(tasks, config.items_per_chunk):
+        yield from zip([index for index, _ in chunk], run_chunk([task for _, task in chunk], config))
 
 
 def _warm_worker(config: BatchConfig, classifiers: list[str]) -> None:
@@ -58,22 +74,28 @@ def _crashed_row(task: Task, exc: BaseException) -> dict:
 
 
 def local_workers(tasks: Indexed, config: BatchConfig, workers: int) -> Iterator[tuple[int, dict]]:
-    """Run the tasks in ``workers`` spawned processes, models loaded once per process."""
+    """Run the chunks in ``workers`` spawned processes, models loaded once per process."""
     config = replace(config, threads=config.threads or max(1, available_cores() // workers))
     classifiers = list(dict.fromkeys(task.classifier for _, task in tasks))
     logger.info("%d local workers, %d torch thread(s) each", workers, config.threads)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_warm_worker, initargs=(config, classifiers))
     try:
-        futures = {pool.submit(run_task, task, config): (index, task) for index, task in tasks}
+        futures = {pool.submit(run_chunk, [task for _, task in chunk], config): chunk
+                   for chunk in chunks(tasks, config.items_per_chunk)}
         for future in as_completed(futures):
-            index, task = futures[future]
-            try:
-                yield index, future.result()
-            except Exception as exc:  # noqa: BLE001 - a dead worker fails its tasks, not the batch
-                yield index, _crashed_row(task, exc)
+            yield from _chunk_rows(futures[future], future.result)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunk_rows(chunk: Indexed, result) -> Iterator[tuple[int, dict]]:
+    """(index, row) of a finished chunk; ``result()`` gives its rows or raises when its worker died."""
+    try:
+        rows = result()
+    except Exception as exc:  # noqa: BLE001 - a dead worker fails its tasks, not the batch
+        rows = [_crashed_row(task, exc) for _, task in chunk]
+    yield from zip([index for index, _ in chunk], rows)
 
 
 def import_ray():
@@ -99,16 +121,12 @@ def ray_tasks(tasks: Indexed, config: BatchConfig, address: str) -> Iterator[tup
             raise OptionsError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
     config = replace(config, threads=config.threads or 1)
     gpus = 1 if str(config.device).startswith("cuda") else 0
-    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1)(run_task)
+    remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=1)(run_chunk)
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    pending, queue = {}, list(tasks)
+    pending, queue = {}, chunks(tasks, config.items_per_chunk)
     while queue or pending:
         while queue and len(pending) < window:
-            index, task = queue.pop(0)
-            pending[remote.remote(task, config)] = (index, task)
+            chunk = queue.pop(0)
+            pending[remote.remote([task for _, task in chunk], config)] = chunk
         done, _ = ray.wait(list(pending), num_returns=1)
-        index, task = pending.pop(done[0])
-        try:
-            yield index, ray.get(done[0])
-        except Exception as exc:  # noqa: BLE001 - a lost worker fails its task, not the batch
-            yield index, _crashed_row(task, exc)
+        yield from _chunk_rows(pending.pop(done[0]), lambda: ray.get(done[0]))

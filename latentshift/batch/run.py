@@ -1,11 +1,14 @@
-"""The per-task function: one item explained by one classifier, whatever runs it.
+"""The per-task function: one item explained by one classifier, whatever runs it; and chunks of them.
 
 :func:`run_task` explains one item with one classifier into ``OUT/<item>/<classifier>/``
 (the same files as ``latentshift explain`` plus the done-marker of :mod:`.resume`) and returns
-its results row. Every way of running a batch (sequential, local worker processes, Ray tasks;
-:mod:`.parallel`) calls this same function. A bad item gives a row with its error, never an
-exception: image and option errors are kept (the same content fails the same way), anything
-else is retried by the next run.
+its results row. :func:`run_chunk` does the same for several tasks of one classifier, with
+the predictions and the Latent Shift batched over the items (``--item-batch``; a chunk of one,
+or a chunk whose batched run fails, goes through :func:`run_task` item by item). Every way of
+running a batch (sequential, local worker processes, Ray tasks; :mod:`.parallel`) calls
+:func:`run_chunk`. A bad item gives a row with its error, never an exception: image and
+option errors are kept (the same content fails the same way), anything else is retried by
+the next run.
 """
 
 from __future__ import annotations
@@ -27,13 +30,22 @@ from .results import error_row, explanation_row
 
 logger = logging.getLogger(__name__)
 
+#: Items explained together (``--item-batch``) when not given: on a GPU, decoding and
+#: classifying the frames of several images in one pass costs about as much as one image's;
+#: on the CPU a batch costs about its size, so items go one at a time there (today's path).
+ITEM_BATCH_ACCELERATOR = 8
+ITEM_BATCH_CPU = 1
+
 
 @dataclass(frozen=True)
 class BatchConfig:
     """Everything a task needs besides its item (picklable: it travels to workers and Ray tasks).
 
     ``setup`` ("module:function") is called once per process before any model is loaded, e.g.
-    to register your own architectures; ``threads`` caps torch's threads (None: torch's default).
+    to register your own architectures; ``threads`` caps torch's threads (None: torch's default);
+    ``item_batch`` is how many items of one classifier a worker explains together (None:
+    :data:`ITEM_BATCH_ACCELERATOR` on a GPU, :data:`ITEM_BATCH_CPU` on the CPU; see
+    :attr:`items_per_chunk`).
     """
 
     out_dir: str
@@ -43,6 +55,19 @@ class BatchConfig:
     device: str = "cpu"
     setup: str | None = None
     threads: int | None = None
+    item_batch: int | None = None
+
+    def __post_init__(self):
+        if self.item_batch is not None and (isinstance(self.item_batch, bool) or not isinstance(self.item_batch, int)
+                                            or self.item_batch < 1):
+            raise OptionsError(f"--item-batch must be a whole number of at least 1, not {self.item_batch!r}")
+
+    @property
+    def items_per_chunk(self) -> int:
+        """Items a worker explains together: ``item_batch``, or the default for the device."""
+        if self.item_batch is not None:
+            return self.item_batch
+        return ITEM_BATCH_CPU if str(self.device).split(":")[0] == "cpu" else ITEM_BATCH_ACCELERATOR
 
 
 @dataclass(frozen=True)
@@ -83,25 +108,104 @@ def run_task(task: Task, config: BatchConfig) -> dict:
     """Explain one item with one classifier; its row (never raises for a bad item)."""
     prepare_process(config)
     started = time.perf_counter()
+    folder, base = _begin(task, config)
+    try:
+        pipeline = _pipeline(task, config)
+        explanation = pipeline.explain(pipeline.load_image(task.item.path), _options(task, config), folder)
+        row, files, final = *_explained(base, explanation, task), True
+    except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch
+        row, final = _failed(task, base, exc)
+        files = []
+    return _finish(task, config, row, files, final, time.perf_counter() - started)
+
+
+def run_chunk(tasks: list[Task], config: BatchConfig) -> list[dict]:
+    """Explain several tasks of one classifier together; their rows, in order (never raises
+    for a bad item).
+
+    Each item is read on its own (an unreadable one gets its error row), then the readable
+    ones are explained by :meth:`Pipeline.explain_many`; if that fails, every one of them
+    is redone by :func:`run_task`, so one bad item fails only its own row. A row's
+    ``seconds`` is its reading time plus its share of the batched run.
+    """
+    if len(tasks) < 2 or len({task.classifier for task in tasks}) > 1:
+        return [run_task(task, config) for task in tasks]
+    prepare_process(config)
+    try:
+        pipeline = _pipeline(tasks[0], config)
+    except Exception:  # noqa: BLE001 - each task reports the model's failure in its own row
+        return [run_task(task, config) for task in tasks]
+    rows, loaded = {}, []
+    for position, task in enumerate(tasks):
+        started = time.perf_counter()
+        folder, base = _begin(task, config)
+        try:
+            image = pipeline.load_image(task.item.path)
+        except Exception as exc:  # noqa: BLE001 - this item's own error row
+            row, final = _failed(task, base, exc)
+            rows[position] = _finish(task, config, row, [], final, time.perf_counter() - started)
+        else:
+            loaded.append((position, task, folder, base, image, time.perf_counter() - started))
+    if loaded:
+        rows.update(_explain_loaded(pipeline, loaded, config))
+    return [rows[position] for position in range(len(tasks))]
+
+
+def _explain_loaded(pipeline: Pipeline, loaded: list[tuple], config: BatchConfig) -> dict[int, dict]:
+    """{position: row} of the read items of a chunk, explained together (or one by one if that fails)."""
+    started = time.perf_counter()
+    try:
+        explanations = pipeline.explain_many([entry[4] for entry in loaded],
+                                             [_options(entry[1], config) for entry in loaded],
+                                             [entry[2] for entry in loaded])
+    except Exception as exc:  # noqa: BLE001 - redo them one by one: only a bad item fails
+        logger.warning("%d items explained together failed (%s: %s); explaining them one by one",
+                       len(loaded), type(exc).__name__, exc)
+        return {entry[0]: run_task(entry[1], config) for entry in loaded}
+    share = (time.perf_counter() - started) / len(loaded)
+    rows = {}
+    for (position, task, _, base, _, reading), explanation in zip(loaded, explanations):
+        row, files = _explained(base, explanation, task)
+        rows[position] = _finish(task, config, row, files, True, reading + share)
+    return rows
+
+
+def _begin(task: Task, config: BatchConfig) -> tuple[Path, dict]:
+    """(the task's folder, its marker cleared; the item's own row columns)."""
     folder = Path(config.out_dir) / task.folder
     resume.clear_marker(folder)
     base = {"name": task.item.name, "path": task.item.path, "classifier": task.classifier,
             "target": task.item.target or config.options.target or "", "label": task.item.label,
             "image_sha256": task.key["image_sha256"]}
-    files, final = [], True
-    try:
-        pipeline = Pipeline.get(task.classifier, config.autoencoder, device=config.device,
-                                manifest_path=config.manifest)
-        options = config.options.replace(target=task.item.target or config.options.target)
-        explanation = pipeline.explain(pipeline.load_image(task.item.path), options, folder)
-        row = explanation_row(base, explanation, task.folder)
-        files = [path.name for path in explanation.files.values()]
-    except (ImageInputError, OptionsError) as exc:  # the same content fails the same way: keep it
-        row = error_row(base, str(exc), task.folder)
-    except Exception as exc:  # noqa: BLE001 - one bad item never stops the batch; retried next run
-        logger.exception("%s with %s failed", task.item.name, task.classifier)
-        row, final = error_row(base, f"{type(exc).__name__}: {exc}", task.folder), False
-    row["seconds"] = round(time.perf_counter() - started, 3)
+    return folder, base
+
+
+def _pipeline(task: Task, config: BatchConfig) -> Pipeline:
+    return Pipeline.get(task.classifier, config.autoencoder, device=config.device, manifest_path=config.manifest)
+
+
+def _options(task: Task, config: BatchConfig) -> ExplainOptions:
+    """The batch's options with the item's own target."""
+    return config.options.replace(target=task.item.target or config.options.target)
+
+
+def _explained(base: dict, explanation, task: Task) -> tuple[dict, list[str]]:
+    """(row, file names) of a finished explanation."""
+    return explanation_row(base, explanation, task.folder), [path.name for path in explanation.files.values()]
+
+
+def _failed(task: Task, base: dict, exc: Exception) -> tuple[dict, bool]:
+    """(error row, whether it is final): image and option errors are (the same content fails
+    the same way); anything else is retried by the next run."""
+    if isinstance(exc, (ImageInputError, OptionsError)):
+        return error_row(base, str(exc), task.folder), True
+    logger.error("%s with %s failed", task.item.name, task.classifier, exc_info=exc)
+    return error_row(base, f"{type(exc).__name__}: {exc}", task.folder), False
+
+
+def _finish(task: Task, config: BatchConfig, row: dict, files: list[str], final: bool, seconds: float) -> dict:
+    """The row with its seconds; the done-marker written when the outcome is final."""
+    row["seconds"] = round(seconds, 3)
     if final:
-        resume.write_marker(folder, task.key, row, files)
+        resume.write_marker(Path(config.out_dir) / task.folder, task.key, row, files)
     return row

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from ..batch import BatchConfig, run_batch
+from ..batch.run import ITEM_BATCH_ACCELERATOR, ITEM_BATCH_CPU
 from ..options import add_cli_arguments, from_cli_args
 from .common import add_multi_model_arguments
 
@@ -27,6 +28,10 @@ def add_cli(subparsers) -> None:
     parser.add_argument("--ray", metavar="ADDRESS", default=None,
                         help="run the items as Ray tasks on the cluster at ADDRESS, or 'auto' "
                              "(needs pip install 'latentshift[distributed]')")
+    parser.add_argument("--item-batch", metavar="K", type=int, default=None,
+                        help="items of one classifier a worker explains together (predictions and Latent Shift "
+                             f"batched; default {ITEM_BATCH_ACCELERATOR} with --device cuda, {ITEM_BATCH_CPU} "
+                             "on the CPU; 1: one item at a time)")
     parser.add_argument("--setup", metavar="MODULE:FUNCTION", default=None,
                         help="call this in every worker before loading models (e.g. to register your own architectures)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,7 +41,7 @@ def add_cli(subparsers) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     config = BatchConfig(out_dir=args.out, options=from_cli_args(args), autoencoder=args.autoencoder,
-                         manifest=args.manifest, device=args.device, setup=args.setup)
+                         manifest=args.manifest, device=args.device, setup=args.setup, item_batch=args.item_batch)
     classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
     report = run_batch(args.input, config, classifiers, workers=args.workers, ray_address=args.ray,
                        progress=not args.no_progress)

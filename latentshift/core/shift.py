@@ -14,6 +14,10 @@ Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pi
    implementation's ladder ``λ ← λ − step + λ // 10``, its check order and its end, exactly).
    Every evaluated λ is cached.
 5. The sweep decodes and classifies the frames in batches, reusing cached λs.
+
+:meth:`LatentShift.attribute_many` does the same for B images at once: one encode and one
+backward pass for all, then the searches in lockstep (every image's wanted λs of a round
+decoded and classified in shared batches) and one batched sweep.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ STOP_REASONS = {
 
 @dataclass
 class ShiftResult:
-    """What :meth:`LatentShift.attribute` returns.
+    """What :meth:`LatentShift.attribute` returns (and :meth:`~LatentShift.attribute_many`, per image).
 
     Attributes:
         lambdas: (F,) sorted λ of the frames, 0 included.
@@ -220,7 +224,7 @@ class LatentShift:
                 "mm" (|first − last|).
             floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
             search: "bisect" (bracket and bisect, the default) or "ladder" (the reference's
-                ladder and its exact answer); see :meth:`_search`.
+                ladder and its exact answer); see :meth:`_walkers`.
             precision: relative precision of the bisect search (0.02 = 2 % of |λ|).
             search_batch: ladder rungs per direction per batch (doubles each round, up to
                 :data:`MAX_SEARCH_BATCH`); default 1 on the CPU (where a batch of N costs
@@ -245,19 +249,118 @@ class LatentShift:
         started = time.perf_counter()
         rules = None if lambda_range is not None else _StopRules(
             reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
-        (lambda_min, lambda_max), stop_reasons = self._find_range(
-            cache, lambda_range, direction, rules, step_size, search, precision, search_batch)
+        [found] = self._find_ranges([cache], [rules], lambda_range, direction, step_size, search, precision,
+                                    search_batch, share=self.device.type != "cpu")
         timings["search"] = time.perf_counter() - started
+        return self._result(cache, found, frames, heatmap, initial_pred, timings)
+
+    def attribute_many(self, xs: torch.Tensor, targets, *, lambda_range: tuple[float, float] | None = None,
+                       step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
+                       direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
+                       pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
+                       heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
+                       search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
+                       search_batch: int | None = None, initial_preds=None) -> list[ShiftResult]:
+        """Explain B images at once: the same answers as B calls of :meth:`attribute`.
+
+        ``xs`` is (B, 1, H, W) in [-1024, 1024]; ``targets`` B output indices (one per image);
+        ``initial_preds`` None or B target predictions of the inputs (in [0, 1]); every other
+        option is :meth:`attribute`'s, shared by all images. The encoding and the latent
+        gradients are computed for all B in one pass; the searches of all images then run in
+        lockstep (each round, every unfinished search's λs are decoded and classified
+        together, ``batch_size`` at a time) and so do the sweeps. Each result has its own
+        stop rules, λ range and ``evaluations``; its ``timings`` give the stages done for all
+        images at once shared out evenly (seconds / B). The classifier and the autoencoder
+        must treat the images of a batch independently (eval mode: no batch statistics).
+        Results equal :meth:`attribute`'s up to float rounding of batched passes.
+        """
+        targets = self._check_many(xs, targets, initial_preds)
+        for index, target in enumerate(targets):
+            try:
+                self._check_options(xs[index:index + 1], target, lambda_range, step_size, frames, direction,
+                                    pred_diff, pixel_budget, max_lambda, heatmap, search_batch, search, precision)
+            except OptionsError as exc:
+                raise OptionsError(f"image {index}: {exc}") from None
+        self.classifier.eval()
+        self.autoencoder.eval()
+        started = time.perf_counter()
+        xs = xs.to(self.device, torch.float32)
+        caches = self._caches(xs, targets)
+        if initial_preds is None:
+            with torch.inference_mode():
+                scores = self._predictions(xs).float().cpu()
+            initial_preds = [float(scores[i, t]) for i, t in enumerate(targets)]
+        encode_share = (time.perf_counter() - started) / len(targets)
+        started = time.perf_counter()
+        rules = [None if lambda_range is not None else _StopRules(
+            cache.pred(0.0), pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
+            for cache in caches]
+        found = self._find_ranges(caches, rules, lambda_range, direction, step_size, search, precision,
+                                  search_batch, share=True)
+        search_share = (time.perf_counter() - started) / len(targets)
+        started = time.perf_counter()
+        _evaluate_many([(cache, float(lam)) for cache, ((low, high), _) in zip(caches, found)
+                        for lam in sweep_lambdas(low, high, frames)])
+        sweep_share = (time.perf_counter() - started) / len(targets)
+        results = []
+        for cache, ends, initial in zip(caches, found, initial_preds):
+            timings = {"encode_gradient": encode_share, "search": search_share}
+            results.append(self._result(cache, ends, frames, heatmap, float(initial), timings))
+            results[-1].timings["sweep"] += sweep_share
+        return results
+
+    def _caches(self, xs: torch.Tensor, targets: list[int]) -> list["_FrameCache"]:
+        """One :class:`_FrameCache` per image of ``xs`` (B, 1, H, W), encoded and differentiated
+        together; each holds every output's prediction on its reconstruction (λ = 0)."""
+        z, gradient, reconstruction, outputs = self._latent_gradients(xs, targets)
+        outputs = outputs.float().cpu()
+        caches = []
+        for index, target in enumerate(targets):
+            cache = _FrameCache(self, z[index:index + 1], gradient[index:index + 1],
+                                reconstruction[index:index + 1].clone(), float(outputs[index, target]), target)
+            cache.outputs[0.0] = outputs[index].clone()
+            caches.append(cache)
+        return caches
+
+    def _result(self, cache, found, frames: int, heatmap: str, initial_pred: float, timings: dict) -> ShiftResult:
+        """The :class:`ShiftResult` of one image: its sweep over ``found`` = ((λ_min, λ_max), stops)."""
+        (lambda_min, lambda_max), stop_reasons = found
         result = self._sweep(cache, lambda_min, lambda_max, frames, heatmap, timings)
         logger.debug("latent shift: range [%.1f, %.1f], %d evaluations, stops %s",
                      lambda_min, lambda_max, cache.evaluations, stop_reasons)
-        return ShiftResult(**result, reconstruction=reconstruction.cpu(), initial_pred=initial_pred,
-                           reconstruction_pred=reconstruction_pred, lambda_range=(lambda_min, lambda_max),
-                           stop_reasons=stop_reasons, target=target, heatmap_mode=heatmap,
+        return ShiftResult(**result, reconstruction=cache.reconstruction, initial_pred=initial_pred,
+                           reconstruction_pred=cache.pred(0.0), lambda_range=(lambda_min, lambda_max),
+                           stop_reasons=stop_reasons, target=cache.target, heatmap_mode=heatmap,
                            evaluations=cache.evaluations, timings=timings)
 
-    def _find_range(self, cache, lambda_range, direction, rules, step_size, search, precision, search_batch):
-        """((λ_min, λ_max), stop reason per side): the given range, or the search's ends."""
+    @staticmethod
+    def _check_many(xs, targets, initial_preds) -> list[int]:
+        """The targets as a list, once ``xs`` is (B, 1, H, W) with B ≥ 1 and B targets (and
+        B initial predictions when given); raises :class:`OptionsError` otherwise."""
+        if not isinstance(xs, torch.Tensor) or xs.dim() != 4 or xs.shape[0] < 1 or xs.shape[1] != 1:
+            shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
+            raise OptionsError(f"xs must be a tensor of shape (B, 1, H, W) with B ≥ 1, got {shape}")
+        targets = [targets] if isinstance(targets, (int, np.integer)) else list(targets)
+        if len(targets) != xs.shape[0]:
+            raise OptionsError(f"give one target per image: {xs.shape[0]} images, {len(targets)} targets")
+        if initial_preds is not None and len(initial_preds) != xs.shape[0]:
+            raise OptionsError(f"give one initial prediction per image: {xs.shape[0]} images, "
+                               f"{len(initial_preds)} initial_preds")
+        return targets
+
+    def _find_ranges(self, caches, rules, lambda_range, direction, step_size, search, precision, search_batch,
+                     share: bool) -> list[tuple[tuple[float, float], dict[str, str]]]:
+        """Per image, ((λ_min, λ_max), stop reason per side): the given range, or its search's
+        ends. The images' searches run in lockstep (see :func:`_drive`; ``share``: one batch
+        of decodes per round for every side and image)."""
+        sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")] if lambda_range is None else []
+        jobs = [(cache, self._walkers(cache, sides, rule, step_size, search, precision, search_batch))
+                for cache, rule in zip(caches, rules)]
+        return [self._range_of(ends, lambda_range, direction) for ends in _drive(jobs, share)]
+
+    @staticmethod
+    def _range_of(ends: dict, lambda_range, direction) -> tuple[tuple[float, float], dict[str, str]]:
+        """((λ_min, λ_max), stop reasons) from a search's ends {side: (λ, reason)} or the given range."""
         if lambda_range is not None:
             lambda_min, lambda_max = float(lambda_range[0]), float(lambda_range[1])
             if direction == "curtail":
@@ -266,9 +369,8 @@ class LatentShift:
                 lambda_min = 0.0
             stop_reasons = {side: "given_range" for side in ("curtail", "exaggerate")}
         else:
-            sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")]
-            found, stop_reasons = self._search(cache, sides, rules, step_size, search, precision, search_batch)
-            lambda_min, lambda_max = found.get("curtail", 0.0), found.get("exaggerate", 0.0)
+            stop_reasons = {side: reason for side, (_, reason) in ends.items()}
+            lambda_min, lambda_max = ends.get("curtail", (0.0,))[0], ends.get("exaggerate", (0.0,))[0]
         for side in ("curtail", "exaggerate"):
             stop_reasons.setdefault(side, "not_requested")
         return (lambda_min, lambda_max), stop_reasons
@@ -294,38 +396,42 @@ class LatentShift:
         return z, gradient
 
     def _latent_gradient(self, x, target):
+        z, gradient, reconstruction, outputs = self._latent_gradients(x, [target])
+        return z, gradient, reconstruction, float(outputs[0, target])
+
+    def _latent_gradients(self, xs: torch.Tensor, targets: list[int]):
+        """(z, g, x0, outputs) for images ``xs`` (B, 1, H, W): latent codes, ``∂p_i/∂z_i`` per
+        image, the reconstructions (B, 1, H, W) and every output's prediction on them (B, C);
+        one encode and one backward pass for all B, all detached."""
         with torch.inference_mode():
-            z = self.autoencoder.encode(x)
+            z = self.autoencoder.encode(xs)
         z = z.clone().requires_grad_(True)  # a normal tensor, outside inference mode
         with torch.enable_grad():
             reconstruction = self.autoencoder.decode(z)
-            prediction = self._prediction(reconstruction, target)
+            outputs = self._predictions(reconstruction)
+            prediction = outputs[torch.arange(len(targets), device=outputs.device),
+                                 torch.as_tensor(targets, device=outputs.device)]
             (gradient,) = torch.autograd.grad(prediction.sum(), z)
-        return z.detach(), gradient.detach(), reconstruction.detach(), float(prediction.detach()[0])
+        return z.detach(), gradient.detach(), reconstruction.detach(), outputs.detach()
 
-    def _search(self, cache, sides, rules, step_size, search, precision, search_batch):
-        """Search each side until a stop rule fires; ({side: λ_end}, {side: stop reason}).
+    def _walkers(self, cache, sides, rules, step_size, search, precision, search_batch) -> dict:
+        """{side: walker} of one image's search (see :func:`_drive`).
 
         "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
         end is the rung at which a rule fired. "bisect": |λ| doubles from ``step_size``
         (clipped at max_lambda) until a rule fires, then the bracket is bisected to
         ``precision``; the end is the closest λ found at which a rule fires. The rules are
-        :class:`_StopRules` in the reference's order for both. On the CPU each side's probes
-        are evaluated on their own (a batch costs its size); elsewhere the two sides'
-        probes share a batch.
+        :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
+        takes one rung per round (a batch costs its size); elsewhere ``search_batch``.
         """
         on_cpu = self.device.type == "cpu"
         if search == "ladder":
             batch = search_batch or (1 if on_cpu else 4)
             largest = 1 if on_cpu and search_batch is None else max(batch, MAX_SEARCH_BATCH)
-            walkers = {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
-        elif not bool(cache.gradient.any()):  # p does not depend on z here: nothing moves
-            return {side: 0.0 for side in sides}, {side: "not_moving" for side in sides}
-        else:
-            walkers = {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
-        ends = _drive(cache, walkers, share=not on_cpu)
-        return ({side: lam for side, (lam, _) in ends.items()},
-                {side: reason for side, (_, reason) in ends.items()})
+            return {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
+        if sides and not bool(cache.gradient.any()):  # p does not depend on z here: nothing moves
+            return {side: _ended(0.0, "not_moving") for side in sides}
+        return {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
 
     def _check_options(self, x, target, lambda_range, step_size, frames, direction, pred_diff,
                        pixel_budget, max_lambda, heatmap, search_batch, search, precision):
@@ -359,20 +465,36 @@ class LatentShift:
             raise OptionsError(f"precision must be in (0, 1), got {precision}")
 
 
-def _drive(cache, walkers: dict, share: bool) -> dict[str, tuple[float, str]]:
-    """Run the sides' walkers: each yields the λs it needs evaluated next and returns
-    (λ_end, reason). ``share``: one batch for both sides' λs per round."""
-    ends, wanted = {}, {}
-    for side, walker in walkers.items():
-        _advance(side, walker, wanted, ends, first=True)
-    while wanted:
+def _drive(jobs: list, share: bool) -> list[dict[str, tuple[float, str]]]:
+    """Run the searches of ``jobs`` = [(cache, {side: walker}), ...] in lockstep; per job
+    {side: (λ_end, reason)}.
+
+    A walker yields the λs it needs evaluated next and returns (λ_end, reason). Each round
+    every unfinished walker's λs are evaluated, then each walker goes on. ``share``: one
+    batched evaluation for every walker of every job per round; else each side's λs on
+    their own.
+    """
+    ends = [{} for _ in jobs]
+    wanted = [{} for _ in jobs]
+    for (_, walkers), end, want in zip(jobs, ends, wanted):
+        for side, walker in walkers.items():
+            _advance(side, walker, want, end, first=True)
+    while any(wanted):
         if share:
-            cache.evaluate(np.array([lam for lams in wanted.values() for lam in lams]))
-        for side in list(wanted):
-            if not share:
-                cache.evaluate(np.array(wanted[side]))
-            _advance(side, walkers[side], wanted, ends)
+            _evaluate_many([(cache, float(lam)) for (cache, _), want in zip(jobs, wanted)
+                            for lams in want.values() for lam in lams])
+        for (cache, walkers), end, want in zip(jobs, ends, wanted):
+            for side in list(want):
+                if not share:
+                    cache.evaluate(np.array(want[side]))
+                _advance(side, walkers[side], want, end)
     return ends
+
+
+def _ended(lam: float, reason: str):
+    """A walker that needs nothing evaluated: it returns (λ, reason) at once."""
+    return lam, reason
+    yield  # never reached: makes this function a generator
 
 
 def _advance(side, walker, wanted, ends, first=False) -> None:
@@ -549,26 +671,19 @@ class _FrameCache:
     def evaluate(self, lambdas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (F, 1, H, W) and predictions (F,) for ``lambdas``, computing only new λs."""
         keys = [float(lam) for lam in lambdas]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.preds))
-        size = self.explainer.batch_size
-        with torch.inference_mode():
-            for start in range(0, len(missing), size):
-                chunk = missing[start:start + size]
-                steps = torch.tensor(chunk, dtype=self.z.dtype, device=self.z.device)
-                latents = self.z + steps.view(-1, *([1] * (self.z.dim() - 1))) * self.gradient
-                images = self.explainer.autoencoder.decode(latents)
-                outputs = self.explainer._predictions(images).float().cpu()
-                images = images.float().cpu()
-                for lam, image, output in zip(chunk, images, outputs):
-                    self.frames[lam] = image.clone()
-                    self.preds[lam] = float(output[self.target])
-                    self.outputs[lam] = output.clone()
-                    diff = float((image - self.reconstruction[0]).abs().sum())
-                    self.diffs[lam] = diff
-                    self.changes[lam] = diff / self.reference_mass
-                self.evaluations += len(chunk)
+        _evaluate_many([(self, k) for k in keys])
         frames = torch.stack([self.frames[k] for k in keys]) if keys else torch.empty(0)
         return frames, torch.tensor([self.preds[k] for k in keys], dtype=torch.float64)
+
+    def store(self, lam: float, image: torch.Tensor, output: torch.Tensor) -> None:
+        """Keep the decoded frame (1, H, W) and every output's prediction (C,) at λ."""
+        self.frames[lam] = image.clone()
+        self.preds[lam] = float(output[self.target])
+        self.outputs[lam] = output.clone()
+        diff = float((image - self.reconstruction[0]).abs().sum())
+        self.diffs[lam] = diff
+        self.changes[lam] = diff / self.reference_mass
+        self.evaluations += 1
 
     def all_outputs(self, lambdas: np.ndarray) -> np.ndarray:
         """(F, C) predictions of every output at already evaluated ``lambdas``."""
@@ -581,6 +696,33 @@ class _FrameCache:
     def pixel_change(self, frames: torch.Tensor) -> np.ndarray:
         diff = (frames - self.reconstruction).abs().flatten(1).sum(1) / self.reference_mass
         return diff.numpy().astype(np.float64)
+
+
+def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
+    """Decode and classify every (cache, λ) not yet in its cache, ``batch_size`` at a time.
+
+    The latents ``z_i + λ·g_i`` of any mix of images (caches of one explainer) share the
+    batches; each frame and prediction goes back to its own cache.
+    """
+    seen, missing = set(), []
+    for cache, lam in pairs:
+        if lam not in cache.preds and (id(cache), lam) not in seen:
+            seen.add((id(cache), lam))
+            missing.append((cache, lam))
+    if not missing:
+        return
+    explainer = missing[0][0].explainer
+    size = explainer.batch_size
+    with torch.inference_mode():
+        for start in range(0, len(missing), size):
+            chunk = missing[start:start + size]
+            z = torch.cat([cache.z for cache, _ in chunk])
+            gradient = torch.cat([cache.gradient for cache, _ in chunk])
+            steps = torch.tensor([lam for _, lam in chunk], dtype=z.dtype, device=z.device)
+            images = explainer.autoencoder.decode(z + steps.view(-1, *([1] * (z.dim() - 1))) * gradient)
+            outputs = explainer._predictions(images).float().cpu()
+            for (cache, lam), image, output in zip(chunk, images.float().cpu(), outputs):
+                cache.store(lam, image, output)
 
 
 def compute_heatmap(frames: torch.Tensor, reconstruction: torch.Tensor, mode: str = "int") -> np.ndarray:
