@@ -38,11 +38,13 @@ LIMITS = dict(step_size=2.0, pixel_budget=0.5, pred_diff=0.3)
 
 
 def assert_same(single, batched):
-    assert single.lambda_range == batched.lambda_range
+    # bisect places its probes where the rules' lines cross, so its λs carry the predictions'
+    # float rounding (batches of other shapes round differently); the ladder's λs are exact
+    np.testing.assert_allclose(single.lambda_range, batched.lambda_range, rtol=1e-6)
     assert single.stop_reasons == batched.stop_reasons
     assert single.evaluations == batched.evaluations
     assert single.target == batched.target
-    np.testing.assert_array_equal(single.lambdas, batched.lambdas)
+    np.testing.assert_allclose(single.lambdas, batched.lambdas, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(single.preds, batched.preds, atol=1e-5)
     np.testing.assert_allclose(single.all_preds, batched.all_preds, atol=1e-5)
     np.testing.assert_allclose(single.pixel_change, batched.pixel_change, rtol=1e-5, atol=1e-5)
