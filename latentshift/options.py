@@ -61,8 +61,8 @@ class ExplainOptions:
     pixel_budget: float = _option(0.05, "stop once the image changed by this fraction (0.05 = 5 %)",
                                   flag="--pixel-budget", low=0.0, high=1.0, positive=True)
     max_lambda: float = _option(3000.0, "largest |λ| the search tries", flag="--max-lambda", positive=True)
-    search: str = _option("bisect", "how the λ range is searched: bisect (bracket by doubling |λ|, then bisect "
-                          "to 2 %; fewer evaluations) or ladder (the reference implementation's ladder, "
+    search: str = _option("bisect", "how the λ range is searched: bisect (bracket the first λ where a rule "
+                          "fires, then narrow it to 2 %; fewer evaluations) or ladder (the reference implementation's ladder, "
                           "its exact answer)", flag="--search", choices=SEARCH_MODES)
 
     def validate(self) -> "ExplainOptions":

@@ -9,8 +9,9 @@ Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pi
 3. ``frame(λ) = D(z + λ·g)``, ``pred(λ) = p(z + λ·g)``; λ < 0 curtails the feature the
    classifier sees, λ > 0 exaggerates it. λ is unitless (a multiple of the gradient).
 4. The λ range is given, or searched per direction until a stop rule fires, either
-   ``search="bisect"`` (default: bracket by doubling |λ| from ``step_size``, then bisect to
-   :data:`BISECT_PRECISION` relative to |λ|) or ``search="ladder"`` (the reference
+   ``search="bisect"`` (default: bracket the first λ where a rule fires, from ``step_size``
+   outwards, then narrow the bracket to :data:`BISECT_PRECISION` relative to |λ|; probes
+   are placed where the rules' straight-line estimates cross, see :func:`_bisect_walker`) or ``search="ladder"`` (the reference
    implementation's ladder ``λ ← λ − step + λ // 10``, its check order and its end, exactly).
    Every evaluated λ is cached.
 5. The sweep decodes and classifies the frames in batches, reusing cached λs.
@@ -418,9 +419,10 @@ class LatentShift:
         """{side: walker} of one image's search (see :func:`_drive`).
 
         "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
-        end is the rung at which a rule fired. "bisect": |λ| doubles from ``step_size``
-        (clipped at max_lambda) until a rule fires, then the bracket is bisected to
-        ``precision``; the end is the closest λ found at which a rule fires. The rules are
+        end is the rung at which a rule fired. "bisect": |λ| grows from ``step_size``
+        (clipped at max_lambda) until a rule fires, then the bracket is narrowed to
+        ``precision`` (:func:`_bisect_walker`); the end is the closest λ found at which a
+        rule fires. The rules are
         :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
         takes one rung per round (a batch costs its size); elsewhere ``search_batch``.
         """
