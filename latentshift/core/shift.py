@@ -50,6 +50,10 @@ MAX_SEARCH_BATCH = 8
 #: narrower than this fraction of |λ_stop| and returns λ_stop (where a stop rule fired).
 BISECT_PRECISION = 0.02
 
+#: Largest growth of |λ| from one bracketing probe to the next (the first probe, at step_size,
+#: is often far below the end; a guess past the end only widens the bracket the split narrows).
+MAX_GROWTH = 32.0
+
 #: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
 STOP_REASONS = {
     "pred_diff": "the prediction moved by at least pred_diff",
@@ -531,8 +535,9 @@ def _bisect_walker(cache, side, rules, step_size, precision):
     ``precision``·|λ_end| of a λ that fires none (or is ±max_lambda, or 0).
 
     Bracket: from ``step_size``, each next |λ| is where the last two probes' prediction and
-    pixel change, extended linearly, would fire a rule (times 1 + precision/2, between 1.25×
-    and 8× the last |λ|; 2× when they do not say). Bisect: each split point is the rules'
+    pixel change (in logits for the prediction), extended linearly, would fire a rule (times
+    1 + 0.4·precision, between 1.25× and :data:`MAX_GROWTH`× the last |λ|; 2× when they do
+    not say). Bisect: each split point is the rules'
     interpolated crossing, just on the far side of it from the longer part of the bracket, so
     a good estimate closes the bracket in two probes; the plain midpoint whenever a split
     did not halve the bracket.
@@ -552,7 +557,7 @@ def _bisect_walker(cache, side, rules, step_size, precision):
             break
         previous, low, low_pred = low, high, cache.pred(high)
         guess = _crossing(cache, rules, side, previous, low)
-        factor = 2.0 if guess is None else min(max(guess / low * (1 + precision / 2), 1.25), 8.0)
+        factor = 2.0 if guess is None else min(max(guess / low * (1 + 0.4 * precision), 1 + precision), MAX_GROWTH)
         high = sign * min(abs(low) * factor, rules.max_lambda)
     halved = True
     while abs(high - low) > precision * abs(high):
@@ -577,24 +582,30 @@ def _crossing(cache, rules, side, a: float, b: float) -> float | None:
     d_a, d_b = cache.diff(a), cache.diff(b)
     if d_b > d_a:
         steps.append((rules.pixel_threshold - d_a) / (d_b - d_a))
-    p_a, p_b = cache.pred(a), cache.pred(b)
+    p_a, p_b = _logit(cache.pred(a)), _logit(cache.pred(b))
     limits = ((rules.start_pred - rules.pred_diff, rules.floor) if side == "curtail"
               else (rules.start_pred + rules.pred_diff, rules.ceiling))
-    if p_b != p_a:
-        steps += [(limit - p_a) / (p_b - p_a) for limit in limits]
+    if p_b != p_a:  # the prediction's line is drawn in logits, where a sigmoid's tail is straight
+        steps += [(_logit(limit) - p_a) / (p_b - p_a) for limit in limits if 0.0 < limit < 1.0]
     steps = [t for t in steps if t > 0 and math.isfinite(t)]
     return a + min(steps) * (b - a) if steps else None
 
 
+def _logit(p: float) -> float:
+    """log(p / (1 − p)) of a prediction, p clipped to [1e-7, 1 − 1e-7]."""
+    p = min(max(float(p), 1e-7), 1.0 - 1e-7)
+    return math.log(p / (1.0 - p))
+
+
 def _split_point(cache, rules, side, low: float, high: float, precision: float) -> float:
-    """The next bisect probe in (low, high): the interpolated crossing moved by precision/2·|λ|
+    """The next bisect probe in (low, high): the interpolated crossing moved by 0.4·precision·|λ|
     towards the longer part of the bracket, kept 5 % of the bracket away from its ends; the
     midpoint when the interpolation says nothing."""
     crossing = _crossing(cache, rules, side, low, high)
     width = high - low
     if crossing is None or not min(low, high) < crossing < max(low, high):
         return (low + high) / 2
-    shift = precision / 2 * abs(crossing) * math.copysign(1.0, width)
+    shift = 0.4 * precision * abs(crossing) * math.copysign(1.0, width)  # two probes close it
     probe = crossing + shift if abs(high - crossing) > abs(crossing - low) else crossing - shift
     inner_low, inner_high = low + 0.05 * width, high - 0.05 * width
     return min(max(probe, min(inner_low, inner_high)), max(inner_low, inner_high))
