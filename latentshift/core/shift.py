@@ -255,7 +255,7 @@ class LatentShift:
         rules = None if lambda_range is not None else _StopRules(
             reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
         [found] = self._find_ranges([cache], [rules], lambda_range, direction, step_size, search, precision,
-                                    search_batch, share=self.device.type != "cpu")
+                                    search_batch)
         timings["search"] = time.perf_counter() - started
         return self._result(cache, found, frames, heatmap, initial_pred, timings)
 
@@ -301,7 +301,7 @@ class LatentShift:
             cache.pred(0.0), pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
             for cache in caches]
         found = self._find_ranges(caches, rules, lambda_range, direction, step_size, search, precision,
-                                  search_batch, share=True)
+                                  search_batch)
         search_share = (time.perf_counter() - started) / len(targets)
         started = time.perf_counter()
         _evaluate_many([(cache, float(lam)) for cache, ((low, high), _) in zip(caches, found)
@@ -353,15 +353,15 @@ class LatentShift:
                                f"{len(initial_preds)} initial_preds")
         return targets
 
-    def _find_ranges(self, caches, rules, lambda_range, direction, step_size, search, precision, search_batch,
-                     share: bool) -> list[tuple[tuple[float, float], dict[str, str]]]:
+    def _find_ranges(self, caches, rules, lambda_range, direction, step_size, search, precision,
+                     search_batch) -> list[tuple[tuple[float, float], dict[str, str]]]:
         """Per image, ((λ_min, λ_max), stop reason per side): the given range, or its search's
-        ends. The images' searches run in lockstep (see :func:`_drive`; ``share``: one batch
-        of decodes per round for every side and image)."""
+        ends. The images' searches run in lockstep (see :func:`_drive`: one batch of decodes
+        per round for every side and image)."""
         sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")] if lambda_range is None else []
         jobs = [(cache, self._walkers(cache, sides, rule, step_size, search, precision, search_batch))
                 for cache, rule in zip(caches, rules)]
-        return [self._range_of(ends, lambda_range, direction) for ends in _drive(jobs, share)]
+        return [self._range_of(ends, lambda_range, direction) for ends in _drive(jobs)]
 
     @staticmethod
     def _range_of(ends: dict, lambda_range, direction) -> tuple[tuple[float, float], dict[str, str]]:
@@ -428,7 +428,9 @@ class LatentShift:
         ``precision`` (:func:`_bisect_walker`); the end is the closest λ found at which a
         rule fires. The rules are
         :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
-        takes one rung per round (a batch costs its size); elsewhere ``search_batch``.
+        takes one rung per round (rungs past the stop are wasted); elsewhere ``search_batch``.
+        The two sides' probes of a round share one batch (on 2 CPU cores a batch of 2 costs
+        1.65× a single evaluation for both the demo and the xrv-size pair).
         """
         on_cpu = self.device.type == "cpu"
         if search == "ladder":
@@ -471,14 +473,13 @@ class LatentShift:
             raise OptionsError(f"precision must be in (0, 1), got {precision}")
 
 
-def _drive(jobs: list, share: bool) -> list[dict[str, tuple[float, str]]]:
+def _drive(jobs: list) -> list[dict[str, tuple[float, str]]]:
     """Run the searches of ``jobs`` = [(cache, {side: walker}), ...] in lockstep; per job
     {side: (λ_end, reason)}.
 
     A walker yields the λs it needs evaluated next and returns (λ_end, reason). Each round
-    every unfinished walker's λs are evaluated, then each walker goes on. ``share``: one
-    batched evaluation for every walker of every job per round; else each side's λs on
-    their own.
+    every unfinished walker's λs are evaluated in one batched evaluation (both sides, every
+    job), then each walker goes on.
     """
     ends = [{} for _ in jobs]
     wanted = [{} for _ in jobs]
@@ -486,13 +487,10 @@ def _drive(jobs: list, share: bool) -> list[dict[str, tuple[float, str]]]:
         for side, walker in walkers.items():
             _advance(side, walker, want, end, first=True)
     while any(wanted):
-        if share:
-            _evaluate_many([(cache, float(lam)) for (cache, _), want in zip(jobs, wanted)
-                            for lams in want.values() for lam in lams])
+        _evaluate_many([(cache, float(lam)) for (cache, _), want in zip(jobs, wanted)
+                        for lams in want.values() for lam in lams])
         for (cache, walkers), end, want in zip(jobs, ends, wanted):
             for side in list(want):
-                if not share:
-                    cache.evaluate(np.array(want[side]))
                 _advance(side, walkers[side], want, end)
     return ends
 
