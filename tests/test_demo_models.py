@@ -165,3 +165,14 @@ def test_tiny_training_run_end_to_end(tmp_path, kind):
         kwargs["labels"] = ["Pneumonia"]
     model = build_architecture("demo-" + kind, **kwargs)
     model.load_state_dict(load_file(str(weights)), strict=True)
+
+
+@pytest.mark.skipif(not (DATA / "labels.csv").is_file(),
+                    reason=f"chest X-ray data folder not found at {DATA} (checkout beside shared/)")
+def test_evaluate_models_includes_the_latent_shift_figures():
+    from latentshift.evaluation.demo_models import evaluate_models
+
+    results = evaluate_models(DATA, limit=6, shift_subset=2)
+    shift = results["latent_shift"]
+    assert shift["curtail_true_positives"]["n"] >= 1
+    assert 0 <= shift["curtail_true_positives"]["success"] <= shift["curtail_true_positives"]["n"]

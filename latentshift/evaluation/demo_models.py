@@ -35,13 +35,8 @@ def evaluate_models(data_dir=None, device: str = "cpu", limit: int | None = None
     results["nih_out_of_domain"] = nih_report(clf, data, threshold, device, limit)
     results["threshold"] = threshold
     if not skip_shift:
-        try:
-            import latentshift.shift  # noqa: F401
-        except ImportError:
-            logger.warning("latentshift.shift is not available; Latent Shift figures skipped")
-        else:
-            results["latent_shift"] = latent_shift_report(clf, ae, data, test_idx, test_y, probs, threshold,
-                                                            shift_subset, gif_dir, n_gifs)
+        results["latent_shift"] = latent_shift_report(clf, ae, data, test_idx, test_y, probs, threshold,
+                                                        shift_subset, gif_dir, n_gifs)
     return results
 
 
