@@ -29,7 +29,8 @@ SAME = ("name", "classifier", "target", "initial_pred", "pred_curtail", "pred_ex
         "lambda_max", "lambdas", "preds", "stop_curtail", "stop_exaggerate", "curtail_crossed", "error")
 
 
-def _png(path: Path, seed: int, side: int = 40) -> Path:
+def noise_png(path: Path, seed: int, side: int = 40) -> Path:
+    """A grey noise PNG (side × side, seeded) at ``path``; its folders are created."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((128 + 40 * rng.standard_normal((side, side))).clip(0, 255).astype(np.uint8)).save(path)
@@ -42,7 +43,7 @@ def batch_input(tmp_path):
     manifest = write_tiny_manifest(tmp_path)
     folder = tmp_path / "in"
     for i, name in enumerate(("a.png", "sub/b.png", "c.png")):
-        _png(folder / name, i)
+        noise_png(folder / name, i)
     (folder / "broken.png").write_bytes(b"this is not an image")
     (folder / "notes.txt").write_text("not an input")
     return folder, manifest
@@ -121,7 +122,7 @@ def test_rerun_skips_finished_items_and_redoes_an_interrupted_one(batch_input, t
     assert (third.computed, third.skipped) == (2, 2)
     assert (interrupted / resume.MARKER_NAME).is_file() and (out / "a/tiny-classifier/heatmap.png").is_file()
 
-    _png(folder / "c.png", 99)  # new content under the same name
+    noise_png(folder / "c.png", 99)  # new content under the same name
     fourth = run_batch(folder, _config(out, manifest), progress=False)
     assert fourth.computed == 1
     fifth = run_batch(folder, _config(out, manifest, options=ExplainOptions(frames=6, maps=("gradcam",))),

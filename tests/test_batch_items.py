@@ -16,6 +16,7 @@ from latentshift.batch import BatchConfig, run_batch
 from latentshift.cli import main
 from latentshift.errors import OptionsError
 from latentshift.options import ExplainOptions
+from test_batch import noise_png
 from tiny_models import LinearAutoencoder, LinearClassifier, SineClassifier, write_tiny_manifest
 
 SIDE = 8
@@ -107,22 +108,13 @@ EXACT = ("name", "classifier", "target", "lambda_min", "lambda_max", "lambdas", 
 CLOSE = ("initial_pred", "pred_curtail", "pred_exaggerate", "preds", "predictions", "pixel_change_curtail")
 
 
-def _png(path: Path, seed: int, side: int = 40) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((128 + 40 * rng.standard_normal((side, side))).clip(0, 255).astype(np.uint8)).save(path)
-    return path
-
-
 @pytest.fixture()
 def folder(tmp_path):
     """(5 images, one in a sub-folder, plus a broken file; the tiny manifest)."""
     manifest = write_tiny_manifest(tmp_path)
     root = tmp_path / "in"
     for i, name in enumerate(("a.png", "b.png", "sub/c.png", "d.png", "e.png")):
-        _png(root / name, i)
+        noise_png(root / name, i)
     (root / "broken.png").write_bytes(b"this is not an image")
     return root, manifest
 
