@@ -52,7 +52,7 @@ BISECT_PRECISION = 0.02
 
 #: Largest growth of |λ| from one bracketing probe to the next (the first probe, at step_size,
 #: is often far below the end; a guess past the end only widens the bracket the split narrows).
-MAX_GROWTH = 32.0
+MAX_GROWTH = 128.0
 
 #: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
 STOP_REASONS = {
@@ -534,7 +534,7 @@ def _bisect_walker(cache, side, rules, step_size, precision):
 
     Bracket: from ``step_size``, each next |λ| is where the last two probes' prediction and
     pixel change (in logits for the prediction), extended linearly, would fire a rule (times
-    1 + 0.4·precision, between 1.25× and :data:`MAX_GROWTH`× the last |λ|; 2× when they do
+    1 + 0.4·precision, between (1 + precision)× and :data:`MAX_GROWTH`× the last |λ|; 2× when they do
     not say). Bisect: each split point is the rules'
     interpolated crossing, just on the far side of it from the longer part of the bracket, so
     a good estimate closes the bracket in two probes; the plain midpoint whenever a split
