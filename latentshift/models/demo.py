@@ -243,14 +243,15 @@ def _build_demo_encoder_classifier(*, labels=("Cardiomegaly",), thresholds=None,
 
 
 class _HeadEnsemble(nn.Module):
-    """``n_heads`` independent small conv heads on a shared feature map, logit maps averaged.
+    """``n_heads`` independent small conv heads on a shared feature map.
 
     Per head: conv3×3 (stride 1) -> BN -> ReLU -> conv3×3 (stride 2) -> BN -> ReLU ->
     conv3×3 (dilation 2) -> BN -> ReLU -> dropout -> conv1×1 to one logit map per output.
     The heads are stored as grouped convolutions (head m owns channel block m), so an
     ensemble of separately trained heads is one module (see :meth:`DemoAEHeadClassifier.merge`).
-    Shapes: (N, c_in, H, W) -> (N, n_out, H/2, W/2) logit maps (mean over heads);
-    :meth:`per_head` gives (N, n_heads, n_out, H/2, W/2).
+    Shapes: (N, c_in, H, W) -> (N, n_heads · n_out, H/2, W/2), head m's maps in channels
+    m·n_out … (m+1)·n_out − 1 (one head: the n_out logit maps); :meth:`per_head` gives them
+    as (N, n_heads, n_out, H/2, W/2).
     """
 
     def __init__(self, c_in: int, width: int, n_out: int, n_heads: int = 1, dropout: float = 0.2):
@@ -265,11 +266,11 @@ class _HeadEnsemble(nn.Module):
         self.out = nn.Conv2d(w, n_out * m, 1, groups=m)
 
     def per_head(self, h: torch.Tensor) -> torch.Tensor:
-        maps = self.out(self.body(h))
+        maps = self(h)
         return maps.view(maps.shape[0], self.n_heads, self.n_out, *maps.shape[-2:])
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.per_head(h).mean(1)
+        return self.out(self.body(h))
 
 
 class DemoAEHeadClassifier(nn.Module):
@@ -283,18 +284,25 @@ class DemoAEHeadClassifier(nn.Module):
             encoder stops before the autoencoder's 1×1 latent convolution (64 channels, 28×28).
         head_width: channels per head.
         n_heads: heads averaged (an ensemble of seeds).
+        ensemble: how the heads are averaged: "logits" (each head's map pooled, then the
+            pooled logits averaged: the usual ensemble) or "maps" (the maps averaged, then
+            pooled; the first shipped version, kept to read its weights).
         lse_r: sharpness of the log-mean-exp pooling of each logit map (→ 0: mean, large: max).
         dropout: spatial dropout before the 1×1 output convolution (training only).
     Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits. ``logit_maps``:
-    (N, len(pathologies), R/16, R/16) (14×14 for R = 224), which is also the output of
-    ``gradcam_layer`` (the head ensemble). Differentiable end to end from the input.
+    (N, len(pathologies), R/16, R/16) (14×14 for R = 224; the heads' mean). ``gradcam_layer``
+    is the head ensemble, whose output holds every head's maps (N, n_heads · K, R/16, R/16):
+    a target's gradient reaches only its own maps. Differentiable end to end from the input.
     """
 
     def __init__(self, pathologies: Sequence[str] = ("Cardiomegaly",),
                  thresholds: Sequence[float] | None = None,
                  encoder_widths: Sequence[int] = (16, 32, 64), head_width: int = 48, n_heads: int = 1,
-                 lse_r: float = 2.0, dropout: float = 0.2, resolution: int = 224):
+                 lse_r: float = 2.0, dropout: float = 0.2, resolution: int = 224, ensemble: str = "logits"):
         super().__init__()
+        if ensemble not in ("logits", "maps"):
+            raise ValueError(f"ensemble must be 'logits' or 'maps', got {ensemble!r}")
+        self.ensemble = ensemble
         self.pathologies = list(pathologies)
         self.thresholds = [math.nan if t is None else float(t)
                            for t in (thresholds or [math.nan] * len(self.pathologies))]
@@ -314,15 +322,20 @@ class DemoAEHeadClassifier(nn.Module):
         return (torch.logsumexp(flat, -1) - math.log(flat.shape[-1])) / self.lse_r
 
     def logit_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(self.encoder(x / SCALE))
+        """(N, K, R/16, R/16): the heads' mean logit maps."""
+        return self.heads.per_head(self.encoder(x / SCALE)).mean(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.logit_maps(x))
+        maps = self.heads.per_head(self.encoder(x / SCALE))  # (N, heads, K, h, w)
+        if self.ensemble == "maps":
+            return self.pool(maps.mean(1))
+        return self.pool(maps).mean(1)
 
     @classmethod
     def merge(cls, models: Sequence["DemoAEHeadClassifier"], keep: Sequence[int] | None = None,
-              thresholds: Sequence[float] | None = None) -> "DemoAEHeadClassifier":
-        """One model whose heads are the (single-head) ``models``' heads, keeping outputs ``keep``.
+              thresholds: Sequence[float] | None = None, ensemble: str = "logits") -> "DemoAEHeadClassifier":
+        """One model whose heads are the (single-head) ``models``' heads, keeping outputs ``keep``,
+        averaged as ``ensemble`` says.
 
         All models must share the encoder weights, ``head_width`` and ``lse_r``.
         """
@@ -330,7 +343,8 @@ class DemoAEHeadClassifier(nn.Module):
         keep = list(range(len(first.pathologies))) if keep is None else list(keep)
         width = first.heads.body[0].out_channels // first.heads.n_heads
         merged = cls([first.pathologies[k] for k in keep], thresholds, head_width=width, n_heads=len(models),
-                     lse_r=first.lse_r, dropout=first.heads.body[-1].p, resolution=first.resolution)
+                     lse_r=first.lse_r, dropout=first.heads.body[-1].p, resolution=first.resolution,
+                     ensemble=ensemble)
         merged.encoder.load_state_dict(first.encoder.state_dict())
         state = {}
         for name, _ in merged.heads.state_dict().items():
@@ -345,9 +359,12 @@ class DemoAEHeadClassifier(nn.Module):
 
 def _build_demo_ae_head_classifier(*, labels=("Cardiomegaly",), thresholds=None, resolution=224,
                                    encoder_widths=(16, 32, 64), head_width=48, n_heads=1, lse_r=2.0,
-                                   dropout=0.2, **_):
+                                   dropout=0.2, ensemble="maps", **_):
+    """Built from a weights file's metadata: files without an ``ensemble`` entry were saved
+    by the first recipe, which averaged the maps."""
     return DemoAEHeadClassifier(labels, thresholds, encoder_widths=encoder_widths, head_width=head_width,
-                                n_heads=n_heads, lse_r=lse_r, dropout=dropout, resolution=resolution)
+                                n_heads=n_heads, lse_r=lse_r, dropout=dropout, resolution=resolution,
+                                ensemble=ensemble)
 
 
 #: Output order of :class:`DomainGuardNet`.

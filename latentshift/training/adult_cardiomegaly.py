@@ -120,7 +120,7 @@ def head_loss(model: DemoAEHeadClassifier, x: torch.Tensor, y: torch.Tensor, cel
     ``box_weight``: one float or K floats (one per finding)."""
     with torch.set_grad_enabled(any(p.requires_grad for p in model.encoder.parameters())):
         h = model.encoder(x / 1024.0)
-    maps = model.heads(h)
+    maps = model.heads(h)  # one head in training: (N, K, 14, 14)
     loss = F.binary_cross_entropy_with_logits(model.pool(maps), y, pos_weight=pos_weight)
     box_weight = torch.as_tensor(box_weight, dtype=torch.float32).expand(y.shape[1])
     if box_weight.sum() > 0 and known.sum() > 0:
@@ -244,8 +244,8 @@ def train_adult2_classifier(data_dir, out_dir, *, seeds=(0, 1, 2, 3, 4, 5), epoc
     evaluation = evaluate_adult(model, ae, data, splits, device="cpu", n_boot=n_boot,
                                 shift_findings=[f for f in kept if f in shift_findings], evaluate_test=evaluate_test,
                                 gif_dir=None if gif_dir is None else Path(gif_dir), n_gifs=n_gifs)
-    kwargs = {"encoder_widths": [16, 32, 64], "head_width": head_width, "n_heads": len(models), "lse_r": lse_r,
-              "dropout": dropout}
+    kwargs = {"encoder_widths": [16, 32, 64], "head_width": head_width, "n_heads": len(models),
+              "ensemble": "logits", "lse_r": lse_r, "dropout": dropout}
     metrics = {
         "id": ADULT_ID, "kind": "classifier", "architecture": ARCH_NAME, "architecture_kwargs": kwargs,
         "labels": kept, "thresholds": list(model.thresholds), "population": "adult",
