@@ -176,3 +176,23 @@ def test_evaluate_models_includes_the_latent_shift_figures():
     shift = results["latent_shift"]
     assert shift["curtail_true_positives"]["n"] >= 1
     assert 0 <= shift["curtail_true_positives"]["success"] <= shift["curtail_true_positives"]["n"]
+
+
+def test_head_ensemble_averages_pooled_logits_or_maps():
+    """merge(): 'logits' is the mean of the single heads' outputs; 'maps' pools the mean map."""
+    from latentshift.models.demo import DemoAEHeadClassifier
+
+    torch.manual_seed(0)
+    singles = [DemoAEHeadClassifier(("A", "B"), head_width=8, resolution=64).eval() for _ in range(3)]
+    for model in singles:
+        model.encoder.load_state_dict(singles[0].encoder.state_dict())
+        torch.nn.init.normal_(model.heads.out.weight, std=3.0)  # maps that differ across space and heads
+    x = torch.randn(2, 1, 64, 64) * 500
+    with torch.no_grad():
+        outputs = torch.stack([m(x) for m in singles])
+        maps = torch.stack([m.logit_maps(x) for m in singles])
+        by_logits = DemoAEHeadClassifier.merge(singles, keep=[1])(x)
+        by_maps = DemoAEHeadClassifier.merge(singles, keep=[1], ensemble="maps")(x)
+    torch.testing.assert_close(by_logits[:, 0], outputs.mean(0)[:, 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(by_maps[:, 0], singles[0].pool(maps.mean(0))[:, 1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(by_logits, by_maps)
