@@ -1,8 +1,9 @@
 """Adult multi-label classifier, second recipe: frozen autoencoder encoder + box-supervised heads.
 
-Usage (the shipped recipe; see ``weights/demo-adult-classifier.md``)::
+Usage (the shipped recipe; see ``latentshift/embedded/demo-adult-cardiomegaly.md``)::
 
-    latentshift train-adult-cardiomegaly --data ../shared/data/cxr --out weights --seeds 0 1 2 3 4 5 --manifest
+    latentshift train-adult-cardiomegaly --data ../shared/data/cxr --out latentshift/embedded --seeds 0 1 2 3 \
+        --epochs 24 --workers 2 --findings Cardiomegaly Effusion --box-weight '{"Cardiomegaly": 3, "default": 1}' --manifest
 
 Data: NIH rows only (``source == "nih"``, adults), targets from the ``finding`` column as in
 :mod:`latentshift.training.adult`. Model: :class:`~latentshift.models.demo.DemoAEHeadClassifier`,
@@ -18,8 +19,8 @@ Losses per image and finding k:
   no box loss for positives without a box. This tells the heads *where* a finding is.
 
 Augmentation: ``train.augment_classifier``'s affine / intensity / blur (no flips), with the
-same affine applied to the box masks. One model per seed; the final model averages the heads
-of the seeds (an ensemble in one module). Seeds, epochs and kept outputs are chosen on the
+same affine applied to the box masks. One model per seed; the final model averages the heads'
+pooled logits (an ensemble in one module, ``ensemble="logits"``). Seeds, epochs and kept outputs are chosen on the
 validation split only; thresholds: Youden's J on validation. The test split decides nothing.
 """
 
