@@ -3,7 +3,7 @@
 Usage (the shipped recipe; see ``latentshift/embedded/demo-adult-cardiomegaly.md``)::
 
     latentshift train-adult-cardiomegaly --data ../shared/data/cxr --out latentshift/embedded --seeds 0 1 2 3 \
-        --epochs 24 --workers 2 --findings Cardiomegaly Effusion --box-weight '{"Cardiomegaly": 3, "default": 1}' --manifest
+        --epochs 24 --workers 2 --findings Cardiomegaly Effusion --box-weight '{"Cardiomegaly": 3, "Effusion": 3}' --manifest
 
 Data: NIH rows only (``source == "nih"``, adults), targets from the ``finding`` column as in
 :mod:`latentshift.training.adult`. Model: :class:`~latentshift.models.demo.DemoAEHeadClassifier`,
