@@ -42,7 +42,7 @@ from ..errors import LatentShiftError
 from ..models.demo import DemoAEHeadClassifier
 from .adult import (CHECKOUT, EMBEDDED, _split, add_recipe_flags, auc_table, evaluate_adult, predict_multi, select_outputs,
                     write_manifest_entry)
-from .data import CXRData, _intensity_jitter, load_data
+from .data import CXRData, intensity_jitter, load_data, random_affine
 from .data import blur as _blur
 from .metrics import roc_auc, youden_threshold
 from .train import AE_ID, _batches, _optimizer_step, _seed_everything, load_demo_autoencoder, save_model
@@ -96,16 +96,12 @@ def augment_with_masks(u8: torch.Tensor, masks: torch.Tensor,
     [-1024, 1024] and masks pooled to cell fractions (N, K, 14, 14)."""
     y = u8.float().unsqueeze(1) / 255.0
     n = y.shape[0]
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-    scale = 0.9 + torch.rand(n, generator=gen) * 0.25
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.12
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = random_affine(n, gen)
     y = F.grid_sample(y, F.affine_grid(theta, list(y.shape), align_corners=False), mode="bilinear",
                       padding_mode="border", align_corners=False)
     m = F.grid_sample(masks, F.affine_grid(theta, list(masks.shape), align_corners=False), mode="bilinear",
                       padding_mode="zeros", align_corners=False)
-    y = _intensity_jitter(y, gen, contrast=0.25, brightness=0.10, gamma=0.4)
+    y = intensity_jitter(y, gen, contrast=0.25, brightness=0.10, gamma=0.4)
     blur = torch.rand(n, generator=gen) < 1 / 3
     if blur.any():
         y[blur] = _blur(y[blur], 0.5 + float(torch.rand(1, generator=gen)) * 1.0)

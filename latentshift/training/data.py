@@ -112,7 +112,7 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ augmentation
 
-def _intensity_jitter(y: torch.Tensor, gen: torch.Generator, contrast: float, brightness: float,
+def intensity_jitter(y: torch.Tensor, gen: torch.Generator, contrast: float, brightness: float,
                       gamma: float) -> torch.Tensor:
     """y in [0, 1], (N, 1, H, W): random contrast, brightness and gamma per image."""
     n = y.shape[0]
@@ -122,6 +122,16 @@ def _intensity_jitter(y: torch.Tensor, gen: torch.Generator, contrast: float, br
     g = torch.exp((torch.rand(shape, generator=gen) * 2 - 1) * math.log(1.0 + gamma))
     y = ((y - 0.5) * c + 0.5 + b).clamp(0.0, 1.0)
     return y.clamp_min(1e-6) ** g
+
+
+def random_affine(n: int, gen: torch.Generator, zoom_range: float = 0.25, max_shift: float = 0.12) -> torch.Tensor:
+    """(n, 2, 3) affine matrices for ``F.affine_grid``: rotation ±10°, scale 0.9 … 0.9 + zoom_range,
+    shift ±max_shift in grid units (2 = the full width); drawn from ``gen`` in that order."""
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
+    scale = 0.9 + torch.rand(n, generator=gen) * zoom_range
+    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * max_shift
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
 
 
 def _gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
@@ -147,15 +157,10 @@ def augment_classifier(u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """
     y = u8.float().unsqueeze(1) / 255.0
     n = y.shape[0]
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-    scale = 0.9 + torch.rand(n, generator=gen) * 0.25
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.12  # grid units: 2 = full width
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = random_affine(n, gen)
     grid = F.affine_grid(theta, list(y.shape), align_corners=False)
     y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    y = _intensity_jitter(y, gen, contrast=0.25, brightness=0.10, gamma=0.4)
+    y = intensity_jitter(y, gen, contrast=0.25, brightness=0.10, gamma=0.4)
     blurred = torch.rand(n, generator=gen) < 1 / 3
     if blurred.any():
         sigma = 0.5 + float(torch.rand(1, generator=gen)) * 1.0
@@ -185,7 +190,7 @@ def augment_autoencoder(u8: torch.Tensor, gen: torch.Generator, crop: int) -> to
     xs = torch.randint(0, w - crop + 1, (n,), generator=gen)
     for i in range(n):
         out[i, 0] = u8[i, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop].float()
-    y = _intensity_jitter(out / 255.0, gen, contrast=0.1, brightness=0.05, gamma=0.15)
+    y = intensity_jitter(out / 255.0, gen, contrast=0.1, brightness=0.05, gamma=0.15)
     return y * 2048.0 - 1024.0
 
 

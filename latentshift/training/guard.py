@@ -46,7 +46,7 @@ from ..io.imaging import load_xray
 from ..models.demo import GUARD_CLASSES, DomainGuardNet
 from ..weights import Manifest, load_model, sha256_of
 from ..weights.manifest import PACKAGE_ROOT
-from .data import CXRData, load_data, to_model_range
+from .data import CXRData, blur, from_model_range, intensity_jitter, load_data, random_affine, to_model_range
 from .metrics import roc_auc
 from .train import save_model
 
@@ -290,29 +290,15 @@ def augment_guard(x: torch.Tensor, gen: torch.Generator, p: float = 0.8) -> torc
 
     x: float32 (N, 1, H, W) in [-1024, 1024]; returns the same shape and range.
     """
-    y = ((x + 1024.0) / 2048.0).clamp(0.0, 1.0)
+    y = from_model_range(x)
     n = y.shape[0]
-    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(10)
-    zoom = 0.9 + torch.rand(n, generator=gen) * 0.55
-    shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * 0.16
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(y.shape), align_corners=False)
+    grid = F.affine_grid(random_affine(n, gen, zoom_range=0.55, max_shift=0.16), list(y.shape), align_corners=False)
     warped = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    warped = intensity_jitter(warped, gen, contrast=0.3, brightness=0.12, gamma=0.6)
+    blurred = torch.rand(n, generator=gen) < 1 / 3
+    if blurred.any():
+        warped[blurred] = blur(warped[blurred], 0.5 + float(torch.rand(1, generator=gen)) * 1.5)
     shape = (n, 1, 1, 1)
-    contrast = 1.0 + (torch.rand(shape, generator=gen) * 2 - 1) * 0.3
-    brightness = (torch.rand(shape, generator=gen) * 2 - 1) * 0.12
-    gamma = torch.exp((torch.rand(shape, generator=gen) * 2 - 1) * math.log(1.6))
-    warped = (((warped - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0)).clamp_min(1e-6) ** gamma
-    blur = torch.rand(n, generator=gen) < 1 / 3
-    if blur.any():
-        sigma = 0.5 + float(torch.rand(1, generator=gen)) * 1.5
-        radius = int(math.ceil(2 * sigma))
-        t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        k = torch.exp(-0.5 * (t / sigma) ** 2)
-        k = k / k.sum()
-        b = F.conv2d(F.pad(warped[blur], (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        warped[blur] = F.conv2d(F.pad(b, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
     keep = (torch.rand(n, generator=gen) >= p).view(shape)
     return torch.where(keep, y, warped) * 2048.0 - 1024.0
 
