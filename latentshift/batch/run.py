@@ -18,10 +18,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from ..errors import ImageInputError, OptionsError
+from ..io.imaging import XrayImage
 from ..options import ExplainOptions
 from ..pipeline import Pipeline
 from . import resume
@@ -145,28 +147,40 @@ def run_chunk(tasks: list[Task], config: BatchConfig) -> list[dict]:
             row, final = _failed(task, base, exc)
             rows[position] = _finish(task, config, row, [], final, time.perf_counter() - started)
         else:
-            loaded.append((position, task, folder, base, image, time.perf_counter() - started))
+            loaded.append(_Loaded(position, task, folder, base, image, time.perf_counter() - started))
     if loaded:
         rows.update(_explain_loaded(pipeline, loaded, config))
     return [rows[position] for position in range(len(tasks))]
 
 
-def _explain_loaded(pipeline: Pipeline, loaded: list[tuple], config: BatchConfig) -> dict[int, dict]:
+class _Loaded(NamedTuple):
+    """A chunk's item whose image was read: its place in the chunk, task, folder, row columns,
+    image and the seconds its reading took."""
+
+    position: int
+    task: Task
+    folder: Path
+    base: dict
+    image: XrayImage
+    reading: float
+
+
+def _explain_loaded(pipeline: Pipeline, loaded: list[_Loaded], config: BatchConfig) -> dict[int, dict]:
     """{position: row} of the read items of a chunk, explained together (or one by one if that fails)."""
     started = time.perf_counter()
     try:
-        explanations = pipeline.explain_many([entry[4] for entry in loaded],
-                                             [_options(entry[1], config) for entry in loaded],
-                                             [entry[2] for entry in loaded])
+        explanations = pipeline.explain_many([item.image for item in loaded],
+                                             [_options(item.task, config) for item in loaded],
+                                             [item.folder for item in loaded])
     except Exception as exc:  # noqa: BLE001 - redo them one by one: only a bad item fails
         logger.warning("%d items explained together failed (%s: %s); explaining them one by one",
                        len(loaded), type(exc).__name__, exc)
-        return {entry[0]: run_task(entry[1], config) for entry in loaded}
+        return {item.position: run_task(item.task, config) for item in loaded}
     share = (time.perf_counter() - started) / len(loaded)
     rows = {}
-    for (position, task, _, base, _, reading), explanation in zip(loaded, explanations):
-        row, files = _explained(base, explanation, task)
-        rows[position] = _finish(task, config, row, files, True, reading + share)
+    for item, explanation in zip(loaded, explanations):
+        row, files = _explained(item.base, explanation, item.task)
+        rows[item.position] = _finish(item.task, config, row, files, True, item.reading + share)
     return rows
 
 

@@ -11,8 +11,9 @@ Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pi
 4. The λ range is given, or searched per direction until a stop rule fires, either
    ``search="bisect"`` (default: bracket the first λ where a rule fires, from ``step_size``
    outwards, then narrow the bracket to :data:`BISECT_PRECISION` relative to |λ|; probes
-   are placed where the rules' straight-line estimates cross, see :func:`_bisect_walker`) or ``search="ladder"`` (the reference
-   implementation's ladder ``λ ← λ − step + λ // 10``, its check order and its end, exactly).
+   are placed where the rules' straight-line estimates cross, see :func:`_bisect_walker`)
+   or ``search="ladder"`` (the reference implementation's ladder ``λ ← λ − step + λ // 10``,
+   its check order and its end, exactly).
    Every evaluated λ is cached.
 5. The sweep decodes and classifies the frames in batches, reusing cached λs.
 
@@ -426,8 +427,7 @@ class LatentShift:
         end is the rung at which a rule fired. "bisect": |λ| grows from ``step_size``
         (clipped at max_lambda) until a rule fires, then the bracket is narrowed to
         ``precision`` (:func:`_bisect_walker`); the end is the closest λ found at which a
-        rule fires. The rules are
-        :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
+        rule fires. The rules are :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
         takes one rung per round (rungs past the stop are wasted); elsewhere ``search_batch``.
         The two sides' probes of a round share one batch (on 2 CPU cores a batch of 2 costs
         1.65× a single evaluation for both the demo and the xrv-size pair).
@@ -534,11 +534,10 @@ def _bisect_walker(cache, side, rules, step_size, precision):
 
     Bracket: from ``step_size``, each next |λ| is where the last two probes' prediction and
     pixel change (in logits for the prediction), extended linearly, would fire a rule (times
-    1 + 0.4·precision, between (1 + precision)× and :data:`MAX_GROWTH`× the last |λ|; 2× when they do
-    not say). Bisect: each split point is the rules'
-    interpolated crossing, just on the far side of it from the longer part of the bracket, so
-    a good estimate closes the bracket in two probes; the plain midpoint whenever a split
-    did not halve the bracket.
+    1 + 0.4·precision, between (1 + precision)× and :data:`MAX_GROWTH`× the last |λ|; 2× when
+    they do not say). Bisect: each split point is the rules' interpolated crossing, just on
+    the far side of it from the longer part of the bracket, so a good estimate closes the
+    bracket in two probes; the plain midpoint whenever a split did not halve the bracket.
     """
     sign = -1.0 if side == "curtail" else 1.0
     reason = rules.check(side, 0.0, rules.start_pred, rules.start_pred, 0.0)
