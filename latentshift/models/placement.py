@@ -35,3 +35,13 @@ def place_model(model: nn.Module, device: str | torch.device) -> nn.Module:
     if channels_last_wanted(device):
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """The memory format of ``model``'s convolution weights: channels_last or contiguous (read
+    off the first weight whose layout is unambiguous: more than one input channel, k > 1)."""
+    for parameter in model.parameters():
+        if parameter.dim() == 4 and parameter.shape[1] > 1 and parameter.shape[2] > 1:
+            return (torch.channels_last if parameter.is_contiguous(memory_format=torch.channels_last)
+                    and not parameter.is_contiguous() else torch.contiguous_format)
+    return torch.contiguous_format

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..core.shift import sweep_lambdas
+from ..models.placement import memory_format_of
 from ..options import DEFAULTS
 from ..training.data import default_data_dir
 
@@ -554,7 +555,7 @@ def _opt_in_models(path: str, classifier, autoencoder, device: torch.device):
     """(classifier, autoencoder) running the ``path`` variant; the originals are restored."""
     if path in ("contiguous", "channels_last"):
         layout = torch.channels_last if path == "channels_last" else torch.contiguous_format
-        before = _layout(classifier)
+        before = memory_format_of(classifier)
         classifier.to(memory_format=layout)
         autoencoder.to(memory_format=layout)
         try:
@@ -587,15 +588,6 @@ def _opt_in_models(path: str, classifier, autoencoder, device: torch.device):
 
 #: Relative change of a λ end above which an opt-in path "stops elsewhere".
 STOPS_TOLERANCE = 1e-4
-
-
-def _layout(model: torch.nn.Module) -> torch.memory_format:
-    """The memory format of ``model``'s convolution weights (channels_last or contiguous)."""
-    for parameter in model.parameters():
-        if parameter.dim() == 4 and parameter.shape[1] > 1 and parameter.shape[2] > 1:
-            return (torch.channels_last if parameter.is_contiguous(memory_format=torch.channels_last)
-                    and not parameter.is_contiguous() else torch.contiguous_format)
-    return torch.contiguous_format
 
 
 def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, reference: RequestOutcome,
