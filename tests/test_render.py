@@ -71,6 +71,24 @@ def test_gif_palindrome_count_loop_duration_and_size(tmp_path, sweep, record_pro
     assert size < 2 * 1024 * 1024
 
 
+def test_gif_unchanged_pixels_written_as_transparent_decode_to_the_same_frames(tmp_path, sweep):
+    base, frames, preds, lambdas = sweep
+    paths = {optimize: render.write_gif(tmp_path / f"{optimize}.gif", frames, preds, lambdas, input_image=base,
+                                        target_name="Pneumonia", threshold=0.5, optimize=optimize)
+             for optimize in (True, False)}
+    decoded = {}
+    for optimize, path in paths.items():
+        with Image.open(path) as im:
+            decoded[optimize] = []
+            for i in range(im.n_frames):
+                im.seek(i)
+                decoded[optimize].append(np.asarray(im.convert("RGB")))
+    assert len(decoded[True]) == len(decoded[False]) == 38
+    assert all(np.array_equal(a, b) for a, b in zip(decoded[True], decoded[False]))
+    # the input panel and the background never change: most of each frame is transparent
+    assert paths[True].stat().st_size < 0.7 * paths[False].stat().st_size
+
+
 def test_gif_without_palindrome_and_small_counts(tmp_path, sweep):
     base, frames, preds, lambdas = sweep
     p = render.write_gif(tmp_path / "a.gif", frames, preds, lambdas, input_image=base,
