@@ -53,6 +53,7 @@ class Explanation:
     gradcam: np.ndarray | None = None
     integrated_gradients: np.ndarray | None = None
     ig_convergence_delta: float | None = None
+    ig_steps_used: int | None = None
     reconstruction_error: float | None = None
     likely_not_cxr: bool = False
     domain: dict | None = None
@@ -121,6 +122,7 @@ class Explanation:
             "latent_shift": shift,
             "gif_frames": None if shift is None else render.gif_frame_count(self.files["gif"]),
             "ig_convergence_delta": self.ig_convergence_delta,
+            "ig_steps_used": self.ig_steps_used,
             "reconstruction_error": self.reconstruction_error,
             "likely_not_cxr": self.likely_not_cxr,
             "domain": self.domain,

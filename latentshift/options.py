@@ -54,8 +54,11 @@ class ExplainOptions:
     frame_duration_ms: int = _option(100, "GIF time per frame in ms", flag="--frame-ms", low=10, high=5000,
                                      ui=(40, 400, 10))
     maps: tuple[str, ...] = _option(MAP_NAMES, "attribution maps to add beside the GIF", flag="--maps")
-    ig_steps: int = _option(32, "Integrated-Gradients steps (32 keep its convergence delta small)",
-                            flag="--ig-steps", low=2, high=512, ui=(4, 64, 4))
+    ig_steps: int = _option(16, "Integrated-Gradients steps (Gauss-Legendre), doubled while the convergence delta "
+                            "exceeds the IG tolerance", flag="--ig-steps", low=2, high=512, ui=(4, 64, 4))
+    ig_tolerance: float = _option(0.02, "IG tolerance: the largest |convergence delta| accepted, as a fraction of "
+                                  "|logit(x) - logit(baseline)| (at least 1 logit); its steps are doubled at most "
+                                  "twice to reach it; 0 keeps the steps fixed", flag="--ig-tolerance", low=0.0, high=1.0)
     pred_diff: float = _option(0.8, "stop a direction once the prediction moved this much", flag="--pred-diff",
                                low=0.0, high=1.0, positive=True)
     pixel_budget: float = _option(0.05, "stop once the image changed by this fraction (0.05 = 5 %)",

@@ -402,10 +402,13 @@ class Pipeline:
 
     def _integrated_gradients_stage(self, explanation: Explanation, x: torch.Tensor, out_dir: Path) -> None:
         """Integrated Gradients of the target (its convergence delta kept) and its overlay PNG."""
-        method = IntegratedGradientsMap(self.classifier, n_steps=int(explanation.options.ig_steps))
+        options = explanation.options
+        method = IntegratedGradientsMap(self.classifier, n_steps=int(options.ig_steps),
+                                        tolerance=float(options.ig_tolerance))
         result = method.attribute(x, explanation.target_index)
         explanation.integrated_gradients = result.map
         explanation.ig_convergence_delta = float(result.convergence_delta)
+        explanation.ig_steps_used = result.n_steps
         explanation.files["integrated_gradients"] = render.write_overlay(
             out_dir / FILE_NAMES["integrated_gradients"], explanation.image.pixels, result.map,
             title="Integrated Gradients", absolute=True)

@@ -7,15 +7,19 @@ ResNetAE-101 with seeded untrained weights) and each λ mode (a fixed range, and
 automatic search with the same step size and limits) it runs, each side in a fresh
 process so that peak memory is its own:
 
-* **ours**: the project's code (:class:`~latentshift.shift.LatentShift`: batched
-  two-sided ladder search with a cache and a batched sweep; :func:`render.write_gif`;
-  :class:`GradCAM`; :class:`IntegratedGradientsMap`; :func:`render.write_overlay`);
-* **baseline**: :class:`PaperStyleLatentShift`, a straightforward implementation as in
-  the original gifsplanation code: one λ decoded and classified at a time during the
-  search (the same ladder λ_{k+1} = λ_k ∓ (step + |λ_k|/10) and the same stop rules) and
-  during the sweep (no cache), a matplotlib figure saved per frame and assembled into a
-  GIF with imageio, captum called directly for Grad-CAM and Integrated Gradients (same
-  steps and rule) with matplotlib overlays.
+* **ours**: the project's code (:class:`~latentshift.core.shift.LatentShift`: the
+  bisect search, both sides' probes in one batch, and a batched sweep that reuses every
+  evaluated λ; :func:`render.write_gif`; :class:`GradCAM`; :class:`IntegratedGradientsMap`
+  with its convergence-checked step count; :func:`render.write_overlay`), models
+  channels_last on the CPU;
+* **baseline**: :class:`PaperStyleLatentShift`, the reference implementation's behaviour:
+  one λ decoded and classified at a time during the search (its ladder, check order,
+  returned rung and max-λ behaviour) and during the sweep (no cache), a matplotlib figure
+  saved per frame and assembled into a GIF with imageio, captum called directly for
+  Grad-CAM and for Integrated Gradients (Gauss-Legendre, :data:`BASELINE_IG_STEPS`
+  steps) with matplotlib overlays, models in their contiguous layout;
+* **ladder**: ours with ``search="ladder"``, whose λs and predictions are compared with
+  the baseline's.
 
 It prints the median seconds per stage, the ratio baseline/ours, PASS/FAIL of the check
 that both sides give the same λs and predictions (to 1e-4), the floor of the latent
@@ -70,6 +74,10 @@ MODES = ("fixed", "search")
 #: "ours" is the default (bisect) search, "ladder" ours with search="ladder" (compared with the baseline).
 SIDES = ("baseline", "ours", "ladder")
 TOLERANCE = 1e-4
+#: The baseline's Integrated Gradients: captum's Gauss-Legendre rule with the fixed step
+#: count of the project's first release (ours starts at DEFAULTS.ig_steps and refines
+#: while the convergence delta exceeds DEFAULTS.ig_tolerance).
+BASELINE_IG_STEPS = 32
 
 #: The fixed seed image (a pneumonia case of the shared CXR data set, found like the training data).
 SEED_IMAGE_IN_DATA = Path("images") / "kermany" / "person1004_bacteria_2935.png"
@@ -91,6 +99,8 @@ class ShiftSettings:
     floor: float = 0.05
     ceiling: float = 0.95
     ig_steps: int = DEFAULTS.ig_steps
+    ig_tolerance: float = DEFAULTS.ig_tolerance
+    baseline_ig_steps: int = BASELINE_IG_STEPS
     search: str = DEFAULTS.search
 
 
@@ -136,6 +146,7 @@ class RequestOutcome:
     gradcam: np.ndarray
     integrated_gradients: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    ig_steps: int = 0
 
 
 @dataclass
@@ -438,14 +449,14 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
         _paper_style_gif(out_dir / "baseline.gif", input_pixels, frames, preds, lambdas, target_name)
 
     with clock("integrated_gradients"):
-        integrated_gradients = _baseline_integrated_gradients(classifier, x, target_index, settings.ig_steps)
+        integrated_gradients = _baseline_integrated_gradients(classifier, x, target_index, settings.baseline_ig_steps)
         _paper_style_overlay(out_dir / "integrated_gradients.png", input_pixels,
                              np.abs(integrated_gradients), "Integrated Gradients")
     _synchronize(device)
     clock.seconds["end_to_end"] = time.perf_counter() - started
     return RequestOutcome(target_index, target_name, lambdas, preds, initial_pred, reconstruction_pred,
                           stop_reasons, explainer.evaluations, heatmap, gradcam, integrated_gradients,
-                          clock.seconds)
+                          clock.seconds, settings.baseline_ig_steps)
 
 
 def _baseline_range(explainer, z, gradient, reconstruction, reconstruction_pred, target_index: int,
@@ -510,7 +521,8 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
                          input_image=input_pixels, target_name=target_name)
 
     with clock("integrated_gradients"):
-        ig = IntegratedGradientsMap(classifier, n_steps=settings.ig_steps).attribute(x, target_index)
+        ig = IntegratedGradientsMap(classifier, n_steps=settings.ig_steps,
+                                    tolerance=settings.ig_tolerance).attribute(x, target_index)
         render.write_overlay(out_dir / "integrated_gradients.png", input_pixels, ig.map,
                              title="Integrated Gradients", absolute=True)
     _synchronize(device)
@@ -518,7 +530,7 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
     return RequestOutcome(target_index, target_name, np.asarray(result.lambdas, dtype=np.float64),
                           np.asarray(result.preds, dtype=np.float64), float(result.initial_pred),
                           float(result.reconstruction_pred), dict(result.stop_reasons), result.evaluations,
-                          result.heatmap, gradcam, ig.map, clock.seconds)
+                          result.heatmap, gradcam, ig.map, clock.seconds, int(ig.n_steps))
 
 
 def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, lambdas: np.ndarray,
@@ -826,7 +838,9 @@ class Comparison:
                 if settings.lambda_range else
                 f"automatic search (step {settings.step_size:g}, max |λ| {settings.max_lambda:g}, "
                 f"pred_diff {settings.pred_diff:g}, pixel budget {settings.pixel_budget:g})")
-        lines = [f"{self.models} | {mode} | {settings.frames} frames, IG {settings.ig_steps} steps | "
+        lines = [f"{self.models} | {mode} | {settings.frames} frames, IG steps: baseline "
+                 f"{self.baseline.outcome.ig_steps}, ours {self.ours.outcome.ig_steps} (first try "
+                 f"{settings.ig_steps}, tolerance {settings.ig_tolerance:g}) | "
                  f"{self.device}, {self.ours.threads} thread(s), median of {len(self.ours.repeats)} | "
                  f"ours = search 'bisect', ladder = ours with search 'ladder', baseline = the reference's "
                  f"behaviour"] + self._side_rows()
@@ -866,6 +880,7 @@ class Comparison:
                     "repeats": report.repeats, "evaluations": outcome.evaluations,
                     "lambdas": outcome.lambdas.tolist(), "preds": outcome.preds.tolist(),
                     "stop_reasons": outcome.stop_reasons, "target": outcome.target_name,
+                    "ig_steps": outcome.ig_steps,
                     "peak_rss_mb": report.peak_rss_mb, "peak_cuda_mb": report.peak_cuda_mb,
                     "floor_seconds": report.floor}
 
@@ -970,7 +985,11 @@ def build_parser(prog: str = "python -m latentshift.tools.bench") -> argparse.Ar
     parser.add_argument("--max-lambda", type=float, default=DEFAULTS.max_lambda)
     parser.add_argument("--range", type=float, nargs=2, default=(-200.0, 200.0), metavar=("LO", "HI"),
                         help="the fixed λ range of the 'fixed' mode")
-    parser.add_argument("--ig-steps", type=int, default=DEFAULTS.ig_steps)
+    parser.add_argument("--ig-steps", type=int, default=DEFAULTS.ig_steps, help="our IG's first step count")
+    parser.add_argument("--ig-tolerance", type=float, default=DEFAULTS.ig_tolerance,
+                        help="our IG's convergence tolerance (0: the steps stay fixed)")
+    parser.add_argument("--baseline-ig-steps", type=int, default=BASELINE_IG_STEPS,
+                        help="the baseline's fixed IG steps")
     parser.add_argument("--target", default=None, help="pathology name (default: top prediction)")
     parser.add_argument("--image", default=None, help="image file (default: the shared seed image)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both sides")
@@ -1050,7 +1069,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         logger.error("unknown mode(s) %s; choose from %s", unknown, MODES)
         return 2
     base_settings = ShiftSettings(frames=args.frames, step_size=args.step_size, max_lambda=args.max_lambda,
-                                  ig_steps=args.ig_steps, search=args.search)
+                                  ig_steps=args.ig_steps, ig_tolerance=args.ig_tolerance,
+                                  baseline_ig_steps=args.baseline_ig_steps, search=args.search)
     settings_by_mode = {"fixed": ShiftSettings(**{**asdict(base_settings), "lambda_range": tuple(args.range)}),
                         "search": base_settings}
     common = dict(device=args.device, repeats=args.repeats, threads=args.threads, target=args.target,
