@@ -293,7 +293,7 @@ class Pipeline:
                 self._integrated_gradients_stage(explanation, x, out_dir)
             yield _at(explanation, "integrated_gradients")
 
-        self._write_summary(explanation, out_dir)
+        self._finish(explanation, out_dir)
         yield _at(explanation, "done")
 
     def explain_many(self, images: Sequence[XrayImage], options: ExplainOptions | Sequence[ExplainOptions] | None,
@@ -332,7 +332,7 @@ class Pipeline:
             if "integrated_gradients" in explanation.options.maps:
                 with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
                     self._integrated_gradients_stage(explanation, x, out_dir)
-            self._write_summary(explanation, out_dir)
+            self._finish(explanation, out_dir)
             _at(explanation, "done")
         return explanations
 
@@ -378,6 +378,13 @@ class Pipeline:
         explanation.shift = shift
         self._check_reconstruction(explanation)
         self._note_degenerate_range(explanation)
+
+    def _finish(self, explanation: Explanation, out_dir: Path) -> None:
+        """The files only the downloads offer (every finding's curve), then ``summary.json``."""
+        if explanation.shift is not None and explanation.other_findings:
+            with _timed(explanation, "findings_plot"):
+                self._render_other_findings(explanation, out_dir)
+        self._write_summary(explanation, out_dir)
 
     @staticmethod
     def _write_summary(explanation: Explanation, out_dir: Path) -> None:
@@ -447,13 +454,16 @@ class Pipeline:
             out_dir / FILE_NAMES["counterfactual"], shift.frames[0, 0], footer=True)
         explanation.files["exaggerated"] = render.write_png(
             out_dir / FILE_NAMES["exaggerated"], shift.frames[-1, 0], footer=True)
-        others = explanation.other_findings
-        if others:
-            curves = [(name, shift.lambdas, preds) for name, preds in others.items()]
-            curves.insert(0, (f"{explanation.target} (target)", shift.lambdas, shift.preds))
-            explanation.files["other_findings_plot"] = render.write_curves_plot(
-                out_dir / FILE_NAMES["other_findings_plot"], curves,
-                title=f"Every finding along {explanation.target}'s latent shift")
+
+    @staticmethod
+    def _render_other_findings(explanation: Explanation, out_dir: Path) -> None:
+        """Every finding's prediction along the target's shift, in one plot (multi-label classifiers)."""
+        shift = explanation.shift
+        curves = [(name, shift.lambdas, preds) for name, preds in explanation.other_findings.items()]
+        curves.insert(0, (f"{explanation.target} (target)", shift.lambdas, shift.preds))
+        explanation.files["other_findings_plot"] = render.write_curves_plot(
+            out_dir / FILE_NAMES["other_findings_plot"], curves,
+            title=f"Every finding along {explanation.target}'s latent shift")
 
 
 def _at(explanation: Explanation, stage: str) -> Explanation:
