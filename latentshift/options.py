@@ -134,7 +134,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     for spec in fields(ExplainOptions):
         meta, default = spec.metadata, option_spec(spec.name)["default"]
         shown = "" if default is None else f" (default {','.join(default) if spec.name == 'maps' else default})"
-        kwargs: dict[str, Any] = {"dest": spec.name, "help": meta["help"] + shown, "default": None}
+        # argparse %-formats help texts: a literal "%" (as in "5 %") must be doubled
+        kwargs: dict[str, Any] = {"dest": spec.name, "help": (meta["help"] + shown).replace("%", "%%"),
+                                  "default": None}
         if spec.name == "lambda_range":
             kwargs.update(nargs=2, type=float, metavar=("LO", "HI"))
         elif meta["choices"]:

@@ -1,5 +1,6 @@
 """The pipeline and ``python -m latentshift explain`` end to end on tiny saved models."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -122,3 +123,23 @@ def test_module_entry_point_runs_as_a_subprocess():
     completed = subprocess.run([sys.executable, "-m", "latentshift", "--help"], cwd=REPO,
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0 and "explain" in completed.stdout
+
+
+def _all_parsers(parser: argparse.ArgumentParser, name: str = "latentshift"):
+    """(name, parser) for ``parser`` and every sub-command below it."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub_parser in action.choices.items():
+                yield from _all_parsers(sub_parser, f"{name} {sub_name}")
+
+
+def test_every_command_prints_its_help():
+    # argparse %-formats help texts: a bare "%" in an option's help ("5 %") broke `explain --help`
+    from latentshift import cli
+
+    names = []
+    for name, parser in _all_parsers(cli.build_parser()):
+        assert "usage:" in parser.format_help(), name
+        names.append(name)
+    assert {"latentshift explain", "latentshift batch", "latentshift bench"} <= set(names)
