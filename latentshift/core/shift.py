@@ -245,16 +245,15 @@ class LatentShift:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         x = x.to(self.device, torch.float32)
-        z, gradient, reconstruction, reconstruction_pred = self._latent_gradient(x, target)
+        [cache] = self._caches(x, [target])
         if initial_pred is None:
             with torch.inference_mode():
                 initial_pred = float(self._prediction(x, target)[0])
         timings["encode_gradient"] = time.perf_counter() - started
 
-        cache = _FrameCache(self, z, gradient, reconstruction, reconstruction_pred, target)
         started = time.perf_counter()
         rules = None if lambda_range is not None else _StopRules(
-            reconstruction_pred, pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
+            cache.pred(0.0), pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
         [found] = self._find_ranges([cache], [rules], lambda_range, direction, step_size, search, precision,
                                     search_batch)
         timings["search"] = time.perf_counter() - started
@@ -398,12 +397,8 @@ class LatentShift:
 
     def latent_gradient(self, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, g): the latent code of ``x`` and ``∂p/∂z`` at it, both detached."""
-        z, gradient, _, _ = self._latent_gradient(x.to(self.device, torch.float32), target)
+        z, gradient, _, _ = self._latent_gradients(x.to(self.device, torch.float32), [target])
         return z, gradient
-
-    def _latent_gradient(self, x, target):
-        z, gradient, reconstruction, outputs = self._latent_gradients(x, [target])
-        return z, gradient, reconstruction, float(outputs[0, target])
 
     def _latent_gradients(self, xs: torch.Tensor, targets: list[int]):
         """(z, g, x0, outputs) for images ``xs`` (B, 1, H, W): latent codes, ``∂p_i/∂z_i`` per
@@ -696,11 +691,8 @@ class _FrameCache:
         self.evaluations += 1
 
     def all_outputs(self, lambdas: np.ndarray) -> np.ndarray:
-        """(F, C) predictions of every output at already evaluated ``lambdas``."""
-        if 0.0 not in self.outputs and any(float(lam) == 0.0 for lam in lambdas):
-            with torch.inference_mode():
-                scores = self.explainer._predictions(self.reconstruction.to(self.z.device))
-            self.outputs[0.0] = scores[0].float().cpu()
+        """(F, C) predictions of every output at already evaluated ``lambdas`` (λ = 0: the
+        reconstruction's, kept from the gradient pass by :meth:`LatentShift._caches`)."""
         return torch.stack([self.outputs[float(lam)] for lam in lambdas]).numpy().astype(np.float64)
 
     def pixel_change(self, frames: torch.Tensor) -> np.ndarray:
