@@ -137,6 +137,31 @@ def test_bisect_needs_fewer_evaluations_than_the_ladder_on_a_long_search():
     assert abs(bisect.lambda_range[0] - walked.lambda_range[0]) <= 0.15 * abs(walked.lambda_range[0])
 
 
+@pytest.mark.parametrize("rule", ["pixel_budget", "pred_diff"])
+def test_bisect_aims_its_first_probe_so_that_linear_models_close_in_two(rule):
+    # Linear models: the logit and the pixel change are exactly linear in λ, so the first
+    # probe (the prediction's slope |∂p/∂z|² and one decode at -step_size, extended to the
+    # limit) lands just past the end and the second just before it: 2 evaluations + λ = 0.
+    shift = explainer()
+    limits = dict(pixel_budget=0.3, pred_diff=1.0) if rule == "pixel_budget" else dict(pixel_budget=10.0,
+                                                                                        pred_diff=0.2)
+    result = shift.attribute(image(), 0, direction="curtail", floor=0.0, frames=2, **limits)
+    assert result.stop_reasons["curtail"] == rule
+    assert result.evaluations == 3, result.evaluations
+    z, gradient = shift.latent_gradient(image(), 0)
+    with torch.no_grad():
+        x0 = shift.autoencoder.decode(z)
+        unit_change = float((shift.autoencoder.decode(z - gradient) - x0).abs().sum())
+        logit0 = float(shift.classifier(x0)[0, 0])
+        unit_logit = logit0 - float(shift.classifier(shift.autoencoder.decode(z - gradient))[0, 0])
+    if rule == "pixel_budget":
+        exact = 0.3 * float(x0.abs().sum()) / unit_change
+    else:
+        p0 = result.reconstruction_pred
+        exact = (logit0 - float(torch.logit(torch.tensor(p0 - 0.2, dtype=torch.float64)))) / unit_logit
+    assert exact <= -result.lambda_range[0] <= exact * 1.02
+
+
 def test_bad_search_mode_raises():
     with pytest.raises(OptionsError, match="search must be one of"):
         explainer().attribute(image(), 0, search="walk")

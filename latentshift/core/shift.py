@@ -9,9 +9,10 @@ Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pi
 3. ``frame(λ) = D(z + λ·g)``, ``pred(λ) = p(z + λ·g)``; λ < 0 curtails the feature the
    classifier sees, λ > 0 exaggerates it. λ is unitless (a multiple of the gradient).
 4. The λ range is given, or searched per direction until a stop rule fires, either
-   ``search="bisect"`` (default: bracket the first λ where a rule fires, from ``step_size``
-   outwards, then narrow the bracket to :data:`BISECT_PRECISION` relative to |λ|; probes
-   are placed where the rules' straight-line estimates cross, see :func:`_bisect_walker`)
+   ``search="bisect"`` (default: bracket the first λ where a rule fires, outwards from
+   where the prediction's slope at λ = 0 and one decode at ±``step_size`` say it is, then
+   narrow the bracket to :data:`BISECT_PRECISION` relative to |λ|; probes are placed where
+   the rules' straight-line estimates cross, see :func:`_bisect_walker`)
    or ``search="ladder"`` (the reference implementation's ladder ``λ ← λ − step + λ // 10``,
    its check order and its end, exactly).
    Every evaluated λ is cached.
@@ -51,8 +52,8 @@ MAX_SEARCH_BATCH = 8
 #: narrower than this fraction of |λ_stop| and returns λ_stop (where a stop rule fired).
 BISECT_PRECISION = 0.02
 
-#: Largest growth of |λ| from one bracketing probe to the next (the first probe, at step_size,
-#: is often far below the end; a guess past the end only widens the bracket the split narrows).
+#: Largest growth of |λ| from one bracketing probe to the next, and of the first probe over
+#: step_size (a guess past the end only widens the bracket the split narrows).
 MAX_GROWTH = 128.0
 
 #: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
@@ -359,6 +360,8 @@ class LatentShift:
         ends. The images' searches run in lockstep (see :func:`_drive`: one batch of decodes
         per round for every side and image)."""
         sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")] if lambda_range is None else []
+        if search == "bisect" and sides:
+            _probe_pixel_change(caches, (-1.0 if sides[0] == "curtail" else 1.0) * min(step_size, rules[0].max_lambda))
         jobs = [(cache, self._walkers(cache, sides, rule, step_size, search, precision, search_batch))
                 for cache, rule in zip(caches, rules)]
         return [self._range_of(ends, lambda_range, direction) for ends in _drive(jobs)]
@@ -419,8 +422,9 @@ class LatentShift:
         """{side: walker} of one image's search (see :func:`_drive`).
 
         "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
-        end is the rung at which a rule fired. "bisect": |λ| grows from ``step_size``
-        (clipped at max_lambda) until a rule fires, then the bracket is narrowed to
+        end is the rung at which a rule fired. "bisect": |λ| grows from the first probe
+        (:func:`_first_probe`, from the prediction's slope and one decode at ±``step_size``,
+        clipped at max_lambda) until a rule fires, then the bracket is narrowed to
         ``precision`` (:func:`_bisect_walker`); the end is the closest λ found at which a
         rule fires. The rules are :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
         takes one rung per round (rungs past the stop are wasted); elsewhere ``search_batch``.
@@ -527,19 +531,20 @@ def _bisect_walker(cache, side, rules, step_size, precision):
     """Bracket-and-bisect on one side; returns (λ_end, rule): λ_end fires a rule and is within
     ``precision``·|λ_end| of a λ that fires none (or is ±max_lambda, or 0).
 
-    Bracket: from ``step_size``, each next |λ| is where the last two probes' prediction and
-    pixel change (in logits for the prediction), extended linearly, would fire a rule (times
-    1 + 0.4·precision, between (1 + precision)× and :data:`MAX_GROWTH`× the last |λ|; 2× when
-    they do not say). Bisect: each split point is the rules' interpolated crossing, just on
-    the far side of it from the longer part of the bracket, so a good estimate closes the
-    bracket in two probes; the plain midpoint whenever a split did not halve the bracket.
+    Bracket: the first probe is :func:`_first_probe`; each next |λ| is where the last two
+    probes' prediction and pixel change (in logits for the prediction), extended linearly,
+    would fire a rule (times 1 + 0.4·precision, between (1 + precision)× and
+    :data:`MAX_GROWTH`× the last |λ|; 2× when they do not say). Bisect: each split point is
+    the rules' interpolated crossing, just on the far side of it from the longer part of the
+    bracket, so a good estimate closes the bracket in two probes; the plain midpoint whenever
+    a split did not halve the bracket.
     """
     sign = -1.0 if side == "curtail" else 1.0
     reason = rules.check(side, 0.0, rules.start_pred, rules.start_pred, 0.0)
     if reason is not None:
         return 0.0, reason
     previous, low, low_pred = 0.0, 0.0, rules.start_pred
-    high = sign * min(float(step_size), rules.max_lambda)
+    high = _first_probe(cache, rules, side, step_size, precision)
     while True:  # bracket
         yield [high]
         reason = rules.check(side, high, cache.pred(high), low_pred, cache.diff(high), check_max=False)
@@ -548,7 +553,7 @@ def _bisect_walker(cache, side, rules, step_size, precision):
         if reason is not None:
             break
         previous, low, low_pred = low, high, cache.pred(high)
-        guess = _crossing(cache, rules, side, previous, low)
+        guess = _crossing(rules, side, cache.point(previous), cache.point(low))
         factor = 2.0 if guess is None else min(max(guess / low * (1 + 0.4 * precision), 1 + precision), MAX_GROWTH)
         high = sign * min(abs(low) * factor, rules.max_lambda)
     halved = True
@@ -565,22 +570,46 @@ def _bisect_walker(cache, side, rules, step_size, precision):
     return high, reason
 
 
-def _crossing(cache, rules, side, a: float, b: float) -> float | None:
+def _first_probe(cache, rules, side, step_size, precision) -> float:
+    """λ of a side's first bracketing probe: where straight lines from λ = 0 would fire a rule.
+
+    The prediction's line (in logits) has the slope the gradient pass gives for free,
+    dp/dλ = |∂p/∂z|² at λ = 0; the pixel change's goes through one decode at ±``step_size``
+    (:func:`_probe_pixel_change`, the same change for both sides to first order). The probe
+    is that crossing times 1 + 0.4·precision, between step_size/100 and
+    :data:`MAX_GROWTH`·step_size (and max_lambda); ±step_size when the lines say nothing.
+    """
+    sign = -1.0 if side == "curtail" else 1.0
+    step = min(float(step_size), rules.max_lambda)
+    p0 = rules.start_pred
+    if cache.probe is None:
+        return sign * step
+    probe_lambda, probe_diff = cache.probe
+    logit_slope = cache.gradient_norm2 / (p0 * (1.0 - p0)) if 0.0 < p0 < 1.0 else 0.0
+    linear_pred = 1.0 / (1.0 + math.exp(-(_logit(p0) + sign * step * logit_slope)))
+    guess = _crossing(rules, side, (0.0, p0, 0.0), (sign * step, linear_pred, probe_diff))
+    if guess is None:
+        return sign * step
+    magnitude = min(max(abs(guess) * (1 + 0.4 * precision), step / 100), MAX_GROWTH * step, rules.max_lambda)
+    return sign * magnitude
+
+
+def _crossing(rules, side, a: tuple, b: tuple) -> float | None:
     """The λ where the rules that are continuous in λ (pixel budget, pred_diff, floor/ceiling)
-    would first fire, on straight lines through the prediction and pixel change at the
-    evaluated λs ``a`` and ``b`` (same side, |a| < |b|): a + t·(b − a) for the smallest t > 0;
-    None when no line reaches its limit going outwards."""
+    would first fire, on straight lines through points ``a`` and ``b`` = (λ, prediction,
+    sum|frame − x0|) on the same side (|λ_a| < |λ_b|): λ_a + t·(λ_b − λ_a) for the smallest
+    t > 0; None when no line reaches its limit going outwards."""
+    (lam_a, pred_a, d_a), (lam_b, pred_b, d_b) = a, b
     steps = []
-    d_a, d_b = cache.diff(a), cache.diff(b)
     if d_b > d_a:
         steps.append((rules.pixel_threshold - d_a) / (d_b - d_a))
-    p_a, p_b = _logit(cache.pred(a)), _logit(cache.pred(b))
+    p_a, p_b = _logit(pred_a), _logit(pred_b)
     limits = ((rules.start_pred - rules.pred_diff, rules.floor) if side == "curtail"
               else (rules.start_pred + rules.pred_diff, rules.ceiling))
     if p_b != p_a:  # the prediction's line is drawn in logits, where a sigmoid's tail is straight
         steps += [(_logit(limit) - p_a) / (p_b - p_a) for limit in limits if 0.0 < limit < 1.0]
     steps = [t for t in steps if t > 0 and math.isfinite(t)]
-    return a + min(steps) * (b - a) if steps else None
+    return lam_a + min(steps) * (lam_b - lam_a) if steps else None
 
 
 def _logit(p: float) -> float:
@@ -591,15 +620,16 @@ def _logit(p: float) -> float:
 
 def _split_point(cache, rules, side, low: float, high: float, precision: float) -> float:
     """The next bisect probe in (low, high): the interpolated crossing moved by 0.4·precision·|λ|
-    towards the longer part of the bracket, kept 5 % of the bracket away from its ends; the
-    midpoint when the interpolation says nothing."""
-    crossing = _crossing(cache, rules, side, low, high)
+    towards the longer part of the bracket, kept 5 % of the bracket (or half that move, if
+    less) away from its ends; the midpoint when the interpolation says nothing."""
+    crossing = _crossing(rules, side, cache.point(low), cache.point(high))
     width = high - low
     if crossing is None or not min(low, high) < crossing < max(low, high):
         return (low + high) / 2
     shift = 0.4 * precision * abs(crossing) * math.copysign(1.0, width)  # two probes close it
     probe = crossing + shift if abs(high - crossing) > abs(crossing - low) else crossing - shift
-    inner_low, inner_high = low + 0.05 * width, high - 0.05 * width
+    margin = math.copysign(min(0.05 * abs(width), 0.5 * abs(shift)), width)
+    inner_low, inner_high = low + margin, high - margin
     return min(max(probe, min(inner_low, inner_high)), max(inner_low, inner_high))
 
 
@@ -657,6 +687,12 @@ class _FrameCache:
         self.changes: dict[float, float] = {0.0: 0.0}
         self.diffs: dict[float, float] = {0.0: 0.0}
         self.evaluations = 1
+        self.gradient_norm2 = float(gradient.double().pow(2).sum())  # dp/dλ at λ = 0
+        self.probe: tuple[float, float] | None = None  # (λ, sum|D(z + λ·g) − x0|), decoded only
+
+    def point(self, lam: float) -> tuple[float, float, float]:
+        """(λ, prediction, sum|frame − x0|) at an evaluated λ."""
+        return float(lam), self.preds[float(lam)], self.diffs[float(lam)]
 
     def pred(self, lam: float) -> float:
         return self.preds[float(lam)]
@@ -698,6 +734,21 @@ class _FrameCache:
     def pixel_change(self, frames: torch.Tensor) -> np.ndarray:
         diff = (frames - self.reconstruction).abs().flatten(1).sum(1) / self.reference_mass
         return diff.numpy().astype(np.float64)
+
+
+def _probe_pixel_change(caches: list[_FrameCache], lam: float) -> None:
+    """Decode ``z + λ·g`` of every cache whose gradient is not zero (no classifier) and keep
+    ``cache.probe`` = (λ, sum|frame − x0|): the pixel change's slope for :func:`_first_probe`."""
+    moving = [cache for cache in caches if cache.gradient_norm2 > 0.0]
+    if not moving:
+        return
+    explainer = moving[0].explainer
+    with torch.inference_mode():
+        for start in range(0, len(moving), explainer.batch_size):
+            chunk = moving[start:start + explainer.batch_size]
+            latents = torch.cat([cache.z + lam * cache.gradient for cache in chunk])
+            for cache, image in zip(chunk, explainer.autoencoder.decode(latents).float().cpu()):
+                cache.probe = (lam, float((image - cache.reconstruction[0]).abs().sum()))
 
 
 def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
