@@ -42,7 +42,8 @@ class ExplainOptions:
     """
 
     target: str | None = _option(None, "finding to explain (default: the top prediction)", flag="--target")
-    step_size: float = _option(10.0, "first λ step of the search (the ladder's first rung; bisect decodes there once to aim its first probe)",
+    step_size: float = _option(10.0, "first λ step of the search (the ladder's first rung; bisect decodes "
+                                     "there once to aim its first probe)",
                                flag="--step-size", positive=True, ui=(1, 100, 1))
     lambda_range: tuple[float, float] | None = _option(
         None, "fixed λ range (λ min ≤ 0 ≤ λ max; skips the search)", flag="--range")
