@@ -87,7 +87,8 @@ class ShiftResult:
         stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`STOP_REASONS`.
         pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame.
         target: target output index.
-        evaluations: number of λ values decoded and classified (λ = 0 included).
+        evaluations: number of λ values decoded and classified (λ = 0 included; the bisect
+            search's one decode-only probe that aims its first probe is not counted).
         timings: seconds per stage ("encode_gradient", "search", "sweep", "heatmap").
     """
 
