@@ -162,6 +162,19 @@ def test_bisect_aims_its_first_probe_so_that_linear_models_close_in_two(rule):
     assert exact <= -result.lambda_range[0] <= exact * 1.02
 
 
+def test_bisect_on_a_steep_classifier_ends_within_precision():
+    # Logit slope ~1e6 per unit λ: the first-order line leaves the logit range at once;
+    # the first probe is clipped to step_size/100 and the bracket is narrowed from there.
+    classifier = LinearClassifier(SIDE, scale=1.0)
+    shift = explainer(classifier)
+    with torch.no_grad():
+        x0 = shift.autoencoder.decode(shift.autoencoder.encode(image()))
+        classifier.linear.bias.copy_(-classifier(x0)[0])  # p = 0.5 on the reconstruction
+    result = shift.attribute(image(), 0, direction="curtail", pixel_budget=10.0, frames=2)
+    assert result.stop_reasons["curtail"] in ("floor", "pred_diff")
+    assert result.preds[0] < 0.05 and -result.lambda_range[0] < 0.1
+
+
 def test_bad_search_mode_raises():
     with pytest.raises(OptionsError, match="search must be one of"):
         explainer().attribute(image(), 0, search="walk")

@@ -587,8 +587,9 @@ def _first_probe(cache, rules, side, step_size, precision) -> float:
         return sign * step
     probe_lambda, probe_diff = cache.probe
     logit_slope = cache.gradient_norm2 / (p0 * (1.0 - p0)) if 0.0 < p0 < 1.0 else 0.0
-    linear_pred = 1.0 / (1.0 + math.exp(-(_logit(p0) + sign * step * logit_slope)))
-    guess = _crossing(rules, side, (0.0, p0, 0.0), (sign * step, linear_pred, probe_diff))
+    logit_there = min(max(_logit(p0) + sign * abs(probe_lambda) * logit_slope, -40.0), 40.0)
+    linear_pred = 1.0 / (1.0 + math.exp(-logit_there))
+    guess = _crossing(rules, side, (0.0, p0, 0.0), (sign * abs(probe_lambda), linear_pred, probe_diff))
     if guess is None:
         return sign * step
     magnitude = min(max(abs(guess) * (1 + 0.4 * precision), step / 100), MAX_GROWTH * step, rules.max_lambda)
