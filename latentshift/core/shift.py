@@ -437,7 +437,7 @@ class LatentShift:
             batch = search_batch or (1 if on_cpu else 4)
             largest = 1 if on_cpu and search_batch is None else max(batch, MAX_SEARCH_BATCH)
             return {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
-        if sides and not bool(cache.gradient.any()):  # p does not depend on z here: nothing moves
+        if sides and cache.gradient_norm2 == 0.0:  # p does not depend on z here: nothing moves
             return {side: _ended(0.0, "not_moving") for side in sides}
         return {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
 
@@ -583,8 +583,6 @@ def _first_probe(cache, rules, side, step_size, precision) -> float:
     sign = -1.0 if side == "curtail" else 1.0
     step = min(float(step_size), rules.max_lambda)
     p0 = rules.start_pred
-    if cache.probe is None:
-        return sign * step
     probe_lambda, probe_diff = cache.probe
     logit_slope = cache.gradient_norm2 / (p0 * (1.0 - p0)) if 0.0 < p0 < 1.0 else 0.0
     logit_there = min(max(_logit(p0) + sign * abs(probe_lambda) * logit_slope, -40.0), 40.0)
@@ -692,6 +690,10 @@ class _FrameCache:
         self.gradient_norm2 = float(gradient.double().pow(2).sum())  # dp/dλ at λ = 0
         self.probe: tuple[float, float] | None = None  # (λ, sum|D(z + λ·g) − x0|), decoded only
 
+    def pixel_diff(self, image: torch.Tensor) -> float:
+        """sum|image − x0| (float32 sum, pixel units) of a decoded frame (1, H, W)."""
+        return float((image - self.reconstruction[0]).abs().sum())
+
     def point(self, lam: float) -> tuple[float, float, float]:
         """(λ, prediction, sum|frame − x0|) at an evaluated λ."""
         return float(lam), self.preds[float(lam)], self.diffs[float(lam)]
@@ -723,7 +725,7 @@ class _FrameCache:
         self.frames[lam] = image.clone()
         self.preds[lam] = float(output[self.target])
         self.outputs[lam] = output.clone()
-        diff = float((image - self.reconstruction[0]).abs().sum())
+        diff = self.pixel_diff(image)
         self.diffs[lam] = diff
         self.changes[lam] = diff / self.reference_mass
         self.evaluations += 1
@@ -744,13 +746,20 @@ def _probe_pixel_change(caches: list[_FrameCache], lam: float) -> None:
     moving = [cache for cache in caches if cache.gradient_norm2 > 0.0]
     if not moving:
         return
-    explainer = moving[0].explainer
+    size = moving[0].explainer.batch_size
     with torch.inference_mode():
-        for start in range(0, len(moving), explainer.batch_size):
-            chunk = moving[start:start + explainer.batch_size]
-            latents = torch.cat([cache.z + lam * cache.gradient for cache in chunk])
-            for cache, image in zip(chunk, explainer.autoencoder.decode(latents).float().cpu()):
-                cache.probe = (lam, float((image - cache.reconstruction[0]).abs().sum()))
+        for start in range(0, len(moving), size):
+            chunk = moving[start:start + size]
+            for cache, image in zip(chunk, _decode_shifted([(cache, lam) for cache in chunk]).float().cpu()):
+                cache.probe = (lam, cache.pixel_diff(image))
+
+
+def _decode_shifted(pairs: list[tuple[_FrameCache, float]]) -> torch.Tensor:
+    """``D(z_i + λ_i·g_i)`` for (cache, λ) pairs of one explainer: (N, 1, H, W) on its device."""
+    z = torch.cat([cache.z for cache, _ in pairs])
+    gradient = torch.cat([cache.gradient for cache, _ in pairs])
+    steps = torch.tensor([lam for _, lam in pairs], dtype=z.dtype, device=z.device)
+    return pairs[0][0].explainer.autoencoder.decode(z + steps.view(-1, *([1] * (z.dim() - 1))) * gradient)
 
 
 def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
@@ -771,10 +780,7 @@ def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
     with torch.inference_mode():
         for start in range(0, len(missing), size):
             chunk = missing[start:start + size]
-            z = torch.cat([cache.z for cache, _ in chunk])
-            gradient = torch.cat([cache.gradient for cache, _ in chunk])
-            steps = torch.tensor([lam for _, lam in chunk], dtype=z.dtype, device=z.device)
-            images = explainer.autoencoder.decode(z + steps.view(-1, *([1] * (z.dim() - 1))) * gradient)
+            images = _decode_shifted(chunk)
             outputs = explainer._predictions(images).float().cpu()
             for (cache, lam), image, output in zip(chunk, images.float().cpu(), outputs):
                 cache.store(lam, image, output)
