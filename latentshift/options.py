@@ -21,6 +21,7 @@ DIRECTIONS = ("both", "curtail", "exaggerate")
 HEATMAP_MODES = ("int", "max", "mean", "mm")
 MAP_NAMES = ("gradcam", "integrated_gradients")
 SEARCH_MODES = ("bisect", "ladder")
+FRAME_SOURCES = ("input", "reconstruction")
 
 
 def _option(default: Any, help: str, *, flag: str | None = None, low: float | None = None,
@@ -68,6 +69,10 @@ class ExplainOptions:
     search: str = _option("bisect", "how the λ range is searched: bisect (bracket the first λ where a rule "
                           "fires, then narrow it to 2 %; fewer evaluations) or ladder (the reference implementation's ladder, "
                           "its exact answer)", flag="--search", choices=SEARCH_MODES)
+    frames_from: str = _option("input", "what the frames are built on: input (the X-ray itself plus only what the "
+                               "shift changes, x + D(z + λ·g) − D(z); λ = 0 is the input) or reconstruction "
+                               "(the paper's frames D(z + λ·g); λ = 0 is the autoencoder's reconstruction)",
+                               flag="--frames-from", choices=FRAME_SOURCES)
 
     def validate(self) -> "ExplainOptions":
         """Raise :class:`OptionsError` naming the first bad option; return self."""
@@ -87,7 +92,7 @@ class ExplainOptions:
         return dict(lambda_range=self.lambda_range, step_size=float(self.step_size), frames=int(self.frames),
                     direction=self.direction, pred_diff=float(self.pred_diff),
                     pixel_budget=float(self.pixel_budget), max_lambda=float(self.max_lambda),
-                    heatmap=self.heatmap, search=self.search)
+                    heatmap=self.heatmap, search=self.search, frames_from=self.frames_from)
 
     def replace(self, **changes) -> "ExplainOptions":
         """A copy with ``changes`` applied (validated)."""

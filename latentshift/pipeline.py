@@ -450,10 +450,10 @@ class Pipeline:
         explanation.files["prediction_plot"] = render.write_prediction_plot(
             out_dir / FILE_NAMES["prediction_plot"], shift.lambdas, shift.preds,
             target_name=explanation.target, threshold=threshold, initial_pred=shift.initial_pred)
-        explanation.files["counterfactual"] = render.write_png(
-            out_dir / FILE_NAMES["counterfactual"], shift.frames[0, 0], footer=True)
-        explanation.files["exaggerated"] = render.write_png(
-            out_dir / FILE_NAMES["exaggerated"], shift.frames[-1, 0], footer=True)
+        for name, side in (("counterfactual", "curtail"), ("exaggerated", "exaggerate")):
+            index = shift.counterfactual_index(side)
+            explanation.files[name] = render.write_png(
+                out_dir / FILE_NAMES[name], shift.frames[shift.zero_index if index is None else index, 0], footer=True)
 
     @staticmethod
     def _render_other_findings(explanation: Explanation, out_dir: Path) -> None:

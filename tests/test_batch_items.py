@@ -50,7 +50,9 @@ def assert_same(single, batched):
     np.testing.assert_allclose(single.all_preds, batched.all_preds, atol=1e-5)
     np.testing.assert_allclose(single.pixel_change, batched.pixel_change, rtol=1e-5, atol=1e-5)
     assert abs(single.initial_pred - batched.initial_pred) < 1e-5
-    assert abs(single.reconstruction_pred - batched.reconstruction_pred) < 1e-5
+    assert single.frames_from == batched.frames_from
+    assert (single.reconstruction_pred is None) == (batched.reconstruction_pred is None)
+    assert abs(single.zero_pred - batched.zero_pred) < 1e-5
     torch.testing.assert_close(single.frames, batched.frames, rtol=1e-4, atol=1e-3)  # float32 rounding of other batch shapes
     np.testing.assert_allclose(single.heatmap, batched.heatmap, rtol=1e-4, atol=1e-3)
     assert set(single.timings) == set(batched.timings) and all(v >= 0 for v in batched.timings.values())
@@ -62,7 +64,9 @@ def assert_same(single, batched):
     dict(search="ladder", search_batch=3),
     dict(search="bisect", direction="curtail"),
     dict(lambda_range=(-120.0, 80.0)),
-], ids=["bisect", "ladder", "ladder-batch3", "bisect-curtail", "fixed-range"])
+    dict(search="bisect", frames_from="reconstruction"),
+    dict(lambda_range=(-120.0, 80.0), frames_from="reconstruction"),
+], ids=["bisect", "ladder", "ladder-batch3", "bisect-curtail", "fixed-range", "bisect-paper", "fixed-range-paper"])
 def test_attribute_many_gives_the_answers_of_one_attribute_per_image(options):
     shift = explainer(batch_size=3)
     xs, targets = images(4), [0, 2, 1, 0]

@@ -23,8 +23,9 @@ def test_baseline_and_ours_give_the_same_answer_and_the_table_prints(tiny_source
     comparison = bench.compare(tiny_source, settings, repeats=1, isolate=False)
 
     assert comparison.equivalence.passed, comparison.equivalence.detail
-    compared = comparison.ladder if lambda_range is None else comparison.ours
+    compared = comparison.ladder if lambda_range is None else comparison.paper
     assert (comparison.ladder is None) == (lambda_range is not None)
+    assert comparison.paper is not None, "ours with the paper's frames runs in every mode"
     baseline, ours = comparison.baseline.outcome, compared.outcome
     np.testing.assert_allclose(baseline.lambdas, ours.lambdas, atol=1e-4)
     np.testing.assert_allclose(baseline.preds, ours.preds, atol=1e-4)
@@ -33,7 +34,7 @@ def test_baseline_and_ours_give_the_same_answer_and_the_table_prints(tiny_source
 
     table = comparison.table()
     print(table)
-    assert "PASS" in table and "end to end" in table and "baseline/ours" in table
+    assert "PASS" in table and "end to end" in table and "baseline/ours" in table and "paper s" in table
     stage_rows = [line.split()[0] for line in table.splitlines()[2:]]
     assert ("search" in stage_rows) == (lambda_range is None)
     assert comparison.to_json()["equivalence"]["passed"] is True
@@ -48,7 +49,7 @@ def test_reference_style_search_matches_our_ladder_exactly(step_size, target, se
     x = torch.linspace(-900, 900, 64).reshape(1, 1, 8, 8)
     settings = bench.ShiftSettings(step_size=step_size)
     ours = LatentShift(classifier, autoencoder).attribute(x, target, step_size=step_size, search="ladder",
-                                                          search_batch=search_batch)
+                                                          search_batch=search_batch, frames_from="reconstruction")
 
     paper = bench.PaperStyleLatentShift(classifier, autoencoder)
     z, gradient, reconstruction, start = paper.latent_gradient(x, target)

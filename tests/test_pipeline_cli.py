@@ -143,3 +143,20 @@ def test_every_command_prints_its_help():
         assert "usage:" in parser.format_help(), name
         names.append(name)
     assert {"latentshift explain", "latentshift batch", "latentshift bench"} <= set(names)
+
+
+@pytest.mark.parametrize("frames_from", ["input", "reconstruction"])
+def test_cli_frames_from_names_the_mode_and_the_zero_frame(manifest, xray_png, tmp_path, capsys, frames_from):
+    out = tmp_path / frames_from
+    code, _, stderr = explain([xray_png, "--out", out, "--manifest", manifest, "--range", "-40", "25",
+                               "--frames", "5", "--maps", "", "--frames-from", frames_from], capsys)
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["frames_from"] == summary["latent_shift"]["frames_from"] == frames_from
+    zero = summary["lambdas"].index(0.0)
+    if frames_from == "input":  # λ = 0 is the person's image, and its prediction the input's
+        assert summary["preds"][zero] == pytest.approx(summary["initial_pred"], abs=1e-6)
+        assert summary["latent_shift"]["reconstruction_pred"] is None
+    else:
+        assert summary["latent_shift"]["reconstruction_pred"] == pytest.approx(summary["preds"][zero])
+    assert summary["latent_shift"]["counterfactual_lambdas"] == {"curtail": -40.0, "exaggerate": 25.0}

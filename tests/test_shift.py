@@ -1,4 +1,6 @@
-"""LatentShift on tiny linear models whose answers are known analytically."""
+"""LatentShift in the paper's frame mode (frames D(z + λ·g)) on tiny linear models whose answers
+are known analytically; the search rules tested here are the same in both frame modes (the input
+mode's own tests are in test_residual_frames.py)."""
 
 import numpy as np
 import pytest
@@ -12,13 +14,23 @@ from tiny_models import ConstantClassifier, LinearAutoencoder, LinearClassifier,
 SIDE = 8
 
 
+class PaperShift(LatentShift):
+    """LatentShift with the paper's frames (``frames_from="reconstruction"``) unless told otherwise."""
+
+    def attribute(self, x, target, **kwargs):
+        return super().attribute(x, target, **{"frames_from": "reconstruction", **kwargs})
+
+    def latent_gradient(self, x, target, frames_from="reconstruction"):
+        return super().latent_gradient(x, target, frames_from)
+
+
 def image(seed: int = 3) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return (torch.rand(1, 1, SIDE, SIDE, generator=generator) * 2 - 1) * 1024
 
 
 def explainer(classifier=None, **kwargs) -> LatentShift:
-    return LatentShift(classifier or LinearClassifier(SIDE), LinearAutoencoder(SIDE), **kwargs)
+    return PaperShift(classifier or LinearClassifier(SIDE), LinearAutoencoder(SIDE), **kwargs)
 
 
 def test_gradient_is_analytic_for_linear_models():
@@ -205,7 +217,7 @@ def test_bisect_clips_at_max_lambda():
 
 
 def test_search_stops_when_prediction_stops_moving():
-    shift = LatentShift(SineClassifier(period=3.0), LinearAutoencoder(SIDE))
+    shift = PaperShift(SineClassifier(period=3.0), LinearAutoencoder(SIDE))
     result = shift.attribute(image(), 0, step_size=50.0, pixel_budget=1e9, pred_diff=1.0,
                              max_lambda=1e5, frames=6, search="ladder")
     # Exaggerating overshoots the sine's peak at the first rung: the reference returns that rung.
@@ -214,7 +226,7 @@ def test_search_stops_when_prediction_stops_moving():
 
 
 def test_zero_gradient_gives_single_frame_without_crash():
-    shift = LatentShift(ConstantClassifier(), LinearAutoencoder(SIDE))
+    shift = PaperShift(ConstantClassifier(), LinearAutoencoder(SIDE))
     result = shift.attribute(image(), 0, frames=10)
     assert result.stop_reasons == {"curtail": "not_moving", "exaggerate": "not_moving"}
     assert list(result.lambdas) == [0.0]

@@ -215,10 +215,18 @@ def slider_frames(explanation: Explanation) -> dict[str, list[str]] | None:
     if shift is None or "counterfactual" not in explanation.files:
         return None
     return {"input": [file_path(explanation, "input"), f"input (p = {shift.initial_pred:.2f})"],
-            "curtailed": [file_path(explanation, "counterfactual"),
-                          f"curtailed (λ = {shift.lambdas[0]:.0f}, p = {shift.preds[0]:.2f})"],
-            "exaggerated": [file_path(explanation, "exaggerated"),
-                            f"exaggerated (λ = {shift.lambdas[-1]:.0f}, p = {shift.preds[-1]:.2f})"]}
+            "curtailed": [file_path(explanation, "counterfactual"), _side_caption(shift, "curtail", "curtailed")],
+            "exaggerated": [file_path(explanation, "exaggerated"), _side_caption(shift, "exaggerate", "exaggerated")]}
+
+
+def _side_caption(shift, side: str, word: str) -> str:
+    """What one side of the slider shows: that direction's counterfactual frame, or, when the
+    direction has no frame, the λ = 0 frame named as such."""
+    index = shift.counterfactual_index(side)
+    if index is None:
+        origin = "the input" if shift.frames_from == "input" else "the reconstruction"
+        return f"not {word}: λ = 0, {origin} (p = {shift.zero_pred:.2f})"
+    return f"{word} (λ = {shift.lambdas[index]:.0f}, p = {shift.preds[index]:.2f})"
 
 
 def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0][1]) -> dict[str, Any]:

@@ -48,19 +48,22 @@ def explanation_row(base: dict, explanation: Explanation, folder: str) -> dict:
     shift, target = explanation.shift, explanation.target
     threshold = explanation.thresholds.get(target)
     preds = [float(p) for p in shift.preds]
+    # each direction's counterfactual frame (its end, unless the path turned back before it)
+    low, high = (shift.zero_index if (i := shift.counterfactual_index(side)) is None else i
+                 for side in ("curtail", "exaggerate"))
     positive = None if threshold is None else shift.initial_pred >= threshold
     row = dict(base, classifier=explanation.classifier_id, autoencoder=explanation.autoencoder_id, target=target,
-               threshold=threshold, initial_pred=_round(shift.initial_pred), pred_curtail=_round(preds[0]),
-               pred_exaggerate=_round(preds[-1]), lambda_min=_round(shift.lambda_range[0], 4),
+               threshold=threshold, initial_pred=_round(shift.initial_pred), pred_curtail=_round(preds[low]),
+               pred_exaggerate=_round(preds[high]), lambda_min=_round(shift.lambda_range[0], 4),
                lambda_max=_round(shift.lambda_range[1], 4),
                lambdas=json.dumps([_round(v, 4) for v in shift.lambdas]),
                preds=json.dumps([_round(v) for v in preds]),
                stop_curtail=shift.stop_reasons.get("curtail", ""),
                stop_exaggerate=shift.stop_reasons.get("exaggerate", ""), predicted_positive=positive,
-               curtail_crossed=None if positive is None else bool(positive and preds[0] < threshold),
-               exaggerate_crossed=None if positive is None else bool(not positive and preds[-1] >= threshold),
-               pixel_change_curtail=_round(shift.pixel_change[0]),
-               pixel_change_exaggerate=_round(shift.pixel_change[-1]),
+               curtail_crossed=None if positive is None else bool(positive and preds[low] < threshold),
+               exaggerate_crossed=None if positive is None else bool(not positive and preds[high] >= threshold),
+               pixel_change_curtail=_round(shift.pixel_change[low]),
+               pixel_change_exaggerate=_round(shift.pixel_change[high]),
                predictions=json.dumps({k: _round(v) for k, v in explanation.predictions.items()}),
                warnings=";".join(w["code"] for w in explanation.warnings),
                warning_messages=" | ".join(explanation.warning_messages),

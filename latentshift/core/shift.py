@@ -2,12 +2,20 @@
 
 Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pixel range
 [-1024, 1024], ``E``/``D`` the autoencoder's encoder/decoder, ``f`` the classifier,
-``t`` the target output and ``p(z) = σ(f(D(z)))[t]``.
+``t`` the target output, ``z0 = E(x)``.
 
-1. ``z = E(x)``; ``x0 = D(z)`` is the reconstruction (frame λ = 0).
-2. ``g = ∂p/∂z`` at ``z`` (one backward pass).
-3. ``frame(λ) = D(z + λ·g)``, ``pred(λ) = p(z + λ·g)``; λ < 0 curtails the feature the
-   classifier sees, λ > 0 exaggerates it. λ is unitless (a multiple of the gradient).
+Two kinds of frame (``frames_from``):
+
+- ``"input"`` (default): ``frame(λ) = clip(x + D(z0 + λ·g) − D(z0))`` to the pixel range, so
+  λ = 0 *is* the input and every frame keeps its detail; only the shift's change is added.
+- ``"reconstruction"`` (the paper's): ``frame(λ) = D(z0 + λ·g)``; λ = 0 is the reconstruction.
+
+1. ``z0 = E(x)``; ``x0 = frame(0)`` (the input, or the reconstruction ``D(z0)``).
+2. ``pred(λ) = σ(f(frame(λ)))[t]`` on exactly the frames shown, and ``g`` is its gradient
+   with respect to z at z0 (one backward pass; in the input mode the frame is
+   ``x + D(z) − D(z0)`` as a function of z).
+3. λ < 0 curtails the feature the classifier sees, λ > 0 exaggerates it. λ is unitless (a
+   multiple of the gradient).
 4. The λ range is given, or searched per direction until a stop rule fires, either
    ``search="bisect"`` (default: bracket the first λ where a rule fires, outwards from
    where the prediction's slope at λ = 0 and one decode at ±``step_size`` say it is, then
@@ -36,7 +44,8 @@ import torch
 from torch import nn
 
 from ..errors import OptionsError
-from ..options import DEFAULTS, DIRECTIONS, HEATMAP_MODES, SEARCH_MODES
+from ..models.conventions import PIXEL_RANGE
+from ..options import DEFAULTS, DIRECTIONS, FRAME_SOURCES, HEATMAP_MODES, SEARCH_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +85,20 @@ class ShiftResult:
     Attributes:
         lambdas: (F,) sorted λ of the frames, 0 included.
         preds: (F,) target prediction (probability in [0, 1]) of each frame.
-        frames: (F, 1, H, W) decoded frames, pixel range about [-1024, 1024], on the CPU.
+        frames: (F, 1, H, W) the frames shown (see ``frames_from``), pixel range about
+            [-1024, 1024], on the CPU.
         heatmap: (H, W) float32 ≥ 0, where the frames change (see ``heatmap_mode``).
-        reconstruction: (1, 1, H, W) ``D(E(x))``, the λ = 0 frame.
+        reconstruction: (1, 1, H, W) ``D(E(x))`` (the λ = 0 frame in the paper's mode).
         initial_pred: target prediction of the input image itself.
-        reconstruction_pred: target prediction of the reconstruction (λ = 0).
+        reconstruction_pred: target prediction of the reconstruction in the paper's mode (its
+            λ = 0 frame); None in the input mode, whose λ = 0 frame is the input.
+        frames_from: "input" (frames keep the input's detail: x + D(z0 + λ·g) − D(z0)) or
+            "reconstruction" (the paper's D(z0 + λ·g)).
         all_preds: (F, C) prediction of *every* classifier output on each frame (the target's
             column equals ``preds``): what else moves along the target's path.
         lambda_range: (λ_min, λ_max) the sweep covered.
         stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`STOP_REASONS`.
-        pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame.
+        pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame (x0: the λ = 0 frame).
         target: target output index.
         evaluations: number of λ values decoded and classified (λ = 0 included; the bisect
             search's one decode-only probe that aims its first probe is not counted).
@@ -98,7 +111,7 @@ class ShiftResult:
     heatmap: np.ndarray
     reconstruction: torch.Tensor
     initial_pred: float
-    reconstruction_pred: float
+    reconstruction_pred: float | None
     lambda_range: tuple[float, float]
     stop_reasons: dict[str, str]
     pixel_change: np.ndarray
@@ -107,6 +120,7 @@ class ShiftResult:
     evaluations: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     all_preds: np.ndarray | None = None
+    frames_from: str = "reconstruction"
 
     @property
     def map(self) -> np.ndarray:
@@ -115,8 +129,26 @@ class ShiftResult:
 
     @property
     def zero_index(self) -> int:
-        """Index of the λ = 0 frame (the reconstruction)."""
+        """Index of the λ = 0 frame (the input, or the reconstruction in the paper's mode)."""
         return int(np.flatnonzero(self.lambdas == 0.0)[0])
+
+    @property
+    def zero_pred(self) -> float:
+        """Target prediction of the λ = 0 frame, where the search starts."""
+        return float(self.preds[self.zero_index])
+
+    def counterfactual_index(self, side: str) -> int | None:
+        """Index of ``side``'s counterfactual frame: the lowest prediction among the frames with
+        λ < 0 ("curtail") or the highest among those with λ > 0 ("exaggerate"), the frame
+        nearest the end on a tie. It is the end frame unless the path turned back before the
+        end, so no frame that went further is hidden. None when no frame is on that side."""
+        on_side = np.flatnonzero(self.lambdas < 0 if side == "curtail" else self.lambdas > 0)
+        if on_side.size == 0:
+            return None
+        if side == "curtail":
+            return int(on_side[np.argmin(self.preds[on_side])])
+        reverse = on_side[::-1]
+        return int(reverse[np.argmax(self.preds[reverse])])
 
     def summary(self) -> dict:
         """JSON-ready description (no image data)."""
@@ -125,10 +157,13 @@ class ShiftResult:
             "lambdas": [float(v) for v in self.lambdas],
             "preds": [float(v) for v in self.preds],
             "initial_pred": float(self.initial_pred),
-            "reconstruction_pred": float(self.reconstruction_pred),
+            "reconstruction_pred": None if self.reconstruction_pred is None else float(self.reconstruction_pred),
+            "frames_from": self.frames_from,
             "lambda_range": [float(v) for v in self.lambda_range],
             "stop_reasons": dict(self.stop_reasons),
             "stop_reason_text": {k: STOP_REASONS[v] for k, v in self.stop_reasons.items()},
+            "counterfactual_lambdas": {side: None if (i := self.counterfactual_index(side)) is None
+                                       else float(self.lambdas[i]) for side in ("curtail", "exaggerate")},
             "pixel_change": [float(v) for v in self.pixel_change],
             "heatmap_mode": self.heatmap_mode,
             "evaluations": self.evaluations,
@@ -195,6 +230,11 @@ class LatentShift:
         self.batch_size = batch_size
 
     @property
+    def pixel_range(self) -> tuple[float, float]:
+        """(low, high) pixel values the classifier takes (its ``input_range``, else [-1024, 1024])."""
+        return tuple(getattr(self.classifier, "input_range", PIXEL_RANGE))
+
+    @property
     def device(self) -> torch.device:
         for module in (self.autoencoder, self.classifier):
             for parameter in module.parameters():
@@ -216,7 +256,8 @@ class LatentShift:
                   pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
                   heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
                   search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
-                  search_batch: int | None = None, initial_pred: float | None = None) -> ShiftResult:
+                  search_batch: int | None = None, initial_pred: float | None = None,
+                  frames_from: str = DEFAULTS.frames_from) -> ShiftResult:
         """Explain ``target`` for image ``x`` of shape (1, 1, H, W) in [-1024, 1024].
 
         Args:
@@ -239,15 +280,18 @@ class LatentShift:
                 about N single evaluations), 4 elsewhere.
             initial_pred: the target prediction of ``x`` when the caller already has it
                 (saves one classifier call); computed otherwise.
+            frames_from: "input" (frames ``clip(x + D(z0 + λ·g) − D(z0))``: λ = 0 is ``x``, the
+                search, its pixel budget and the predictions are on those frames) or
+                "reconstruction" (the paper's ``D(z0 + λ·g)``).
         """
         self._check_options(x, target, lambda_range, step_size, frames, direction, pred_diff,
-                            pixel_budget, max_lambda, heatmap, search_batch, search, precision)
+                            pixel_budget, max_lambda, heatmap, search_batch, search, precision, frames_from)
         self.classifier.eval()
         self.autoencoder.eval()
         timings: dict[str, float] = {}
         started = time.perf_counter()
         x = x.to(self.device, torch.float32)
-        [cache] = self._caches(x, [target])
+        [cache] = self._caches(x, [target], frames_from)
         if initial_pred is None:
             with torch.inference_mode():
                 initial_pred = float(self._prediction(x, target)[0])
@@ -267,7 +311,8 @@ class LatentShift:
                        pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
                        heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
                        search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
-                       search_batch: int | None = None, initial_preds=None) -> list[ShiftResult]:
+                       search_batch: int | None = None, initial_preds=None,
+                       frames_from: str = DEFAULTS.frames_from) -> list[ShiftResult]:
         """Explain B images at once: the same answers as B calls of :meth:`attribute`.
 
         ``xs`` is (B, 1, H, W) in [-1024, 1024]; ``targets`` B output indices (one per image);
@@ -285,14 +330,15 @@ class LatentShift:
         for index, target in enumerate(targets):
             try:
                 self._check_options(xs[index:index + 1], target, lambda_range, step_size, frames, direction,
-                                    pred_diff, pixel_budget, max_lambda, heatmap, search_batch, search, precision)
+                                    pred_diff, pixel_budget, max_lambda, heatmap, search_batch, search, precision,
+                                    frames_from)
             except OptionsError as exc:
                 raise OptionsError(f"image {index}: {exc}") from None
         self.classifier.eval()
         self.autoencoder.eval()
         started = time.perf_counter()
         xs = xs.to(self.device, torch.float32)
-        caches = self._caches(xs, targets)
+        caches = self._caches(xs, targets, frames_from)
         if initial_preds is None:
             with torch.inference_mode():
                 scores = self._predictions(xs).float().cpu()
@@ -316,15 +362,17 @@ class LatentShift:
             results[-1].timings["sweep"] += sweep_share
         return results
 
-    def _caches(self, xs: torch.Tensor, targets: list[int]) -> list["_FrameCache"]:
+    def _caches(self, xs: torch.Tensor, targets: list[int], frames_from: str) -> list["_FrameCache"]:
         """One :class:`_FrameCache` per image of ``xs`` (B, 1, H, W), encoded and differentiated
-        together; each holds every output's prediction on its reconstruction (λ = 0)."""
-        z, gradient, reconstruction, outputs = self._latent_gradients(xs, targets)
+        together; each holds every output's prediction on its λ = 0 frame."""
+        z, gradient, reconstruction, outputs = self._latent_gradients(xs, targets, frames_from)
         outputs = outputs.float().cpu()
         caches = []
         for index, target in enumerate(targets):
+            image = xs[index:index + 1] if frames_from == "input" else None
             cache = _FrameCache(self, z[index:index + 1], gradient[index:index + 1],
-                                reconstruction[index:index + 1].clone(), float(outputs[index, target]), target)
+                                reconstruction[index:index + 1].clone(), float(outputs[index, target]), target,
+                                image)
             cache.outputs[0.0] = outputs[index].clone()
             caches.append(cache)
         return caches
@@ -335,10 +383,11 @@ class LatentShift:
         result = self._sweep(cache, lambda_min, lambda_max, frames, heatmap, timings)
         logger.debug("latent shift: range [%.1f, %.1f], %d evaluations, stops %s",
                      lambda_min, lambda_max, cache.evaluations, stop_reasons)
-        return ShiftResult(**result, reconstruction=cache.reconstruction, initial_pred=initial_pred,
-                           reconstruction_pred=cache.pred(0.0), lambda_range=(lambda_min, lambda_max),
-                           stop_reasons=stop_reasons, target=cache.target, heatmap_mode=heatmap,
-                           evaluations=cache.evaluations, timings=timings)
+        return ShiftResult(**result, reconstruction=cache.reconstruction.cpu(), initial_pred=initial_pred,
+                           reconstruction_pred=None if cache.image is not None else cache.pred(0.0),
+                           lambda_range=(lambda_min, lambda_max), stop_reasons=stop_reasons, target=cache.target,
+                           heatmap_mode=heatmap, evaluations=cache.evaluations, timings=timings,
+                           frames_from="reconstruction" if cache.image is None else "input")
 
     @staticmethod
     def _check_many(xs, targets, initial_preds) -> list[int]:
@@ -393,27 +442,31 @@ class LatentShift:
         all_preds = cache.all_outputs(lambdas)
         timings["sweep"] = time.perf_counter() - started
         started = time.perf_counter()
-        heatmap_array = compute_heatmap(frame_batch, cache.reconstruction, heatmap)
+        heatmap_array = compute_heatmap(frame_batch, cache.origin, heatmap)
         pixel_change = cache.pixel_change(frame_batch)
         timings["heatmap"] = time.perf_counter() - started
         return dict(lambdas=lambdas, preds=preds.numpy().astype(np.float64), frames=frame_batch,
                     heatmap=heatmap_array, all_preds=all_preds, pixel_change=pixel_change)
 
-    def latent_gradient(self, x: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z, g): the latent code of ``x`` and ``∂p/∂z`` at it, both detached."""
-        z, gradient, _, _ = self._latent_gradients(x.to(self.device, torch.float32), [target])
+    def latent_gradient(self, x: torch.Tensor, target: int,
+                        frames_from: str = DEFAULTS.frames_from) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, g): the latent code of ``x`` and ``∂pred(0)/∂z`` at it (see ``frames_from`` of
+        :meth:`attribute`), both detached."""
+        z, gradient, _, _ = self._latent_gradients(x.to(self.device, torch.float32), [target], frames_from)
         return z, gradient
 
-    def _latent_gradients(self, xs: torch.Tensor, targets: list[int]):
-        """(z, g, x0, outputs) for images ``xs`` (B, 1, H, W): latent codes, ``∂p_i/∂z_i`` per
-        image, the reconstructions (B, 1, H, W) and every output's prediction on them (B, C);
-        one encode and one backward pass for all B, all detached."""
+    def _latent_gradients(self, xs: torch.Tensor, targets: list[int], frames_from: str):
+        """(z, g, D(z), outputs) for images ``xs`` (B, 1, H, W): latent codes, ``∂p_i/∂z_i`` per
+        image, the reconstructions (B, 1, H, W) and every output's prediction on the λ = 0
+        frames (B, C): the reconstructions, or in the input mode ``x + D(z) − D(z0)`` at z = z0
+        (numerically ``x``); one encode and one backward pass for all B, all detached."""
         with torch.inference_mode():
             z = self.autoencoder.encode(xs)
         z = z.clone().requires_grad_(True)  # a normal tensor, outside inference mode
         with torch.enable_grad():
             reconstruction = self.autoencoder.decode(z)
-            outputs = self._predictions(reconstruction)
+            shown = xs + (reconstruction - reconstruction.detach()) if frames_from == "input" else reconstruction
+            outputs = self._predictions(shown)
             prediction = outputs[torch.arange(len(targets), device=outputs.device),
                                  torch.as_tensor(targets, device=outputs.device)]
             (gradient,) = torch.autograd.grad(prediction.sum(), z)
@@ -442,7 +495,7 @@ class LatentShift:
         return {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
 
     def _check_options(self, x, target, lambda_range, step_size, frames, direction, pred_diff,
-                       pixel_budget, max_lambda, heatmap, search_batch, search, precision):
+                       pixel_budget, max_lambda, heatmap, search_batch, search, precision, frames_from):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 1:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise OptionsError(f"x must be a tensor of shape (1, 1, H, W), got {shape}")
@@ -471,6 +524,8 @@ class LatentShift:
             raise OptionsError(f"search must be one of {SEARCH_MODES}, got {search!r}")
         if not 0 < precision < 1:
             raise OptionsError(f"precision must be in (0, 1), got {precision}")
+        if frames_from not in FRAME_SOURCES:
+            raise OptionsError(f"frames_from must be one of {FRAME_SOURCES}, got {frames_from!r}")
 
 
 def _drive(jobs: list) -> list[dict[str, tuple[float, str]]]:
@@ -674,15 +729,20 @@ class _StopRules:
 
 
 class _FrameCache:
-    """Evaluated λ -> (frame, prediction), filled in batches, shared by search and sweep."""
+    """Evaluated λ -> (frame, prediction), filled in batches, shared by search and sweep.
 
-    def __init__(self, explainer: LatentShift, z, gradient, reconstruction, reconstruction_pred, target):
+    ``image`` is the input (1, 1, H, W) in the input mode (frames ``clip(x + D(z) − D(z0))``),
+    None in the paper's mode (frames ``D(z)``); ``origin`` is the λ = 0 frame on the CPU.
+    """
+
+    def __init__(self, explainer: LatentShift, z, gradient, reconstruction, zero_pred, target, image=None):
         self.explainer = explainer
         self.z, self.gradient, self.target = z, gradient, target
-        self.reconstruction = reconstruction.cpu()
-        self.reference_mass = float(self.reconstruction.abs().sum()) or 1.0
-        self.frames: dict[float, torch.Tensor] = {0.0: self.reconstruction[0]}
-        self.preds: dict[float, float] = {0.0: reconstruction_pred}
+        self.reconstruction, self.image = reconstruction, image
+        self.origin = (reconstruction if image is None else image).cpu()
+        self.reference_mass = float(self.origin.abs().sum()) or 1.0
+        self.frames: dict[float, torch.Tensor] = {0.0: self.origin[0]}
+        self.preds: dict[float, float] = {0.0: zero_pred}
         self.outputs: dict[float, torch.Tensor] = {}
         self.changes: dict[float, float] = {0.0: 0.0}
         self.diffs: dict[float, float] = {0.0: 0.0}
@@ -691,8 +751,8 @@ class _FrameCache:
         self.probe: tuple[float, float] | None = None  # (λ, sum|D(z + λ·g) − x0|), decoded only
 
     def pixel_diff(self, image: torch.Tensor) -> float:
-        """sum|image − x0| (float32 sum, pixel units) of a decoded frame (1, H, W)."""
-        return float((image - self.reconstruction[0]).abs().sum())
+        """sum|image − x0| (float32 sum, pixel units) of a frame (1, H, W); x0 = the λ = 0 frame."""
+        return float((image - self.origin[0]).abs().sum())
 
     def point(self, lam: float) -> tuple[float, float, float]:
         """(λ, prediction, sum|frame − x0|) at an evaluated λ."""
@@ -711,7 +771,7 @@ class _FrameCache:
 
     def budget_threshold(self, pixel_budget: float) -> float:
         """``sum|x0| · pixel_budget`` computed in float32, as the reference does."""
-        return float(self.reconstruction.abs().sum() * pixel_budget)
+        return float(self.origin.abs().sum() * pixel_budget)
 
     def evaluate(self, lambdas: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (F, 1, H, W) and predictions (F,) for ``lambdas``, computing only new λs."""
@@ -732,16 +792,16 @@ class _FrameCache:
 
     def all_outputs(self, lambdas: np.ndarray) -> np.ndarray:
         """(F, C) predictions of every output at already evaluated ``lambdas`` (λ = 0: the
-        reconstruction's, kept from the gradient pass by :meth:`LatentShift._caches`)."""
+        λ = 0 frame's, kept from the gradient pass by :meth:`LatentShift._caches`)."""
         return torch.stack([self.outputs[float(lam)] for lam in lambdas]).numpy().astype(np.float64)
 
     def pixel_change(self, frames: torch.Tensor) -> np.ndarray:
-        diff = (frames - self.reconstruction).abs().flatten(1).sum(1) / self.reference_mass
+        diff = (frames - self.origin).abs().flatten(1).sum(1) / self.reference_mass
         return diff.numpy().astype(np.float64)
 
 
 def _probe_pixel_change(caches: list[_FrameCache], lam: float) -> None:
-    """Decode ``z + λ·g`` of every cache whose gradient is not zero (no classifier) and keep
+    """The frame at λ of every cache whose gradient is not zero (decoded, not classified); keeps
     ``cache.probe`` = (λ, sum|frame − x0|): the pixel change's slope for :func:`_first_probe`."""
     moving = [cache for cache in caches if cache.gradient_norm2 > 0.0]
     if not moving:
@@ -750,7 +810,8 @@ def _probe_pixel_change(caches: list[_FrameCache], lam: float) -> None:
     with torch.inference_mode():
         for start in range(0, len(moving), size):
             chunk = moving[start:start + size]
-            for cache, image in zip(chunk, _decode_shifted([(cache, lam) for cache in chunk]).float().cpu()):
+            pairs = [(cache, lam) for cache in chunk]
+            for cache, image in zip(chunk, _shown_frames(pairs, _decode_shifted(pairs)).float().cpu()):
                 cache.probe = (lam, cache.pixel_diff(image))
 
 
@@ -760,6 +821,19 @@ def _decode_shifted(pairs: list[tuple[_FrameCache, float]]) -> torch.Tensor:
     gradient = torch.cat([cache.gradient for cache, _ in pairs])
     steps = torch.tensor([lam for _, lam in pairs], dtype=z.dtype, device=z.device)
     return pairs[0][0].explainer.autoencoder.decode(z + steps.view(-1, *([1] * (z.dim() - 1))) * gradient)
+
+
+def _shown_frames(pairs: list[tuple[_FrameCache, float]], decoded: torch.Tensor) -> torch.Tensor:
+    """The frames shown for ``decoded`` = ``D(z_i + λ_i·g_i)`` (N, 1, H, W) of the pairs'
+    caches (one mode): ``decoded`` itself in the paper's mode, else ``clip(x_i + decoded −
+    D(z0_i))`` to the classifier's pixel range."""
+    first = pairs[0][0]
+    if first.image is None:
+        return decoded
+    inputs = torch.cat([cache.image for cache, _ in pairs])
+    zero = torch.cat([cache.reconstruction for cache, _ in pairs])
+    low, high = first.explainer.pixel_range
+    return (inputs + (decoded - zero)).clamp_(low, high)
 
 
 def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
@@ -780,14 +854,14 @@ def _evaluate_many(pairs: list[tuple[_FrameCache, float]]) -> None:
     with torch.inference_mode():
         for start in range(0, len(missing), size):
             chunk = missing[start:start + size]
-            images = _decode_shifted(chunk)
+            images = _shown_frames(chunk, _decode_shifted(chunk))
             outputs = explainer._predictions(images).float().cpu()
             for (cache, lam), image, output in zip(chunk, images.float().cpu(), outputs):
                 cache.store(lam, image, output)
 
 
-def compute_heatmap(frames: torch.Tensor, reconstruction: torch.Tensor, mode: str = "int") -> np.ndarray:
-    """(F, 1, H, W) frames and (1, 1, H, W) reconstruction -> (H, W) float32 map ≥ 0.
+def compute_heatmap(frames: torch.Tensor, origin: torch.Tensor, mode: str = "int") -> np.ndarray:
+    """(F, 1, H, W) frames and (1, 1, H, W) λ = 0 frame ``x0`` -> (H, W) float32 map ≥ 0.
 
     "int": mean over consecutive frames of |frame_i − frame_{i+1}|; "max"/"mean": max/mean
     over frames of |x0 − frame_i|; "mm": |first − last|.
@@ -800,9 +874,9 @@ def compute_heatmap(frames: torch.Tensor, reconstruction: torch.Tensor, mode: st
     if mode == "int":
         result = (frames[1:] - frames[:-1]).abs().mean(0)
     elif mode == "max":
-        result = (frames - reconstruction[0]).abs().amax(0)
+        result = (frames - origin[0]).abs().amax(0)
     elif mode == "mean":
-        result = (frames - reconstruction[0]).abs().mean(0)
+        result = (frames - origin[0]).abs().mean(0)
     else:
         result = (frames[0] - frames[-1]).abs()
     return result.numpy().astype(np.float32)

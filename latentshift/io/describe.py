@@ -1,8 +1,11 @@
 """The outcome of an explanation in words, built from its numbers (no model, no UI).
 
-:func:`outcome_sentence` says which finding, the prediction at both ends of the sweep against
-the threshold ("stays positive" / "becomes negative"), why each direction stopped in plain
-words, and the warnings; :func:`moving_findings` names the other outputs that move with the
+:func:`outcome_sentence` says which finding, the prediction of each direction's counterfactual
+frame against the threshold ("stays positive" / "becomes negative"), why each direction stopped
+in plain words, and the warnings. A direction's counterfactual frame is the one that went
+furthest (lowest prediction curtailing, highest exaggerating): the end frame, unless the path
+turned back before the end, and then the sentence says so, so no frame that crossed the
+threshold is hidden behind an end that did not; :func:`moving_findings` names the other outputs that move with the
 target. The app, the API and ``summary.json`` all show these same words.
 """
 
@@ -37,9 +40,11 @@ def _number(value: float, threshold: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _direction_clause(verb: str, start: float, end: float, threshold: float | None, reason: str,
-                      limits: dict) -> str:
-    before, after = _side(start, threshold), _side(end, threshold)
+def _direction_clause(verb: str, start: float, reached: tuple[float, float], end: tuple[float, float],
+                      threshold: float | None, reason: str, limits: dict) -> str:
+    """``reached`` and ``end``: (λ, prediction) of the counterfactual frame and of the end frame."""
+    (reached_lambda, reached_pred), (end_lambda, end_pred) = reached, end
+    before, after = _side(start, threshold), _side(reached_pred, threshold)
     if threshold is None:
         verdict = ""
     elif before == after:
@@ -47,27 +52,34 @@ def _direction_clause(verb: str, start: float, end: float, threshold: float | No
     else:
         verdict = f", so it becomes {after}"
     why = STOP_WORDS.get(reason, reason).format(**limits)
-    return f"{verb} takes it to {_number(end, threshold)}{verdict} (stopped because {why})"
+    if reached_lambda == end_lambda:
+        return f"{verb} takes it to {_number(end_pred, threshold)}{verdict} (stopped because {why})"
+    return (f"{verb} takes it to {_number(reached_pred, threshold)} at λ = {reached_lambda:.0f}{verdict}; "
+            f"the path then turns back, to {_number(end_pred, threshold)} at λ = {end_lambda:.0f} "
+            f"(stopped because {why})")
 
 
 def outcome_sentence(target: str, initial_pred: float, preds: Sequence[float], lambdas: Sequence[float],
                      threshold: float | None, stop_reasons: dict[str, str], limits: dict,
-                     warnings: Sequence[str] = ()) -> str:
+                     warnings: Sequence[str] = (), counterfactuals: dict[str, int | None] | None = None) -> str:
     """One or two sentences about the result.
 
     preds/lambdas: the sweep, sorted by λ (λ = 0 included); limits: ``pred_diff``,
-    ``pixel_budget`` and ``max_lambda`` of the options (for the reasons' words).
+    ``pixel_budget`` and ``max_lambda`` of the options (for the reasons' words);
+    counterfactuals: {"curtail": index, "exaggerate": index} of each direction's counterfactual
+    frame (``ShiftResult.counterfactual_index``); default: the end frames.
     """
     threshold_text = "" if threshold is None else f" (threshold {threshold:.2f}: {_side(initial_pred, threshold)})"
     parts = [f"{target}: {_number(initial_pred, threshold)} on the input{threshold_text}"]
     lambdas = np.asarray(lambdas, dtype=float)
+    chosen = {"curtail": 0, "exaggerate": len(lambdas) - 1, **{k: v for k, v in (counterfactuals or {}).items()
+                                                                 if v is not None}}
     start = float(initial_pred)  # "stays" / "becomes" against what the person was told about the input
-    if lambdas[0] < 0:
-        parts.append(_direction_clause("curtailing", start, float(preds[0]), threshold,
-                                       stop_reasons.get("curtail", ""), limits))
-    if lambdas[-1] > 0:
-        parts.append(_direction_clause("exaggerating", start, float(preds[-1]), threshold,
-                                       stop_reasons.get("exaggerate", ""), limits))
+    for side, verb, end in (("curtail", "curtailing", 0), ("exaggerate", "exaggerating", len(lambdas) - 1)):
+        if (lambdas[end] < 0) if side == "curtail" else (lambdas[end] > 0):
+            parts.append(_direction_clause(
+                verb, start, (float(lambdas[chosen[side]]), float(preds[chosen[side]])),
+                (float(lambdas[end]), float(preds[end])), threshold, stop_reasons.get(side, ""), limits))
     if lambdas[0] == 0 and lambdas[-1] == 0:
         parts.append("no λ changed the prediction within the limits")
     sentence = "; ".join(parts) + "."

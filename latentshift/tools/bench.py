@@ -1,6 +1,6 @@
 """Benchmark of the explanation stages against a paper-style baseline doing the same work.
 
-Run ``python -m latentshift.bench [--device cpu|cuda] [--models demo|xrv|both]
+Run ``latentshift bench [--device cpu|cuda] [--models demo|xrv|both]
 [--repeats N] [--frames 20] [--json out.json]``. For each model pair (the embedded demo
 models when the manifest lists them, and the torchxrayvision-size DenseNet121 +
 ResNetAE-101 with seeded untrained weights) and each λ mode (a fixed range, and the
@@ -11,15 +11,16 @@ process so that peak memory is its own:
   bisect search, both sides' probes in one batch, and a batched sweep that reuses every
   evaluated λ; :func:`render.write_gif`; :class:`GradCAM`; :class:`IntegratedGradientsMap`
   with its convergence-checked step count; :func:`render.write_overlay`), models
-  channels_last on the CPU;
+  channels_last on the CPU, frames built on the input (the default ``frames_from="input"``);
+* **paper**: ours with the paper's frames (``frames_from="reconstruction"``);
 * **baseline**: :class:`PaperStyleLatentShift`, the reference implementation's behaviour:
   one λ decoded and classified at a time during the search (its ladder, check order,
   returned rung and max-λ behaviour) and during the sweep (no cache), a matplotlib figure
   saved per frame and assembled into a GIF with imageio, captum called directly for
   Grad-CAM and for Integrated Gradients (Gauss-Legendre, :data:`BASELINE_IG_STEPS`
   steps) with matplotlib overlays, models in their contiguous layout;
-* **ladder**: ours with ``search="ladder"``, whose λs and predictions are compared with
-  the baseline's.
+* **ladder**: ours with ``search="ladder"`` and the paper's frames, whose λs and
+  predictions are compared with the baseline's (with the paper side's in the fixed mode).
 
 It prints the median seconds per stage, the ratio baseline/ours, PASS/FAIL of the check
 that both sides give the same λs and predictions (to 1e-4), the floor of the latent
@@ -71,8 +72,9 @@ STAGE_LABELS = {
     "end_to_end": "end to end",
 }
 MODES = ("fixed", "search")
-#: "ours" is the default (bisect) search, "ladder" ours with search="ladder" (compared with the baseline).
-SIDES = ("baseline", "ours", "ladder")
+#: "ours" is the default (bisect search, frames on the input), "paper" ours with the paper's frames,
+#: "ladder" the paper side with search="ladder" (compared with the baseline).
+SIDES = ("baseline", "ours", "paper", "ladder")
 TOLERANCE = 1e-4
 #: The baseline's Integrated Gradients: captum's Gauss-Legendre rule with the fixed step
 #: count of the project's first release (ours starts at DEFAULTS.ig_steps and refines
@@ -102,6 +104,7 @@ class ShiftSettings:
     ig_tolerance: float = DEFAULTS.ig_tolerance
     baseline_ig_steps: int = BASELINE_IG_STEPS
     search: str = DEFAULTS.search
+    frames_from: str = DEFAULTS.frames_from
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ class RequestOutcome:
     lambdas: np.ndarray
     preds: np.ndarray
     initial_pred: float
-    reconstruction_pred: float
+    zero_pred: float  # the λ = 0 frame's (the reconstruction's in the paper's mode and the baseline)
     stop_reasons: dict[str, str]
     evaluations: int
     heatmap: np.ndarray
@@ -509,7 +512,7 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
         x, target_index, lambda_range=settings.lambda_range, step_size=settings.step_size,
         frames=settings.frames, pred_diff=settings.pred_diff, pixel_budget=settings.pixel_budget,
         max_lambda=settings.max_lambda, floor=settings.floor, ceiling=settings.ceiling, heatmap="int",
-        search=settings.search, initial_pred=float(probabilities[target_index]))
+        search=settings.search, initial_pred=float(probabilities[target_index]), frames_from=settings.frames_from)
     shift_seconds = time.perf_counter() - shift_started
     for stage in ("encode_gradient", "search", "sweep", "heatmap"):
         clock.seconds[stage] = result.timings.get(stage, 0.0)
@@ -529,7 +532,7 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
     clock.seconds["end_to_end"] = time.perf_counter() - started
     return RequestOutcome(target_index, target_name, np.asarray(result.lambdas, dtype=np.float64),
                           np.asarray(result.preds, dtype=np.float64), float(result.initial_pred),
-                          float(result.reconstruction_pred), dict(result.stop_reasons), result.evaluations,
+                          result.zero_pred, dict(result.stop_reasons), result.evaluations,
                           result.heatmap, gradcam, ig.map, clock.seconds, int(ig.n_steps))
 
 
@@ -611,7 +614,7 @@ def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, referenc
 
     kwargs = dict(step_size=settings.step_size, frames=settings.frames, pred_diff=settings.pred_diff,
                   pixel_budget=settings.pixel_budget, max_lambda=settings.max_lambda, floor=settings.floor,
-                  ceiling=settings.ceiling, search=settings.search)
+                  ceiling=settings.ceiling, search=settings.search, frames_from=settings.frames_from)
     fixed = (float(reference.lambdas[0]), float(reference.lambdas[-1]))
     try:
         with _opt_in_models(path, classifier, autoencoder, device) as (cls, ae):
@@ -656,6 +659,7 @@ def _target(classifier, probabilities: torch.Tensor, target: str | None) -> tupl
 REQUEST_RUNNERS: dict[str, Callable[..., RequestOutcome]] = {
     "baseline": run_baseline_request,
     "ours": run_our_request,
+    "paper": run_our_request,
     "ladder": run_our_request,
 }
 
@@ -765,7 +769,7 @@ def compare_outcomes(baseline: RequestOutcome, ours: RequestOutcome, tolerance: 
                                      / np.maximum(1.0, np.abs(baseline.lambdas)), initial=0.0))
     pred_difference = float(np.max(np.abs(baseline.preds - ours.preds), initial=0.0))
     pred_difference = max(pred_difference, abs(baseline.initial_pred - ours.initial_pred),
-                          abs(baseline.reconstruction_pred - ours.reconstruction_pred))
+                          abs(baseline.zero_pred - ours.zero_pred))
     if lambda_difference > tolerance:
         problems.append(f"λs differ by {lambda_difference:.2e}")
     if pred_difference > tolerance:
@@ -795,6 +799,7 @@ class Comparison:
     ours: SideReport
     equivalence: Equivalence
     ladder: SideReport | None = None
+    paper: SideReport | None = None
 
     def end_differences(self) -> dict[str, float]:
         """{side: |λ_end(bisect) − λ_end(ladder)| / |λ_end(ladder)|} (0 when both ends are 0)."""
@@ -804,8 +809,8 @@ class Comparison:
         return {"curtail": _relative(ours[0], ladder[0]), "exaggerate": _relative(ours[-1], ladder[-1])}
 
     def _side_rows(self) -> list[str]:
-        sides = [("baseline", self.baseline), ("ours", self.ours)] + (
-            [("ladder", self.ladder)] if self.ladder is not None else [])
+        sides = [("baseline", self.baseline), ("ours", self.ours)] + [
+            (name, report) for name, report in (("paper", self.paper), ("ladder", self.ladder)) if report is not None]
         lines = [f"{'stage':<24}" + "".join(f"{name + ' s':>12}" for name, _ in sides) + f"{'baseline/ours':>15}"]
         for stage in STAGES:
             values = [report.median(stage) for _, report in sides]
@@ -842,8 +847,8 @@ class Comparison:
                  f"{self.baseline.outcome.ig_steps}, ours {self.ours.outcome.ig_steps} (first try "
                  f"{settings.ig_steps}, tolerance {settings.ig_tolerance:g}) | "
                  f"{self.device}, {self.ours.threads} thread(s), median of {len(self.ours.repeats)} | "
-                 f"ours = search 'bisect', ladder = ours with search 'ladder', baseline = the reference's "
-                 f"behaviour"] + self._side_rows()
+                 f"ours = search 'bisect', frames on the input; paper = ours with the paper's frames; "
+                 f"ladder = paper with search 'ladder'; baseline = the reference's behaviour"] + self._side_rows()
         if self.ours.floor:
             floor = self.ours.floor
             shift = sum(self.ours.median(s) or 0.0 for s in ("encode_gradient", "search", "sweep"))
@@ -854,7 +859,7 @@ class Comparison:
                          f"search+sweep {search_sweep:.3f} s = {search_sweep / floor['frames']:.2f}x "
                          f"the batched evaluation")
         verdict = "PASS" if self.equivalence.passed else "FAIL"
-        compared = "ladder" if self.ladder is not None else "ours"
+        compared = "ladder" if self.ladder is not None else "paper"
         lines.append(f"same answer as the baseline ({compared}; λs, predictions to {TOLERANCE:g}): {verdict}: max |Δλ| "
                      f"{self.equivalence.max_lambda_difference:.1e}, max |Δpred| "
                      f"{self.equivalence.max_pred_difference:.1e}; {self.equivalence.detail}")
@@ -887,6 +892,7 @@ class Comparison:
         return {"models": self.models, "mode": self.mode, "device": self.device,
                 "settings": asdict(self.settings), "baseline": side(self.baseline), "ours": side(self.ours),
                 "ladder": side(self.ladder) if self.ladder is not None else None,
+                "paper": side(self.paper) if self.paper is not None else None,
                 "bisect_vs_ladder_end_difference": self.end_differences(),
                 "opt_in": self.ours.opt_in, "equivalence": asdict(self.equivalence)}
 
@@ -898,20 +904,23 @@ def _relative(value: float, reference: float) -> float:
 def compare(models: ModelSource, settings: ShiftSettings, *, device: str = "cpu", repeats: int = 3,
             threads: int | None = None, target: str | None = None, image_path: str | None = None,
             isolate: bool = True, profile: bool = False, opt_in: tuple[str, ...] = ()) -> Comparison:
-    """Run the baseline, ours (``settings.search``, default bisect) and, in search mode, ours
-    with search="ladder" on the same models, image, target and settings; the same-answer
-    check compares the baseline with the ladder (with ours in fixed-range mode)."""
+    """Run the baseline, ours (``settings.search``, default bisect; ``settings.frames_from``),
+    ours with the paper's frames and, in search mode, that with search="ladder" on the same
+    models, image, target and settings; the same-answer check compares the baseline with the
+    ladder (with the paper side in fixed-range mode)."""
     reports = {}
     searching = settings.lambda_range is None
-    for side in SIDES if searching else ("baseline", "ours"):
-        side_settings = ShiftSettings(**{**asdict(settings), "search": "ladder"}) if side == "ladder" else settings
+    paper = {"frames_from": "reconstruction"}
+    side_changes = {"baseline": {}, "ours": {}, "paper": paper, "ladder": {**paper, "search": "ladder"}}
+    for side in SIDES if searching else ("baseline", "ours", "paper"):
+        side_settings = ShiftSettings(**{**asdict(settings), **side_changes[side]})
         job = SideJob(side, models, side_settings, device, repeats, threads, target, image_path,
                       profile=profile and side == "ours", opt_in=opt_in if searching and side == "ours" else ())
         reports[side] = run_isolated(job, isolate)
-    compared = reports.get("ladder", reports["ours"])
+    compared = reports.get("ladder", reports["paper"])
     return Comparison(models.name, "search" if searching else "fixed", settings, device, reports["baseline"],
                       reports["ours"], compare_outcomes(reports["baseline"].outcome, compared.outcome),
-                      reports.get("ladder"))
+                      reports.get("ladder"), reports["paper"])
 
 
 def thread_table(models: ModelSource, settings: ShiftSettings, thread_counts: list[int], *, device: str,

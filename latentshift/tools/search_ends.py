@@ -44,7 +44,7 @@ def measure(pipeline, paths: list[Path]) -> list[dict]:
         row = {"image": path.name, "target": target}
         for mode in ("bisect", "ladder"):
             started = time.perf_counter()
-            result = pipeline.explainer.attribute(x, target, frames=3, search=mode,
+            result = pipeline.explainer.attribute(x, target, frames=3, search=mode, frames_from="reconstruction",
                                                   initial_pred=float(probabilities[target]))
             row[mode] = {"range": list(result.lambda_range), "stops": result.stop_reasons,
                          "evaluations": result.evaluations, "seconds": time.perf_counter() - started}

@@ -153,7 +153,8 @@ def latent_shift_report(classifier, autoencoder, data: CXRData, ids, labels, pro
                 logger.info("latent shift %s: %d/%d images (%.1f s per image)", direction, n_done, len(ids),
                             (time.time() - t_dir) / n_done)
             x = to_model_range(data.images[i:i + 1])
-            res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05)
+            res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05,
+                                      frames_from="reconstruction")  # the paper's frames, as in the model card
             lambdas, preds, change = res.lambdas, res.preds, res.pixel_change
             side = (lambdas < 0 if direction == "curtail" else lambdas > 0) & (change <= 0.05 + 1e-9)
             # success needs a shifted frame (λ ≠ 0) within the pixel budget past the threshold
