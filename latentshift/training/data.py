@@ -60,14 +60,15 @@ def resolve_data_dir(path: str | os.PathLike | None) -> Path:
     return data
 
 
-def load_data(data_dir: str | os.PathLike | None, per_group: int | None = None) -> CXRData:
+def load_data(data_dir: str | os.PathLike | None, per_group: int | None = None,
+              splits: tuple[str, ...] | None = None) -> CXRData:
     """Read labels.csv and its PNGs; with ``per_group``, only the first N rows of each
-    (split, source, label) group (quick test runs)."""
+    (split, source, label) group (quick test runs); with ``splits``, only those splits' rows."""
     from PIL import Image
 
     data_dir = resolve_data_dir(data_dir)
     with open(data_dir / "labels.csv", newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = [r for r in csv.DictReader(handle) if splits is None or r["split"] in splits]
     if per_group:
         counts: dict[tuple, int] = {}
         kept = []
