@@ -152,7 +152,8 @@ def uploaded_file(value: Any) -> str:
 
 def explain_options(target: str | None, direction: str, frames: float, step_size: float,
                     manual_range: bool, lambda_min: float | None, lambda_max: float | None,
-                    frame_duration_ms: float, ig_steps: float | None) -> ExplainOptions:
+                    frame_duration_ms: float, ig_steps: float | None,
+                    frames_from: str = DEFAULTS.frames_from) -> ExplainOptions:
     """ExplainOptions from control values (numbers arrive as floats); validated."""
     lambda_range = None
     if manual_range:
@@ -163,7 +164,8 @@ def explain_options(target: str | None, direction: str, frames: float, step_size
         return ExplainOptions(
             target=target or None, step_size=float(step_size), lambda_range=lambda_range,
             frames=int(frames), direction=direction, frame_duration_ms=int(frame_duration_ms),
-            ig_steps=DEFAULTS.ig_steps if ig_steps is None else int(ig_steps)).validate()
+            ig_steps=DEFAULTS.ig_steps if ig_steps is None else int(ig_steps),
+            frames_from=frames_from or DEFAULTS.frames_from).validate()
 
 
 # ---------------------------------------------------------------- what the page says
@@ -330,9 +332,12 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
             step_size: float = DEFAULTS.step_size,
             lambda_min: float | None = None, lambda_max: float | None = None,
             frame_duration_ms: int = DEFAULTS.frame_duration_ms,
-            ig_steps: int = DEFAULTS.ig_steps) -> tuple[FileData, FileData, FileData, FileData, FileData,
-                                                        FileData, FileData]:
+            ig_steps: int = DEFAULTS.ig_steps,
+            frames_from: str = DEFAULTS.frames_from) -> tuple[FileData, FileData, FileData, FileData, FileData,
+                                                              FileData, FileData]:
     """Latent Shift explanation of one chest X-ray, with Grad-CAM and Integrated Gradients.
+
+    frames_from: "input" (frames keep the X-ray's detail; the default) or "reconstruction" (the paper's).
 
     Returns files: (GIF, Latent Shift heatmap PNG, Grad-CAM PNG, Integrated Gradients PNG,
     prediction-vs-λ plot PNG, counterfactual PNG, summary.json).
@@ -340,7 +345,7 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
     path = uploaded_file(image)
     manual = lambda_min is not None or lambda_max is not None
     options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
-                              frame_duration_ms, ig_steps)
+                              frame_duration_ms, ig_steps, frames_from)
     with errors_for_people("explaining the image"):
         pipeline = pipeline_for(classifier, autoencoder)
         explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
