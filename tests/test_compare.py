@@ -121,3 +121,22 @@ def test_outcome_sentence_says_both_ends_against_the_threshold_and_why():
                             {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0})
     assert "(threshold 0.20: positive); curtailing takes it to 0.04, so it becomes negative" in text
     assert "exaggerating takes it to 0.91, so it stays positive" in text
+
+
+def test_a_crossing_smaller_than_the_margin_is_told_as_touching_the_threshold():
+    limits = {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0}
+    text = outcome_sentence("Effusion", 0.65, [0.59, 0.65], [-30.0, 0.0], 0.62, {"curtail": "pixel_budget"}, limits)
+    assert "only touches the threshold (0.59 against 0.62: less than 0.05 past it, too close to call it negative)" \
+        in text and "becomes" not in text
+    text = outcome_sentence("Effusion", 0.65, [0.56, 0.65], [-30.0, 0.0], 0.62, {"curtail": "pixel_budget"}, limits)
+    assert "curtailing takes it to 0.56, so it becomes negative" in text
+
+
+def test_prediction_jitter_of_a_classifier_that_ignores_the_image_is_zero():
+    from latentshift.tools.prediction_jitter import jitter, variants
+    from tiny_models import ConstantClassifier
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32), dtype=np.uint8)
+    assert [v.shape for v in variants(images[0])] == [(32, 32)] * 4
+    preds, deltas = jitter(ConstantClassifier(), images, 0)
+    assert preds.shape == (3,) and deltas.shape == (3, 4) and not deltas.any()
