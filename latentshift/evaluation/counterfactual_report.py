@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.imaging import to_display_uint8
+from ..io.render import text_font
 from .counterfactuals import TaskRun, frechet_distance
 
 COLUMNS = ("input", "λ = 0", "curtailed", "exaggerated", "difference × 4")
@@ -109,12 +110,12 @@ def figure(run: TaskRun, path: Path) -> Path | None:
         return None
     side, label = rows[0][1][0].shape[0], 16
     canvas = Image.new("RGB", (side * len(COLUMNS), label + len(rows) * (side + label)), "white")
-    draw = ImageDraw.Draw(canvas)
+    draw, font = ImageDraw.Draw(canvas), text_font(11)
     for c, name in enumerate(COLUMNS):
-        draw.text((c * side + 4, 2), name, fill="black")
+        draw.text((c * side + 4, 1), name, fill="black", font=font)
     for r, (caption, tiles) in enumerate(rows):
         top = label + r * (side + label)
-        draw.text((4, top + 2), caption, fill="black")
+        draw.text((4, top + 1), caption, fill="black", font=font)
         for c, tile in enumerate(tiles):
             canvas.paste(Image.fromarray(tile), (c * side, top + label))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,7 @@ def _prepare_path(path: str | os.PathLike) -> Path:
 
 
 @functools.lru_cache(maxsize=32)
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def text_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans bundled with matplotlib (it has Greek λ); else Pillow's default font."""
     try:
         import matplotlib
@@ -202,7 +202,7 @@ FOOTER = "Research demo, not for clinical use"
 def _draw_footer(canvas: Image.Image, y: int) -> None:
     """The footer, centred at height ``y`` of ``canvas``, in small muted type."""
     draw = ImageDraw.Draw(canvas)
-    font = _font(11)
+    font = text_font(11)
     width, _ = _text_size(draw, FOOTER, font)
     fill = 140 if canvas.mode == "L" else (140, 140, 140)
     draw.text(((canvas.width - width) // 2, y), FOOTER, font=font, fill=fill)
@@ -239,7 +239,7 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
     canvas.paste(input_img, layout["input_box"][:2])
     canvas.paste(frame_img, layout["frame_box"][:2])
     draw = ImageDraw.Draw(canvas)
-    f_label, f_pred, f_small = _font(14), _font(15, bold=True), _font(12)
+    f_label, f_pred, f_small = text_font(14), text_font(15, bold=True), text_font(12)
 
     for text, box in (("input", layout["input_box"]), ("latent shift", layout["frame_box"])):
         tw, _ = _text_size(draw, text, f_label)
@@ -507,7 +507,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     height = pad + title_h + oh + 12 + bar_h + 22 + 16 + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    f_title, f_small = _font(17, bold=True), _font(12)
+    f_title, f_small = text_font(17, bold=True), text_font(12)
     tw, _ = _text_size(draw, title, f_title)
     draw.text(((width - tw) // 2, pad), title, font=f_title, fill=(20, 20, 20))
     ox = (width - ow) // 2
