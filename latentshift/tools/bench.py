@@ -50,7 +50,7 @@ import torch
 
 from ..core.shift import sweep_lambdas
 from ..models.placement import memory_format_of
-from ..options import DEFAULTS
+from ..options import DEFAULTS, FRAME_SOURCES
 from ..training.data import default_data_dir
 
 logger = logging.getLogger("latentshift.bench")
@@ -866,7 +866,7 @@ class Comparison:
         lines.append(f"maps, max difference relative to the baseline's range: Grad-CAM "
                      f"{_map_agreement(self.baseline.outcome.gradcam, self.ours.outcome.gradcam):.1e}, IG "
                      f"{_map_agreement(self.baseline.outcome.integrated_gradients, self.ours.outcome.integrated_gradients):.1e}, "
-                     f"heatmap {_map_agreement(self.baseline.outcome.heatmap, self.ours.outcome.heatmap):.1e}")
+                     f"heatmap (paper's frames) {_map_agreement(self.baseline.outcome.heatmap, (self.paper or self.ours).outcome.heatmap):.1e}")
         memory = f"peak memory (maxrss): baseline {self.baseline.peak_rss_mb:.0f} MiB, ours {self.ours.peak_rss_mb:.0f} MiB"
         if self.ours.peak_cuda_mb is not None:
             memory += (f"; cuda max allocated: baseline {self.baseline.peak_cuda_mb:.0f} MiB, "
@@ -945,9 +945,9 @@ APP_GOALS = {"demo": (1.0, 3.0, 1.0), "xrv": (1.0, 3.0, 6.5)}
 
 
 def app_timings(source: ModelSource, repeats: int, frames: int, image_path: str | None,
-                device: str = "cpu") -> str:
-    """The pipeline's own stage timings (what the app shows) for ``source``'s models, median
-    of ``repeats``, against :data:`APP_GOALS`."""
+                device: str = "cpu", frames_from: str = DEFAULTS.frames_from) -> str:
+    """The pipeline's own stage timings (what the app shows) for ``source``'s models and one
+    frame mode, median of ``repeats``, against :data:`APP_GOALS`."""
     from ..io.imaging import XrayImage, to_display_uint8
     from ..pipeline import ExplainOptions, Pipeline
 
@@ -958,11 +958,11 @@ def app_timings(source: ModelSource, repeats: int, frames: int, image_path: str 
     pixels = seed_image(pipeline.resolution, image_path)
     image = XrayImage(pixels=pixels, display=to_display_uint8(pixels), source_format="PNG",
                       original_size=pixels.shape[::-1], bit_depth=8)
-    runs = []
+    runs, options = [], ExplainOptions(frames=frames, frames_from=frames_from)
     with tempfile.TemporaryDirectory(prefix="bench-app-") as folder:
-        pipeline.explain(image, ExplainOptions(frames=frames), out_dir=folder)  # first-call warm-up
+        pipeline.explain(image, options, out_dir=folder)  # first-call warm-up
         for _ in range(repeats):
-            runs.append(dict(pipeline.explain(image, ExplainOptions(frames=frames), out_dir=folder).timings))
+            runs.append(dict(pipeline.explain(image, options, out_dir=folder).timings))
 
     def median(*stages: str) -> float:
         return statistics.median(sum(run.get(s, 0.0) for s in stages) for run in runs)
@@ -972,7 +972,8 @@ def app_timings(source: ModelSource, repeats: int, frames: int, image_path: str 
                "GIF visible (cumulative)": (median("predict", "gradcam", "latent_shift", "render"), goals[1]),
                "everything (total)": (median("total"), goals[2])}
     lines = [f"app-level (Pipeline.get().explain, {pipeline.classifier_id} + {pipeline.autoencoder_id}, "
-             f"{frames} frames, median of {repeats}; models loaded once in {load_seconds:.2f} s)"]
+             f"{frames} frames from the {frames_from}, median of {repeats}; models loaded once in "
+             f"{load_seconds:.2f} s)"]
     for stage in ("predict", "gradcam", "latent_shift", "render", "integrated_gradients"):
         lines.append(f"  {stage:<32}{median(stage):>8.3f} s")
     for label, (seconds, goal) in visible.items():
@@ -1061,9 +1062,10 @@ def _run_model_sections(args: argparse.Namespace, folder: Path, modes: list[str]
         record["profile"] = report.profile_table
 
     for source in sources if args.app else []:
-        table = app_timings(source, args.repeats, args.frames, args.image, args.device)
-        print(table + "\n", flush=True)
-        record.setdefault("app", []).append(table)
+        for frames_from in FRAME_SOURCES:
+            table = app_timings(source, args.repeats, args.frames, args.image, args.device, frames_from)
+            print(table + "\n", flush=True)
+            record.setdefault("app", []).append(table)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
