@@ -61,9 +61,13 @@ def markdown_table(runs: list[TaskRun], split: str) -> str:
     for run in runs:
         if len(run.input_features) > 2:
             floors.append(f"{run.task.name}: {frechet_distance(run.input_features, run.real_features):.2f}")
+    zero = [f"{run.task.name} {mode}: max |frame − input| {s['zero_frame_max_difference']:g}, "
+            f"max |p − p(input)| {s['zero_pred_max_difference']:.1e}" for run in runs for mode, s in run.summaries.items()]
     lines.append("")
     lines.append(f"Split: {split}. Intervals: bootstrap 95 % over images. Fréchet distance of the judged inputs "
                  f"themselves to the same real images (the floor): {'; '.join(floors)}.")
+    lines.append("")
+    lines.append("The λ = 0 frame against the input: " + "; ".join(zero) + ".")
     return "\n".join(lines)
 
 

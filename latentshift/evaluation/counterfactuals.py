@@ -75,6 +75,7 @@ class Case:
     counterfactual: np.ndarray
     box_share: float | None = None
     box_area: float | None = None
+    zero_difference: tuple[float, float] = (0.0, 0.0)  # max |λ = 0 frame − input|, |p(λ = 0) − p(input)|
     frames: dict = field(default_factory=dict)  # for the figure: input, zero, curtailed, exaggerated
 
 
@@ -166,6 +167,8 @@ def summarize(cases: list[Case], features: np.ndarray, real_features: np.ndarray
         "box_share": bootstrap([c.box_share for c in boxed]),
         "box_area": bootstrap([c.box_area for c in boxed]),
         "boxed_cases": len(boxed),
+        "zero_frame_max_difference": max((c.zero_difference[0] for c in cases), default=0.0),
+        "zero_pred_max_difference": max((c.zero_difference[1] for c in cases), default=0.0),
     }
 
 
@@ -231,6 +234,8 @@ def _judge_all(pipeline, data, data_dir, rows, judged, roles, probs, x_all, targ
             result = pipeline.explainer.attribute(x, target, **options.shift_kwargs(), initial_pred=float(probs[n]))
         case = judge_case(result, x_all[n], str(roles[n]), threshold, options.pixel_budget,
                           box_mask(data_dir, data.rows[rows[n]], task.finding), rows[n])
+        case.zero_difference = (float(np.abs(result.frames[result.zero_index, 0].numpy() - x_all[n]).max()),
+                                abs(result.zero_pred - float(probs[n])))
         if n in figure:
             ends = [result.counterfactual_index(s) for s in ("curtail", "exaggerate")]
             shown = [result.zero_index if i is None else i for i in ends]

@@ -199,10 +199,10 @@ def _to_palette_image(rgb: Image.Image) -> Image.Image:
 FOOTER = "Research demo, not for clinical use"
 
 
-def _draw_footer(canvas: Image.Image, y: int) -> None:
-    """The footer, centred at height ``y`` of ``canvas``, in small muted type."""
+def _draw_footer(canvas: Image.Image, y: int, size: int = 11) -> None:
+    """The footer, centred at height ``y`` of ``canvas``, in small muted type (``size`` px)."""
     draw = ImageDraw.Draw(canvas)
-    font = text_font(11)
+    font = text_font(size)
     width, _ = _text_size(draw, FOOTER, font)
     fill = 140 if canvas.mode == "L" else (140, 140, 140)
     draw.text(((canvas.width - width) // 2, y), FOOTER, font=font, fill=fill)
@@ -502,12 +502,13 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
         overlay = overlay.resize((w * scale, h * scale), Image.Resampling.BILINEAR)
     ow, oh = overlay.size
 
-    pad, title_h, bar_h = 14, 28, 12
+    # Type sizes for the size the app shows a map at (about 0.47× on a 1400 px desktop): ≥ 9 px there.
+    pad, title_h, bar_h, label_size, footer_size = 14, 34 * scale // 2, 16, 10 * scale, 9 * scale
     width = max(ow, 240) + 2 * pad
-    height = pad + title_h + oh + 12 + bar_h + 22 + 16 + pad
+    height = pad + title_h + oh + 12 + bar_h + label_size + 10 + footer_size + 8 + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    f_title, f_small = text_font(17, bold=True), text_font(12)
+    f_title, f_small = text_font(13 * scale, bold=True), text_font(label_size)
     tw, _ = _text_size(draw, title, f_title)
     draw.text(((width - tw) // 2, pad), title, font=f_title, fill=(20, 20, 20))
     ox = (width - ow) // 2
@@ -527,7 +528,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     kind = "|attribution|" if absolute else "positive attribution"
     kw, _ = _text_size(draw, kind, f_small)
     draw.text(((width - kw) // 2, by + bar_h + 4), kind, font=f_small, fill=(110, 110, 110))
-    _draw_footer(canvas, by + bar_h + 24)
+    _draw_footer(canvas, by + bar_h + label_size + 10, footer_size)
 
     path = _prepare_path(path)
     canvas.save(path, format="PNG", compress_level=6)  # optimize=True costs ~0.3 s per map
