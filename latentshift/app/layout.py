@@ -75,9 +75,10 @@ ON_LOAD_JS = """() => { const captions = CAPTIONS;
 INTRO = f"""
 # {TITLE}
 An autoencoder encodes the chest X-ray; the classifier's gradient with respect to the latent code z
-gives a direction, and decoding z + λ·dy/dz over a range of λ gives the frames of the GIF:
-with λ below 0 the finding fades, with λ above 0 it is exaggerated. Compare the animation with the
-Grad-CAM and Integrated Gradients maps. Paper: [Cohen et al., MIDL 2021](https://arxiv.org/abs/2102.09475).
+gives a direction, and decoding z + λ·dy/dz over a range of λ gives the change each frame of the GIF
+adds to your X-ray (which stays as sharp as you uploaded it): with λ below 0 the finding fades, with
+λ above 0 it is exaggerated. Compare the animation with the Grad-CAM and Integrated Gradients maps.
+Paper: [Cohen et al., MIDL 2021](https://arxiv.org/abs/2102.09475).
 """
 SHARE_NOTE = ("The link reopens this result for a collaborator while the server keeps it (about an hour); "
               "to keep a result, download its files.")
