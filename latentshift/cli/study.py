@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from ..options import DEFAULTS
+from ..options import DEFAULTS, FRAME_SOURCES, option_spec
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ def add_cli(subparsers) -> None:
     create.add_argument("--seed", type=int, default=0, help="seed of --balance and of the reading orders")
     create.add_argument("--frames", type=int, default=DEFAULTS.frames, help="GIF frames")
     create.add_argument("--ig-steps", type=int, default=DEFAULTS.ig_steps, help="Integrated-Gradients steps")
+    create.add_argument("--frames-from", default=DEFAULTS.frames_from, choices=FRAME_SOURCES,
+                        help=option_spec("frames_from")["help"] + " (reconstruction: as in the paper's reader study)")
     create.set_defaults(func=run_create, default_log_level=logging.INFO)
     serve = commands.add_parser("serve", help="serve the reading page and /study_next, /study_rate")
     serve.add_argument("study_dir")
@@ -44,7 +46,7 @@ def run_create(args: argparse.Namespace) -> int:
     from ..options import ExplainOptions
     from ..study.create import create_study
 
-    options = ExplainOptions(frames=args.frames, ig_steps=args.ig_steps)
+    options = ExplainOptions(frames=args.frames, ig_steps=args.ig_steps, frames_from=args.frames_from)
     manifest = create_study(args.cases, args.out, classifier=args.classifier, autoencoder=args.autoencoder,
                             balance=args.balance, positives=args.positives, seed=args.seed, options=options, manifest_path=args.manifest)
     outcomes = [case["outcome"] for case in manifest["cases"]]
