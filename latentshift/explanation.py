@@ -22,7 +22,9 @@ WARNING_CODES = {
     "not_a_chest_xray": "the upload does not look like a frontal chest X-ray",
     "out_of_domain": "the image is from a population the classifier was not trained on",
     "model_fallback": "a requested model is unavailable here; the embedded default stands in",
-    "unverified_weights": "weights were loaded without hash verification (by opt-in)",
+    "unverified_weights": "weights were loaded without hash verification, as plain tensors only "
+                          "(by opt-in, or a safe format from an HTTPS source)",
+    "gradcam_skipped": "Grad-CAM was skipped: the classifier has no layer it can use",
     "input_note": "how the upload was read (converted, cropped, first frame, ...)",
     "degenerate_range": "the search found no λ that changes the prediction",
 }

@@ -6,14 +6,19 @@ does for plain (non-Xet) files: ``X-Repo-Commit``, ``ETag: "<sha256>"`` and
 ``X-Error-Code`` ``RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``, which
 huggingface_hub maps to its exceptions. Every request is recorded in ``requests``.
 
-Also: :func:`fill_hub_cache` writes a Hub cache entry by hand (refs + snapshot file), and
-:func:`closed_port_url` / :class:`SilentServer` give endpoints that refuse or never answer.
+Also: :func:`fill_hub_cache` writes a Hub cache entry by hand (refs + snapshot file),
+:func:`closed_port_url` / :class:`SilentServer` give endpoints that refuse or never answer, and
+:func:`self_signed_certificate` lets the fake Hub serve HTTPS (``FakeHub(tls=(cert, key))``; the
+client trusts it through ``SSL_CERT_FILE``). Run as a script, it serves files from a folder
+(``python tests/fakehub.py ROOT --port-file F``), for a separate process such as the Space rehearsal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +36,8 @@ def git_like_commit(seed: str) -> str:
 class FakeHub:
     """Serve repositories held in memory: ``repos[repo_id][commit][filename] = bytes``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.tls, self.host, self.port = tls, host, port
         self.repos: dict[str, dict[str, dict[str, bytes]]] = {}
         self.branches: dict[str, dict[str, str]] = {}
         self.requests: list[tuple[str, str]] = []
@@ -50,7 +56,7 @@ class FakeHub:
         if self._server is None:
             raise RuntimeError("the fake Hub is not running")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def start(self) -> "FakeHub":
         hub = self
@@ -67,8 +73,12 @@ class FakeHub:
             def do_GET(self) -> None:
                 hub._answer(self, with_body=True)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -158,3 +168,34 @@ class SilentServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, made with the openssl command line, valid for a day."""
+    cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def serve_folder(root: Path, port_file: Path) -> None:
+    """Serve ``root/<org>/<name>/<commit>/<file>`` as Hub repositories (and any URL path of that
+    form) until killed; the URL goes into ``port_file`` once listening."""
+    hub = FakeHub()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        org, name, commit, *rest = path.relative_to(root).parts
+        hub.add_file(f"{org}/{name}", "/".join(rest), path.read_bytes(), commit)
+    hub.start()
+    port_file.write_text(hub.url)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="a fake Hugging Face Hub on 127.0.0.1 serving a folder")
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--port-file", type=Path, required=True)
+    arguments = parser.parse_args()
+    serve_folder(arguments.root, arguments.port_file)

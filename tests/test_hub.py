@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from fakehub import FakeHub, SilentServer, closed_port_url, fill_hub_cache, git_like_commit, sha256_hex
+from fakehub import (FakeHub, SilentServer, closed_port_url, fill_hub_cache, git_like_commit, self_signed_certificate,
+                     sha256_hex)
 from latentshift import weights
 from latentshift.weights import hub
 from latentshift.errors import IntegrityError, ModelUnavailableError, WeightsError
@@ -414,3 +416,107 @@ def test_weights_add_pins_a_hub_model_with_the_hash_of_its_download(fake_hub, tm
     assert "added densenet-nih" in capsys.readouterr().out
     assert main(["weights", "add", "test-org/densenet-nih", "--revision", "main", "--to", str(mine)]) == 2
     assert "40-hex commit" in capsys.readouterr().err
+
+
+@pytest.fixture
+def https_hub(tmp_path, monkeypatch):
+    """The fake Hub over HTTPS with a self-signed certificate that this process trusts."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is needed to make a test certificate")
+    cert, key = self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with FakeHub(tls=(cert, key)) as server:
+        yield server
+
+
+def test_unknown_hash_over_https_loads_tensors_only_with_a_note_and_no_opt_in(https_hub):
+    reference = reference_model()
+    data = pickle_bytes(reference.state_dict())  # torchxrayvision's ResNetAE file is such a state dict
+    commit = https_hub.add_file("mlmed/releases", "ae.pt", data)
+    entry = url_entry(f"{https_hub.url}/mlmed/releases/resolve/{commit}/ae.pt")
+    assert hub.unverified_permitted(entry) == "read as plain tensors from the HTTPS source " + https_hub.url[8:]
+    status = model_status(entry)
+    assert status.available and "unverified" in status.reason and "HTTPS" in status.reason
+
+    model, warning = weights.load_model_with_warning(entry)
+
+    assert same_weights(model, reference)
+    assert "WITHOUT hash verification" in warning and "HTTPS source" in warning
+    assert "latentshift weights pin ae" in warning
+
+
+def test_unknown_hash_over_https_still_needs_a_pin_to_unpickle_a_whole_model(https_hub, tmp_path):
+    marker = tmp_path / "pwned"
+    commit = https_hub.add_file("mlmed/releases", "model.pt", pickle_bytes(Marker(marker)))
+    entry = url_entry(f"{https_hub.url}/mlmed/releases/resolve/{commit}/model.pt")
+    with pytest.raises(WeightsError, match="loads only with a pinned sha256"):
+        load_model(entry)
+    assert not marker.exists()
+
+
+def test_unknown_hash_over_plain_http_is_still_refused(fake_hub):
+    commit = fake_hub.add_file("mlmed/releases", "ae.pt", pickle_bytes(reference_model().state_dict()))
+    entry = url_entry(f"{fake_hub.url}/mlmed/releases/resolve/{commit}/ae.pt")
+    assert hub.unverified_permitted(entry) is None
+    with pytest.raises(ModelUnavailableError, match="no sha256"):
+        load_model(entry)
+    assert fake_hub.requests == []
+
+
+def write_manifest(path: Path, *entries: dict) -> Path:
+    path.write_text(json.dumps({"format_version": 1, "models": list(entries)}, indent=2) + "\n")
+    return path
+
+
+def test_weights_pin_records_sha256_and_size_then_the_model_loads_verified(fake_hub, tmp_path, capsys):
+    from latentshift.cli import main
+
+    data = pickle_bytes(reference_model().state_dict())
+    commit = fake_hub.add_file("mlmed/releases", "ae.pt", data)
+    url = f"{fake_hub.url}/mlmed/releases/resolve/{commit}/ae.pt"
+    mine = write_manifest(tmp_path / "mine.json", {
+        "id": "paper-ae", "kind": "classifier", "architecture": "test-hub-tiny-classifier", "labels": LABELS,
+        "resolution": 8, "format": "torch-pickle", "source": {"type": "url", "url": url, "sha256": None, "size": None},
+        "description": "kept as it is"})
+
+    assert main(["weights", "--manifest", str(mine), "pin", "paper-ae"]) == 0   # in place: the manifest listing it
+
+    source = json.loads(mine.read_text())["models"][0]["source"]
+    assert (source["sha256"], source["size"], source["url"]) == (sha256_hex(data), len(data), url)
+    assert "latentshift weights pin" in source["note"]
+    assert f"pinned paper-ae: sha256 {sha256_hex(data)}" in capsys.readouterr().out
+    model, warning = weights.load_model_with_warning(Manifest.load(mine).get("paper-ae"))
+    assert warning is None and same_weights(model, reference_model())
+
+
+def test_weights_pin_to_a_file_of_your_own_and_a_changed_file_is_refused(fake_hub, tmp_path, capsys):
+    from latentshift.cli import main
+
+    data = safetensors_bytes(reference_model())
+    commit = fake_hub.add_file("test-org/tiny", "model.safetensors", data)
+    listed = write_manifest(tmp_path / "listed.json", {
+        "id": "tiny", "kind": "classifier", "architecture": "test-hub-tiny-classifier", "labels": LABELS,
+        "resolution": 8, "source": {"type": "hub", "repo_id": "test-org/tiny", "filename": "model.safetensors",
+                                    "revision": commit, "sha256": None, "size": None}})
+    before = listed.read_text()
+    mine = tmp_path / "pins.json"
+
+    assert main(["weights", "--manifest", str(listed), "pin", "tiny", "--to", str(mine)]) == 0
+
+    assert listed.read_text() == before, "--to leaves the listing manifest alone"
+    entry = Manifest.load(mine).get("tiny")
+    assert entry.sha256 == sha256_hex(data) and entry.size == len(data) and entry.labels == tuple(LABELS)
+    assert "--manifest" in capsys.readouterr().out
+    fake_hub.repos["test-org/tiny"][commit]["model.safetensors"] = b"replaced"
+    listed.write_text(mine.read_text())
+    hub.cached_path(entry).unlink()  # a fresh download meets the replaced file
+    assert main(["weights", "--manifest", str(listed), "pin", "tiny"]) == 2
+    assert "refusing to overwrite the pin" in capsys.readouterr().err
+    assert Manifest.load(listed).get("tiny").sha256 == sha256_hex(data)
+
+
+def test_the_package_manifest_round_trips_through_json_as_pin_writes_it():
+    from latentshift.weights.manifest import DEFAULT_MANIFEST
+
+    text = DEFAULT_MANIFEST.read_text(encoding="utf-8")
+    assert json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n" == text

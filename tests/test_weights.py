@@ -254,8 +254,9 @@ def test_project_autoencoder_is_an_honest_url_entry():
     assert entry.source_type == "url" and entry.sha256 is None and entry.size is None
     assert entry.source["url"] == xrv.autoencoders.model_urls["101-elastic"]["weights_url"]
     assert "hash is unknown" in entry.source["note"]
-    status = weights.model_status(entry)
-    assert not status.available and "hash unknown" in status.reason
+    assert hub.unverified_permitted(entry) == "read as plain tensors from the HTTPS source github.com"
+    status = weights.model_status(entry, check_network=False)
+    assert not status.available and not status.cached
 
 
 def test_space_card_preloads_exactly_the_pinned_commits():
@@ -294,6 +295,8 @@ def cli_manifest(tmp_path: Path) -> Path:
         {"id": "hub-unpinned", "kind": "classifier", "architecture": "test-weights-tiny-linear", "labels": LABELS,
          "source": dict(hub_source, repo_id="test-org/unpinned", revision=None, sha256="cd" * 32)},
         {"id": "ae-url", "kind": "autoencoder", "architecture": "test-weights-tiny-linear",
+         "source": {"type": "url", "url": "http://example.invalid/assets/ae.pt", "sha256": None, "size": None}},
+        {"id": "ae-https", "kind": "autoencoder", "architecture": "test-weights-tiny-linear", "format": "torch-pickle",
          "source": {"type": "url", "url": "https://example.invalid/assets/ae.pt", "sha256": None, "size": None}},
     ])
 
@@ -315,6 +318,7 @@ def test_weights_list_is_honest(tmp_path, capsys):
     assert re.search(r"no\s+-\s+unavailable: offline \(HF_HUB_OFFLINE\) and not cached", rows["hub-remote"])
     assert "unavailable: revision not pinned" in rows["hub-unpinned"] and "@unpinne" in rows["hub-unpinned"]
     assert "unavailable: hash unknown" in rows["ae-url"] and "url:example.invalid" in rows["ae-url"]
+    assert "unavailable: offline (HF_HUB_OFFLINE) and not cached" in rows["ae-https"], "HTTPS: only the network lacks"
 
 
 def test_weights_verify_and_fetch(tmp_path, capsys):

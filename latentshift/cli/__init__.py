@@ -21,7 +21,7 @@ COMMAND_MODULES = (
     "latentshift.cli.explain",      # explain
     "latentshift.cli.compare",      # compare
     "latentshift.cli.batch",        # batch
-    "latentshift.cli.weights",      # weights list | fetch | verify
+    "latentshift.cli.weights",      # weights list | fetch | verify | pin | add | store-check
     "latentshift.cli.training",     # train, evaluate-models
     "latentshift.cli.evaluation",   # evaluate-maps
     "latentshift.cli.tools",        # bench, loadtest

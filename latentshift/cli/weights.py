@@ -5,6 +5,8 @@
   model that can be verified (unknown hashes only with ``--allow-unverified``).
 * ``verify [ID...]``: recompute the sha256 of every local copy (repository files and
   cached downloads) and compare it with the manifest; never downloads.
+* ``pin ID [--to FILE]``: download the model's file once and record its sha256 and size (in the
+  manifest that lists it, or as an entry of FILE).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ def add_cli(subparsers) -> None:
     verify_parser = commands.add_parser("verify", help="recompute the sha256 of local copies")
     verify_parser.add_argument("ids", nargs="*", metavar="ID")
     verify_parser.set_defaults(func=run_verify)
+
+    pin_parser = commands.add_parser(
+        "pin", help="download a model once and record its sha256 and size (e.g. resnetae-101-elastic)")
+    pin_parser.add_argument("model_id", metavar="MODEL_ID")
+    pin_parser.add_argument("--to", dest="target_manifest", default=None, metavar="FILE",
+                            help="write the pinned entry into this manifest of yours (created if missing; use it "
+                                 "with --manifest FILE or $LATENTSHIFT_EXTRA_MANIFEST) instead of updating the "
+                                 "manifest that lists the model (weights_manifest.json in a checkout)")
+    pin_parser.set_defaults(func=run_pin)
 
     add_parser = commands.add_parser(
         "add", help="add a torchxrayvision-format classifier of the Hub to your manifest (sha256 from the download)")
@@ -163,6 +174,21 @@ def run_verify(args: argparse.Namespace) -> int:
                   f"got {actual} ({size} bytes)")
     if failures:
         raise WeightsError(f"{len(failures)} of {len(entries)} models failed verification: {', '.join(failures)}")
+    return 0
+
+
+def run_pin(args: argparse.Namespace) -> int:
+    """Download one model's file and record its sha256 and size."""
+    from ..weights.pinning import defining_manifest, pin_model
+
+    entry = Manifest.for_user(args.manifest).get(args.model_id)
+    whole = args.target_manifest is not None
+    target = Path(args.target_manifest) if whole else defining_manifest(entry.id, args.manifest)
+    pinned = pin_model(entry, target, whole_entry=whole)
+    state = "already pinned, same file" if pinned.unchanged else "pinned"
+    print(f"{state} {pinned.model_id}: sha256 {pinned.sha256}, {pinned.size} bytes ({pinned.path}) -> {pinned.manifest}")
+    if whole:
+        print(f"use it with --manifest {pinned.manifest} (CLI and app) or LATENTSHIFT_EXTRA_MANIFEST on a Space")
     return 0
 
 

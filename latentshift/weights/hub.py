@@ -9,6 +9,9 @@
   ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` are read at call time (huggingface_hub
   reads them once, at import). Whether a host answers is probed once, quickly, and
   remembered, so an unreachable Hub costs about two seconds, not retries.
+* A file whose hash the manifest does not know loads without opt-in only from an HTTPS source
+  and in a format read as plain tensors (:func:`unverified_permitted`), with an
+  ``unverified_weights`` note; anything that needs full unpickling needs a pinned sha256.
 * Everything that cannot be fetched raises :class:`~latentshift.errors.ModelUnavailableError`
   with a message for people.
 """
@@ -40,6 +43,7 @@ from huggingface_hub.errors import (
 
 from ..errors import ModelUnavailableError, WeightsError
 from .integrity import (
+    BY_OPT_IN,
     FetchedWeights,
     ModelStatus,
     accept_file,
@@ -59,6 +63,9 @@ REACHABILITY_TTL_S = 600.0
 METADATA_TIMEOUT_S = 10.0
 URL_DOWNLOAD_TIMEOUT_S = 30.0
 _TRUE_VALUES = ("1", "true", "yes", "on")
+#: Formats this package reads as plain tensors when the hash is unknown: safetensors, and torch
+#: files through ``torch.load(weights_only=True)`` (a whole pickled model is refused then).
+TENSOR_ONLY_FORMATS = ("safetensors", "torch-pickle", "torch-export")
 
 
 # --------------------------------------------------------------------------- settings read at call time
@@ -98,6 +105,32 @@ def url_cache_dir() -> Path:
 def hub_endpoint() -> str:
     """``$HF_ENDPOINT`` now, else huggingface_hub's endpoint."""
     return (os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
+
+
+def source_url(entry: ModelEntry) -> str:
+    """Where a ``hub`` or ``url`` entry is downloaded from (the Hub endpoint, or the URL)."""
+    return hub_endpoint() if entry.source_type == "hub" else entry.source.get("url", "")
+
+
+def https_origin(entry: ModelEntry) -> str | None:
+    """The host of a Hub/URL entry's source when it is served over HTTPS, else None."""
+    parts = urllib.parse.urlsplit(source_url(entry)) if entry.source_type in ("hub", "url") else None
+    return parts.netloc if parts is not None and parts.scheme == "https" and parts.netloc else None
+
+
+def unverified_permitted(entry: ModelEntry, allow_unverified: bool | None = None) -> str | None:
+    """Why weights of unknown hash may load, or None when they may not.
+
+    Allowed: by opt-in (``allow_unverified`` / ``$LATENTSHIFT_ALLOW_UNVERIFIED``), or without it
+    when the source is HTTPS and the format is read as plain tensors only
+    (:data:`TENSOR_ONLY_FORMATS`): such a file cannot run code, and HTTPS says where it came from.
+    """
+    if allow_unverified_requested(allow_unverified):
+        return BY_OPT_IN
+    host = https_origin(entry)
+    if host and entry.format in TENSOR_ONLY_FORMATS:
+        return f"read as plain tensors from the HTTPS source {host}"
+    return None
 
 
 # --------------------------------------------------------------------------- reachability, decided once
@@ -279,26 +312,34 @@ def _download_url(entry: ModelEntry, destination: Path) -> Path:
 def fetch_weights(entry: ModelEntry, allow_unverified: bool | None = None) -> FetchedWeights:
     """Local, verified weight file of a ``hub`` or ``url`` entry (cache first, then download).
 
-    Refused before any download: an unpinned revision, and an unknown hash without
-    opt-in. Refused after it: a size or sha256 mismatch (the cached file is kept).
+    Refused before any download: an unpinned revision, and an unknown hash unless
+    :func:`unverified_permitted` (opt-in, or a tensor-only format over HTTPS). Refused after
+    it: a size or sha256 mismatch (the cached file is kept).
     """
+    if entry.source_type == "hub" and pinned_revision(entry) is None:
+        raise ModelUnavailableError(_unpinned_message(entry))
+    why = None if entry.sha256 else unverified_permitted(entry, allow_unverified)
+    if not entry.sha256 and why is None:
+        raise ModelUnavailableError(refuse_unverified_message(entry))
+    if entry.source_type == "hub":
+        path = cached_path(entry) or _download_from_hub(entry, pinned_revision(entry))
+    elif entry.source_type == "url":
+        path = cached_path(entry) or _download_url(entry, url_cache_path(entry))
+    else:
+        raise WeightsError(f"model {entry.id!r}: {entry.source_type!r} is not a Hub or URL source")
+    return accept_file(path, entry, allow_unverified=why is not None, why=why or BY_OPT_IN)
+
+
+def download_for_pinning(entry: ModelEntry) -> Path:
+    """The entry's file from its source (cache first), without checking or reading it: for
+    ``latentshift weights pin``, which records its sha256 and size."""
     if entry.source_type == "hub":
         revision = pinned_revision(entry)
         if revision is None:
             raise ModelUnavailableError(_unpinned_message(entry))
-        if not entry.sha256 and not allow_unverified_requested(allow_unverified):
-            raise ModelUnavailableError(refuse_unverified_message(entry))
-        path = cached_path(entry)
-        if path is None:
-            path = _download_from_hub(entry, revision)
-        else:
-            logger.debug("%r found in the cache: %s", entry.id, path)
-        return accept_file(path, entry, allow_unverified)
+        return cached_path(entry) or _download_from_hub(entry, revision)
     if entry.source_type == "url":
-        if not entry.sha256 and not allow_unverified_requested(allow_unverified):
-            raise ModelUnavailableError(refuse_unverified_message(entry))
-        path = cached_path(entry) or _download_url(entry, url_cache_path(entry))
-        return accept_file(path, entry, allow_unverified)
+        return cached_path(entry) or _download_url(entry, url_cache_path(entry))
     raise WeightsError(f"model {entry.id!r}: {entry.source_type!r} is not a Hub or URL source")
 
 
@@ -314,7 +355,7 @@ def source_status(entry: ModelEntry, check_network: bool = True,
     """Cheap status of a ``hub``/``url`` entry for dropdowns and ``weights list``."""
     if entry.source_type == "hub" and pinned_revision(entry) is None:
         return ModelStatus(False, False, None, "revision not pinned")
-    allowed = allow_unverified_requested(allow_unverified)
+    why = None if entry.sha256 else unverified_permitted(entry, allow_unverified)
     path = cached_path(entry)
     if path is not None:
         verified, detail = check_file(path, entry)
@@ -322,18 +363,18 @@ def source_status(entry: ModelEntry, check_network: bool = True,
             return ModelStatus(True, True, True, "cached, sha256 verified")
         if verified is False:
             return ModelStatus(False, True, False, f"cached file fails verification: {detail}")
-        reason = ("cached, hash unknown (loads unverified by opt-in)" if allowed
+        reason = (f"cached, hash unknown (loads unverified: {why})" if why
                   else "cached, hash unknown: refused without opt-in")
-        return ModelStatus(allowed, True, None, reason)
-    if not entry.sha256 and not allowed:
+        return ModelStatus(why is not None, True, None, reason)
+    if not entry.sha256 and why is None:
         return ModelStatus(False, False, None, "hash unknown, refused without opt-in")
     if is_offline():
         return ModelStatus(False, False, None, "offline (HF_HUB_OFFLINE) and not cached")
-    target = hub_endpoint() if entry.source_type == "hub" else entry.source.get("url", "")
+    target = source_url(entry)
     host = urllib.parse.urlsplit(target).netloc or target
     if not check_network:
         return ModelStatus(False, False, None, f"not cached; {host} not checked")
     if not is_reachable(target):
         return ModelStatus(False, False, None, f"{host} unreachable and not cached")
-    suffix = "" if entry.sha256 else " (unverified, by opt-in)"
+    suffix = "" if entry.sha256 else f" (unverified: {why})"
     return ModelStatus(True, False, None, f"downloadable from {host}{suffix}")

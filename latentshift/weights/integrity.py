@@ -1,8 +1,11 @@
 """Integrity of weight files: sha256 and size against the manifest, before anything is read.
 
 A mismatch raises :class:`~latentshift.errors.IntegrityError` naming both values; nothing is
-deleted. An entry whose hash is unknown loads only on request (``allow_unverified=True`` or
-``LATENTSHIFT_ALLOW_UNVERIFIED=1``), and then only as plain tensors.
+deleted. An entry whose hash is unknown is read as plain tensors only (safetensors, or
+``torch.load(weights_only=True)``), and loads when its source is HTTPS (see
+:func:`latentshift.weights.hub.unverified_permitted`) or on request (``allow_unverified=True`` or
+``LATENTSHIFT_ALLOW_UNVERIFIED=1``); either way with an ``unverified_weights`` note. A file that
+needs full unpickling loads only with a pinned sha256 (``latentshift weights pin``).
 """
 
 from __future__ import annotations
@@ -47,10 +50,16 @@ def allow_unverified_requested(allow_unverified: bool | None = None) -> bool:
     return os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def unverified_warning(entry: ModelEntry) -> str:
-    """The message shown (log and UI) when weights load without hash verification."""
+#: Why weights of unknown hash were accepted, when the person opted in.
+BY_OPT_IN = "allowed by opt-in"
+
+
+def unverified_warning(entry: ModelEntry, why: str = BY_OPT_IN) -> str:
+    """The message shown (log and UI) when weights load without hash verification; ``why`` says
+    what allowed them (the opt-in, or a safe-format file from an HTTPS source)."""
     return (f"the weights of {entry.id!r} were loaded WITHOUT hash verification (the manifest has "
-            f"no sha256 for them; allowed by opt-in). Only tensors were read from the file.")
+            f"no sha256 for them; {why}). Only tensors were read from the file; "
+            f"`latentshift weights pin {entry.id}` records its sha256.")
 
 
 def refuse_unverified_message(entry: ModelEntry) -> str:
@@ -140,8 +149,10 @@ class ModelStatus:
     reason: str
 
 
-def accept_file(path: Path, entry: ModelEntry, allow_unverified: bool | None = None) -> FetchedWeights:
-    """Verify ``path`` against the entry (size, sha256), or accept it unverified when allowed.
+def accept_file(path: Path, entry: ModelEntry, allow_unverified: bool | None = None,
+                why: str = BY_OPT_IN) -> FetchedWeights:
+    """Verify ``path`` against the entry (size, sha256), or accept it unverified when allowed
+    (``why``: what allowed it, for the warning).
 
     Raises :class:`IntegrityError` on a mismatch and :class:`ModelUnavailableError` for an
     unknown hash without opt-in. Nothing is deleted.
@@ -154,7 +165,7 @@ def accept_file(path: Path, entry: ModelEntry, allow_unverified: bool | None = N
     verified, detail = check_file(path, entry)
     if verified is False:
         raise IntegrityError(f"weights of {entry.id!r} at {path}: {detail}; refusing to load them")
-    warning = unverified_warning(entry)
+    warning = unverified_warning(entry, why)
     logger.warning("%s", warning)
     return FetchedWeights(path, verified=False, warning=warning)
 

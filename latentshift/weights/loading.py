@@ -55,7 +55,8 @@ def read_state_dict(path: Path, fmt: str, expected_sha256: str | None = None) ->
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsError(
                 f"refusing to unpickle {path}: its hash is not verified and it is not a plain tensor "
-                f"file (it needs arbitrary unpickling, which could run code). Detail: {reason}") from None
+                f"file (it needs arbitrary unpickling, which could run code; such a file loads only "
+                f"with a pinned sha256: `latentshift weights pin`). Detail: {reason}") from None
     state = obj.state_dict() if isinstance(obj, nn.Module) else obj
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds neither a model nor a state dict")
