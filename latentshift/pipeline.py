@@ -106,7 +106,8 @@ class Pipeline:
                                f"{self.autoencoder_entry.id!r} at {self.autoencoder_entry.resolution} px")
         self.resolution = self.classifier_entry.resolution
         self.explainer = LatentShift(self.classifier, self.autoencoder, apply_sigmoid=True)
-        self.gradcam = GradCAM(self.classifier)
+        #: Grad-CAM of this classifier, or None with the reason in ``gradcam_missing``.
+        self.gradcam, self.gradcam_missing = _gradcam_for(self.classifier)
         self.ood_threshold = float(self.autoencoder_entry.info.get("ood_threshold", DEFAULT_OOD_THRESHOLD))
         self.guard = guard
         #: The population the classifier was trained on ("pediatric", "adult" or None: unknown).
@@ -275,7 +276,7 @@ class Pipeline:
             self._predict_stage(explanation, out_dir)
         yield _at(explanation, "predict")
 
-        if "gradcam" in options.maps:
+        if "gradcam" in options.maps and self._can_gradcam(explanation):
             with _timed(explanation, "gradcam"):
                 self._gradcam_stage(explanation, x, out_dir)
             yield _at(explanation, "gradcam")
@@ -317,7 +318,7 @@ class Pipeline:
         for explanation, predictions, x, out_dir in zip(explanations, all_predictions, xs, out_dirs):
             with _timed(explanation, "predict"):
                 self._predict_stage(explanation, out_dir, predictions)
-            if "gradcam" in explanation.options.maps:
+            if "gradcam" in explanation.options.maps and self._can_gradcam(explanation):
                 with _timed(explanation, "gradcam"):
                     self._gradcam_stage(explanation, x, out_dir)
         with _shared_timed(explanations, "latent_shift"), self._computing():
@@ -366,6 +367,12 @@ class Pipeline:
                                   warnings=list(self.warnings) + [warning("input_note", f"input: {note}")
                                                                   for note in image.notes])
         return explanation, out_dir
+
+    def _can_gradcam(self, explanation: Explanation) -> bool:
+        """Whether Grad-CAM runs; when the classifier has no layer for it, a warning says why."""
+        if self.gradcam is None:
+            explanation.warn("gradcam_skipped", self.gradcam_missing)
+        return self.gradcam is not None
 
     def _gradcam_stage(self, explanation: Explanation, x: torch.Tensor, out_dir: Path) -> None:
         """Grad-CAM of the target and its overlay PNG."""
@@ -464,6 +471,18 @@ class Pipeline:
         explanation.files["other_findings_plot"] = render.write_curves_plot(
             out_dir / FILE_NAMES["other_findings_plot"], curves,
             title=f"Every finding along {explanation.target}'s latent shift")
+
+
+def _gradcam_for(classifier: nn.Module) -> tuple[GradCAM | None, str | None]:
+    """(Grad-CAM of the classifier, None), or (None, why not) when it has no layer Grad-CAM can use."""
+    missing = getattr(classifier, "gradcam_missing", None)
+    if missing:
+        return None, missing
+    try:
+        return GradCAM(classifier), None
+    except ValueError as exc:
+        return None, (f"Grad-CAM skipped: {exc}; give the model a `gradcam_layer` (for an exported model: "
+                      "the card field `gradcam_layer`); Latent Shift and Integrated Gradients still run")
 
 
 def _at(explanation: Explanation, stage: str) -> Explanation:

@@ -5,6 +5,9 @@ encoder and a decoder (``--autoencoder-file encoder.pt2,decoder.pt2``). The card
 says what the model is: ``labels``, ``thresholds``, ``resolution``, ``input_range``,
 ``population``, ``license``, ``sha256`` (hex digest of the ``.pt2``; for an autoencoder
 ``{"encoder": ..., "decoder": ...}``) and optionally ``gradcam_layer`` (a submodule name).
+Without ``gradcam_layer``, Grad-CAM uses the output of the last convolution of the program's
+graph (an identity "tap" module is inserted after it); a graph without a convolution gets no
+Grad-CAM, and the classifier's ``gradcam_missing`` says why, naming the card field.
 
 ``torch.export.load`` would fall back to unrestricted unpickling for content it cannot read
 as plain tensors; here every ``torch.load`` inside it is forced to ``weights_only=True``, so a
@@ -30,6 +33,10 @@ from .manifest import ModelEntry, read_structured_file
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "torch-export"
+#: Name of the identity module inserted after the last convolution of a program for Grad-CAM.
+GRADCAM_TAP = "latentshift_gradcam_tap"
+#: aten operators that are a 2-D convolution (their output is an (N, C, h, w) map).
+CONVOLUTION_OPS = ("conv2d", "convolution", "_convolution")
 _ORIGINAL_TORCH_LOAD = torch.load
 _LOAD_LOCK = threading.Lock()
 
@@ -65,6 +72,49 @@ def load_program(path: Path, label: str) -> nn.Module:
         return torch.export.unflatten(program)
     except Exception:  # noqa: BLE001 - a flat module still runs; only Grad-CAM hooks need the tree
         return program.module()
+
+
+def _is_convolution(node) -> bool:
+    packet = getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
+    return getattr(packet, "__name__", "") in CONVOLUTION_OPS
+
+
+def _convolutions_in_order(module: nn.Module):
+    """(module holding it, node) of every convolution in the order the program runs them: each
+    graph in node order, descending into the submodules it calls."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return
+    for node in graph.nodes:
+        if _is_convolution(node):
+            yield module, node
+        elif node.op == "call_module":
+            yield from _convolutions_in_order(module.get_submodule(node.target))
+
+
+def tap_last_convolution(program: nn.Module) -> nn.Module | None:
+    """Insert an ``nn.Identity`` after the last convolution of ``program``'s graph and return it
+    (hooking it hooks that convolution's output); None when the graph has no convolution.
+
+    Works on the unflattened module of :func:`load_program` (the convolution may sit in any
+    submodule, or in the top-level graph as a functional call) and on a flat ``GraphModule``.
+    The program computes exactly what it did (the tap returns its input).
+    """
+    found = list(_convolutions_in_order(program))
+    if not found:
+        return None
+    holder, node = found[-1]
+    tap = nn.Identity()
+    holder.add_module(GRADCAM_TAP, tap)
+    with holder.graph.inserting_after(node):
+        tapped = holder.graph.create_node("call_module", GRADCAM_TAP, (node,))
+    node.replace_all_uses_with(tapped, delete_user_cb=lambda user: user is not tapped)
+    if hasattr(holder, "finalize"):       # torch.export's InterpreterModule / UnflattenedModule
+        holder.finalize()
+    elif hasattr(holder, "recompile"):    # a plain torch.fx.GraphModule
+        holder.recompile()
+    logger.debug("Grad-CAM tap after %s in %s", node.name, type(holder).__name__)
+    return tap
 
 
 class _Batched(nn.Module):
@@ -109,11 +159,16 @@ class ExportedClassifier(nn.Module):
     def __init__(self, program: nn.Module, entry: ModelEntry):
         super().__init__()
         sample = torch.zeros(1, 1, entry.resolution, entry.resolution)
+        self._gradcam_name = entry.info.get("gradcam_layer")
+        self._gradcam_tap = None if self._gradcam_name else tap_last_convolution(program)
+        #: Why Grad-CAM has no layer here (None when it has one).
+        self.gradcam_missing = None if self._gradcam_name or self._gradcam_tap is not None else (
+            f"Grad-CAM skipped: the exported classifier {entry.id!r} has no convolution in its graph, and its "
+            "card names no `gradcam_layer` (the card field naming the submodule whose activations Grad-CAM "
+            "uses); Latent Shift and Integrated Gradients still run")
         self.net = any_batch(program, sample)
         self.pathologies = list(entry.labels)
         self.resolution, self.input_range = entry.resolution, tuple(entry.input_range)
-        layer = entry.info.get("gradcam_layer")
-        self._gradcam_name = layer
         with torch.no_grad():
             outputs = self.net(sample).shape
         if len(outputs) != 2 or outputs[1] != len(self.pathologies):
@@ -122,9 +177,16 @@ class ExportedClassifier(nn.Module):
 
     @property
     def gradcam_layer(self) -> nn.Module | None:
-        """The submodule named by the card's ``gradcam_layer`` (None: let Grad-CAM look for one)."""
+        """The submodule named by the card's ``gradcam_layer``, else the tap after the graph's last
+        convolution; None when there is neither."""
+        if not self._gradcam_name:
+            return self._gradcam_tap
         program = self.net.program if isinstance(self.net, _Batched) else self.net
-        return None if not self._gradcam_name else program.get_submodule(self._gradcam_name)
+        try:
+            return program.get_submodule(self._gradcam_name)
+        except AttributeError:
+            raise WeightsError(f"the card's gradcam_layer {self._gradcam_name!r} names no submodule of the "
+                               "exported program") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
