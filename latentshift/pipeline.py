@@ -38,6 +38,7 @@ from .models.placement import place_model
 from .options import ExplainOptions
 from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
 from .weights.manifest import EXTRA_MANIFEST_ENV
+from .weights.preference import ServingDefault
 from .weights.store import LoadedModel, ModelStore
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Pipeline:
     """
 
     _stores: dict[tuple[str, str], ModelStore] = {}
+    _servings: dict[int, ServingDefault] = {}
     _stores_lock = threading.Lock()
 
     def __init__(self, classifier: LoadedModel, autoencoder: LoadedModel, device: str | torch.device = "cpu",
@@ -122,6 +124,17 @@ class Pipeline:
             if key not in cls._stores:
                 cls._stores[key] = ModelStore(Manifest.for_user(manifest_path), device)
             return cls._stores[key]
+
+    @classmethod
+    def serving(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None
+                ) -> ServingDefault:
+        """The pair the app answers with for this store (:mod:`latentshift.weights.preference`);
+        created, not started, on first use: call its ``start()`` (the app does at start-up)."""
+        store = cls.store(device, manifest_path)
+        with cls._stores_lock:
+            if id(store) not in cls._servings:
+                cls._servings[id(store)] = ServingDefault(store)
+            return cls._servings[id(store)]
 
     @classmethod
     def get(cls, classifier_id: str | None = None, autoencoder_id: str | None = None,

@@ -2,8 +2,8 @@
 
 Layers inside this room, imported one way: ``manifest`` (what exists) ← ``integrity``
 (sha256 and size) ← ``hub`` (Hub and URL downloads) ← ``sources`` (one interface for every
-source) ← ``loading`` (state dict into architecture) ← ``store`` (loaded models by id);
-``pinning`` (``weights pin``: sha256 and size of a download) sits beside ``sources``.
+source) ← ``loading`` (state dict into architecture) ← ``store`` (loaded models by id) ←
+``preference`` (the ranked pairs the app answers with, fetched in the background); ``pinning`` (``weights pin``: sha256 and size of a download) sits beside ``sources``.
 """
 
 from .integrity import (ALLOW_UNVERIFIED_ENV, FetchedWeights, ModelStatus, accept_file,

@@ -19,6 +19,13 @@
       "license": "...", "citation": "...", "description": "...", "model_card": "weights/x.md"
     }
 
+The top-level ``"serving"`` list ranks the model pairs the app answers with, best first::
+
+    "serving": [{"classifier": "densenet121-res224-all", "autoencoder": "resnetae-101-elastic",
+                 "label": "the Latent Shift paper's pair"}, ...]
+
+(see :mod:`.preference`); the embedded default pair is always the last resort.
+
 The sha256 (and size) of a file is checked **before** it is deserialised; a mismatch
 raises :class:`~latentshift.errors.IntegrityError` naming both hashes. An entry whose
 hash is unknown loads only on request (``allow_unverified=True`` or
@@ -46,6 +53,20 @@ BUILTIN_BASE_DIR = PACKAGE_ROOT.parent
 MANIFEST_ENV = "LATENTSHIFT_MANIFEST"          # a manifest used *instead of* the package's
 EXTRA_MANIFEST_ENV = "LATENTSHIFT_EXTRA_MANIFEST"  # a manifest merged *over* the package's
 KINDS = ("classifier", "autoencoder", "guard")
+
+
+@dataclass(frozen=True)
+class ServingPair:
+    """A classifier + autoencoder pair the app may answer with, and what to call it on the page."""
+
+    classifier: str
+    autoencoder: str
+    label: str = ""
+
+    def describe(self) -> str:
+        """E.g. "the Latent Shift paper's pair (`densenet121-res224-all` + `resnetae-101-elastic`)"."""
+        ids = f"`{self.classifier}` + `{self.autoencoder}`"
+        return f"{self.label} ({ids})" if self.label else ids
 
 
 @dataclass(frozen=True)
@@ -108,8 +129,10 @@ class ModelEntry:
 class Manifest:
     """The parsed manifest: entries by id, plus the embedded defaults per kind."""
 
-    def __init__(self, entries: list[ModelEntry], path: Path | None = None):
+    def __init__(self, entries: list[ModelEntry], path: Path | None = None,
+                 serving: list[ServingPair] | None = None):
         self.path = path
+        self.serving_ranked: list[ServingPair] = list(serving or [])
         self.entries: dict[str, ModelEntry] = {}
         for entry in entries:
             if entry.id in self.entries:
@@ -123,7 +146,8 @@ class Manifest:
         builtin = path.resolve() == DEFAULT_MANIFEST.resolve()
         data = read_structured_file(path, "weights manifest")
         base_dir = BUILTIN_BASE_DIR if builtin else path.resolve().parent
-        return cls([ModelEntry.from_dict(e, base_dir) for e in data.get("models", [])], path)
+        return cls([ModelEntry.from_dict(e, base_dir) for e in data.get("models", [])], path,
+                   _serving_pairs(data.get("serving", []), path))
 
     @classmethod
     def for_user(cls, extra: str | os.PathLike | None = None) -> "Manifest":
@@ -145,7 +169,7 @@ class Manifest:
         extra_defaults = {e.kind for e in extra if e.embedded_default}
         kept = [replace(e, embedded_default=False) if e.kind in extra_defaults else e
                 for e in self if e.id not in extra.entries]
-        return Manifest(list(extra) + kept, extra.path)
+        return Manifest(list(extra) + kept, extra.path, extra.serving_ranked or self.serving_ranked)
 
     def __iter__(self):
         return iter(self.entries.values())
@@ -163,12 +187,34 @@ class Manifest:
     def of_kind(self, kind: str) -> list[ModelEntry]:
         return [e for e in self if e.kind == kind]
 
+    def serving(self) -> list[ServingPair]:
+        """The pairs to serve, best first: the ``"serving"`` ranking (pairs naming a model this
+        manifest lacks are left out), then the embedded default pair if the ranking lacks it."""
+        pairs = [p for p in self.serving_ranked if p.classifier in self.entries and p.autoencoder in self.entries]
+        embedded = ServingPair(self.default("classifier").id, self.default("autoencoder").id, "the embedded demo pair")
+        if all((p.classifier, p.autoencoder) != (embedded.classifier, embedded.autoencoder) for p in pairs):
+            pairs.append(embedded)
+        return pairs
+
     def default(self, kind: str) -> ModelEntry:
         """The embedded default of ``kind`` (the first entry marked ``embedded_default``)."""
         for entry in self.of_kind(kind):
             if entry.embedded_default:
                 return entry
         raise WeightsError(f"the manifest marks no {kind} as embedded_default")
+
+
+def _serving_pairs(items, path: Path) -> list[ServingPair]:
+    """The manifest's ``"serving"`` list as pairs; a message naming the file when it is malformed."""
+    if not isinstance(items, list):
+        raise WeightsError(f"{path}: \"serving\" must be a list of {{classifier, autoencoder, label}}")
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict) or not item.get("classifier") or not item.get("autoencoder"):
+            raise WeightsError(f"{path}: every \"serving\" item needs a classifier and an autoencoder id, "
+                               f"got {item!r}")
+        pairs.append(ServingPair(str(item["classifier"]), str(item["autoencoder"]), str(item.get("label", ""))))
+    return pairs
 
 
 def read_structured_file(path: Path, what: str) -> dict:

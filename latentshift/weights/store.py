@@ -73,6 +73,7 @@ class ModelStore:
         self.allow_unverified = allow_unverified
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}  # one lock per model id while it is read
         self.loads = 0  # how many times a model was read from disk (for tests and the memory check)
 
     def __len__(self) -> int:
@@ -107,18 +108,31 @@ class ModelStore:
             raise error
         return default
 
+    def load(self, model_id: str, kind: str) -> LoadedModel:
+        """The loaded model ``model_id`` exactly: errors are raised, nothing stands in for it."""
+        return self._cached_or_load(self.manifest.get(model_id, kind))
+
     def _cached_or_load(self, entry: ModelEntry) -> LoadedModel:
+        """The entry's model from memory, else read from disk. Reading holds only this model's
+        loading lock, so models already in memory keep answering meanwhile (a large model
+        loaded in the background does not stall requests for the others)."""
         with self._lock:
             if entry.id in self._models:
                 self._models.move_to_end(entry.id)
                 return self._models[entry.id]
+            loading = self._loading.setdefault(entry.id, threading.Lock())
+        with loading:
+            with self._lock:
+                if entry.id in self._models:
+                    return self._models[entry.id]
             model, warning = load_model_with_warning(entry, self.device, self.allow_unverified)
-            self.loads += 1
             loaded = LoadedModel(model, entry, warning)
-            self._models[entry.id] = loaded
-            while len(self._models) > self.max_models:
-                evicted, _ = self._models.popitem(last=False)
-                logger.info("model store full (%d): dropped %r", self.max_models, evicted)
+            with self._lock:
+                self.loads += 1
+                self._models[entry.id] = loaded
+                while len(self._models) > self.max_models:
+                    evicted, _ = self._models.popitem(last=False)
+                    logger.info("model store full (%d): dropped %r", self.max_models, evicted)
             return loaded
 
     def clear(self) -> None:
