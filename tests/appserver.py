@@ -86,7 +86,7 @@ def serve_app(folder: Path, *, queue_max_size: int | None = None,
     downloads.mkdir(exist_ok=True)
     with _environ(LATENTSHIFT_MANIFEST=str(manifest), GRADIO_TEMP_DIR=str(cache),
                   GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost"):
-        from latentshift.app import handlers, layout, server, serving
+        from latentshift.app import layout, server, serving
 
         patched = {}
         if queue_max_size is not None:
@@ -96,7 +96,6 @@ def serve_app(folder: Path, *, queue_max_size: int | None = None,
         saved = {name: getattr(serving, name) for name in patched}
         for name, value in patched.items():
             setattr(serving, name, value)
-        handlers.default_model_id.cache_clear()
         folders = serving.run_folders()
         saved_age = folders.max_age_s
         if run_folder_max_age_s is not None:
@@ -116,4 +115,3 @@ def serve_app(folder: Path, *, queue_max_size: int | None = None,
             for name, value in saved.items():
                 setattr(serving, name, value)
             folders.max_age_s = saved_age
-            handlers.default_model_id.cache_clear()

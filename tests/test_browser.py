@@ -206,6 +206,33 @@ def test_a_captioned_example_shows_an_animated_gif(browser, app_url):
     page.close()
 
 
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_adult_examples_have_their_own_row_and_explain_cardiomegaly(browser, app_url, viewport):
+    """Pediatric and adult examples in two labelled rows; an adult example explains Cardiomegaly with the
+    adult pair, sets the model and target dropdowns to it, and nothing clears the shown result."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = "desktop" if viewport is DESKTOP else "phone"
+    page = open_page(browser, app_url, viewport)
+    page.wait_for_function("document.querySelector('#examples-adult button.gallery-item')?.dataset.caption")
+    labels = [page.locator(f"#{row}").inner_text() for row in ("examples", "examples-adult")]
+    assert labels[0].startswith("Children") and labels[1].startswith("Adults"), labels
+    adult = page.locator("#examples-adult button.gallery-item")
+    assert adult.count() == len(layout.adult_example_images()) == 4
+    assert {adult.nth(i).get_attribute("data-caption") for i in range(adult.count())} == {"Cardiomegaly"}
+    page.locator("#examples-adult").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / f"{name}-examples.png"))
+    adult.first.click()
+    page.wait_for_selector("#latent-shift-gif img", timeout=RUN_TIMEOUT_MS)
+    status_says(page, "Explaining Cardiomegaly")
+    page.wait_for_timeout(1500)  # a model change event, had one fired, would have cleared the result by now
+    assert page.locator("#latent-shift-gif img").count() == 1, "the example's result was cleared"
+    status = page.locator("#status").inner_text()
+    assert "classifier demo-adult-cardiomegaly" in status and "autoencoder demo-autoencoder" in status, status
+    assert page.locator("#serving-line").inner_text().startswith("Answering with")
+    page.screenshot(path=str(ARTIFACTS / f"{name}-adult-example.png"), full_page=True)
+    page.close()
+
+
 def test_page_loads_inside_an_iframe(browser, app_url):
     page = browser.new_page(viewport=DESKTOP)
     page.set_content(f'<iframe src="{app_url}" style="border:0" width="1200" height="900"></iframe>')

@@ -76,3 +76,20 @@ def test_no_warning_on_the_examples(tmp_path):
         domain, warnings = pipeline.check_domain(pipeline.load_image(example))
         assert warnings == [], (example.name, warnings)
         assert domain["population"] == "pediatric"
+
+
+def test_the_adult_examples_are_adult_true_positives_that_curtail_below_the_threshold(tmp_path):
+    """The app's adult example row: each is an adult X-ray (no domain warning for the adult classifier),
+    positive for Cardiomegaly, and its Latent Shift takes the prediction below the threshold."""
+    examples = sorted((REPO / "examples" / "adult").glob("cardiomegaly-*.png"))
+    assert len(examples) == 4
+    pipeline = Pipeline.get("demo-adult-cardiomegaly", "demo-autoencoder")
+    threshold = pipeline.thresholds["Cardiomegaly"]
+    for example in examples:
+        image = pipeline.load_image(example)
+        domain, warnings = pipeline.check_domain(image)
+        assert warnings == [] and domain["population"] == "adult", example.name
+        assert pipeline.predict(image)["Cardiomegaly"] >= threshold, example.name
+        shift = pipeline.explainer.attribute(image.tensor(), pipeline.target_index("Cardiomegaly", {})[1],
+                                             direction="curtail", frames=4)
+        assert min(shift.preds) < threshold, (example.name, shift.preds)

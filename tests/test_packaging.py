@@ -37,6 +37,8 @@ def test_the_wheel_carries_the_manifest_and_every_embedded_file(wheel):
             if entry.get("model_card"):
                 assert entry["model_card"] in names, entry["id"]
     assert any(name.startswith("latentshift/app/examples/") and name.endswith(".png") for name in names)
+    adult = {f"latentshift/app/examples/adult/{path.name}" for path in (REPO / "examples" / "adult").glob("*.png")}
+    assert adult and adult <= names, "the adult examples ship too"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:
         assert "latentshift = latentshift.cli:entry" in archive.read(entry_points).decode()

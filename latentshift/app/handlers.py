@@ -3,11 +3,14 @@
 Each handler takes control values and returns plain values (dicts keyed by output *name*,
 see :data:`OUTPUT_NAMES`); :mod:`.layout` maps the names to components. The API functions
 :func:`predict` and :func:`explain` are the named endpoints ``/predict`` and ``/explain``.
+
+The GPU-bound work runs in functions decorated with :func:`.gpu.task` (``spaces.GPU`` on ZeroGPU,
+nothing elsewhere) that take plain values only; their callers load the models first, in this
+process (:func:`load_pair`), because on ZeroGPU the decorated call runs in a forked worker.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +20,12 @@ import gradio as gr
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
-from ..compare import Comparison, compare
+from ..compare import Comparison, classifiers_with_finding, compare
 from ..errors import LatentShiftError
 from ..options import DEFAULTS, ExplainOptions
 from ..pipeline import Explanation, Pipeline, list_models
+from ..weights import model_status
+from . import gpu
 from .serving import run_folders
 
 logger = logging.getLogger("latentshift.app")
@@ -69,10 +74,47 @@ def errors_for_people(action: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- models and choices
 
-@functools.cache
-def default_model_id(kind: str) -> str | None:
-    """Id of the manifest's embedded default of ``kind``."""
-    return next((choice.id for choice in list_models(kind) if choice.is_default), None)
+def serving_default():
+    """The app's :class:`~latentshift.weights.preference.ServingDefault` (the pair that answers now)."""
+    return Pipeline.serving(gpu.device())
+
+
+def default_model_id(kind: str) -> str:
+    """Id of the ``kind`` model of the pair that answers now (the serving default, see README)."""
+    pair = serving_default().state().pair
+    return pair.classifier if kind == "classifier" else pair.autoencoder
+
+
+def serving_values() -> dict[str, Any]:
+    """What a page shows when it loads: the pair that answers now, its findings as targets, and the
+    line saying which pair answers and why."""
+    state = serving_default().state()
+    pipeline = pipeline_for(state.pair.classifier, state.pair.autoencoder)
+    return {"serving_line": state.line(), "classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id,
+            "target_choices": target_choices(pipeline), "target": TOP_PREDICTION}
+
+
+def example_targets(classifier_id: str, autoencoder_id: str, target: str) -> dict[str, Any]:
+    """The target dropdown after an example: its classifier's findings, set to the example's target."""
+    with errors_for_people("loading the models"):
+        pipeline = pipeline_for(classifier_id, autoencoder_id)
+    return {"target_choices": target_choices(pipeline), "target": target or TOP_PREDICTION}
+
+
+def example_pair(population: str, finding: str) -> tuple[str, str] | None:
+    """The pair that explains the examples of ``population`` for ``finding``: the pair that answers now
+    when its classifier fits them, else an embedded classifier trained on that population with the
+    embedded autoencoder; None when no classifier here has the finding."""
+    manifest = Pipeline.store(gpu.device()).manifest
+    pair = serving_default().state().pair
+    serving = manifest.get(pair.classifier)
+    if finding in serving.labels and serving.info.get("population") in (population, None):
+        return pair.classifier, pair.autoencoder
+    for entry in manifest.of_kind("classifier"):
+        if (entry.source_type == "file" and finding in entry.labels and entry.info.get("population") == population
+                and model_status(entry, check_network=False).available):
+            return entry.id, manifest.default("autoencoder").id
+    return None
 
 
 def model_dropdown_choices(kind: str) -> tuple[list[tuple[str, str]], str]:
@@ -116,9 +158,16 @@ def target_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
 
 
 def pipeline_for(classifier_id: str | None, autoencoder_id: str | None) -> Pipeline:
-    """The pipeline of a model pair ('' or None: the embedded default)."""
+    """The pipeline of a model pair ('' or None: the serving default's model of that kind)."""
     return Pipeline.get(classifier_id or default_model_id("classifier"),
-                        autoencoder_id or default_model_id("autoencoder"))
+                        autoencoder_id or default_model_id("autoencoder"), device=gpu.device())
+
+
+def load_pair(classifier_id: str | None, autoencoder_id: str | None) -> None:
+    """Load the pair in this process before a GPU call (on ZeroGPU that call runs in a forked
+    worker, which then finds the models in memory and on the GPU)."""
+    with errors_for_people("loading the models"):
+        pipeline_for(classifier_id, autoencoder_id)
 
 
 # ---------------------------------------------------------------- inputs
@@ -268,12 +317,24 @@ def result_values(explanation: Explanation) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- handlers of the page
 
+def _cleared() -> dict[str, Any]:
+    cleared: dict[str, Any] = {name: None for name in RESULT_NAMES}
+    cleared.update(outcome="", warnings="", slider_frames=None, **slider_value(None))
+    return cleared
+
+
 def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) -> dict[str, Any]:
     """Predictions for a new upload; the target follows the top prediction; results cleared."""
-    cleared = {name: None for name in RESULT_NAMES}
-    cleared.update(outcome="", warnings="", slider_frames=None, **slider_value(None))
     if not path:
-        return {"predictions": None, "target": TOP_PREDICTION, **cleared, "status": READY_TEXT, "suggestion": None}
+        return {"predictions": None, "target": TOP_PREDICTION, **_cleared(), "status": READY_TEXT,
+                "suggestion": None}
+    load_pair(classifier_id, autoencoder_id)
+    return _predict_upload(path, classifier_id, autoencoder_id)
+
+
+@gpu.task(gpu.PREDICT_SECONDS)
+def _predict_upload(path: str, classifier_id: str, autoencoder_id: str) -> dict[str, Any]:
+    """:func:`predict_upload` once the models are loaded (on ZeroGPU: on the lent GPU)."""
     with errors_for_people("reading the image and predicting"):
         pipeline = pipeline_for(classifier_id, autoencoder_id)
         image = pipeline.load_image(path)
@@ -285,7 +346,7 @@ def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) ->
     suggestion = None
     if any(w["code"] == "out_of_domain" for w in warnings):
         suggestion = suggest_classifier(domain["population"], pipeline.classifier_id)
-    return {"predictions": probabilities, "target": top, **cleared, "suggestion": suggestion,
+    return {"predictions": probabilities, "target": top, **_cleared(), "suggestion": suggestion,
             "status": f"Top prediction **{top}** (p = {probabilities[top]:.2f}, classifier "
                       f"`{pipeline.classifier_id}`). Press **Explain** for the GIF and the maps.{alerts}{notes}"}
 
@@ -306,6 +367,14 @@ def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | No
 def iter_explanation(path: str, classifier_id: str, autoencoder_id: str,
                      options: ExplainOptions) -> Iterator[Explanation]:
     """The stages of one explanation in the app (files in a fresh run folder)."""
+    load_pair(classifier_id, autoencoder_id)
+    yield from _explanation_stages(path, classifier_id, autoencoder_id, options)
+
+
+@gpu.task(gpu.EXPLAIN_SECONDS)
+def _explanation_stages(path: str, classifier_id: str, autoencoder_id: str,
+                        options: ExplainOptions) -> Iterator[Explanation]:
+    """:func:`iter_explanation` once the models are loaded (on ZeroGPU: on the lent GPU)."""
     with errors_for_people("explaining the image"):
         pipeline = pipeline_for(classifier_id, autoencoder_id)
         image = pipeline.load_image(path)
@@ -318,10 +387,16 @@ def iter_explanation(path: str, classifier_id: str, autoencoder_id: str,
 def predict(image: FileData, classifier: str = "") -> dict[str, float]:
     """Probability of each finding for one chest X-ray.
 
-    image: PNG, JPEG, TIFF or DICOM file; classifier: model id ('' = embedded default).
+    image: PNG, JPEG, TIFF or DICOM file; classifier: model id ('' = the serving default).
     Returns {finding: probability}.
     """
     path = uploaded_file(image)
+    load_pair(classifier, None)
+    return _probabilities(path, classifier)
+
+
+@gpu.task(gpu.PREDICT_SECONDS)
+def _probabilities(path: str, classifier: str) -> dict[str, float]:
     with errors_for_people("reading the image and predicting"):
         pipeline = pipeline_for(classifier, None)
         return pipeline.predict(pipeline.load_image(path))
@@ -346,10 +421,17 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
     manual = lambda_min is not None or lambda_max is not None
     options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
                               frame_duration_ms, ig_steps, frames_from)
+    load_pair(classifier, autoencoder)
+    return tuple(_file_data(name) for name in _explanation_files(path, classifier, autoencoder, options))
+
+
+@gpu.task(gpu.EXPLAIN_SECONDS)
+def _explanation_files(path: str, classifier: str, autoencoder: str, options: ExplainOptions) -> list[str | None]:
+    """The files of /explain, in :data:`EXPLAIN_API_FILES` order."""
     with errors_for_people("explaining the image"):
         pipeline = pipeline_for(classifier, autoencoder)
         explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
-    return tuple(_file_data(file_path(explanation, key)) for key in EXPLAIN_API_FILES)
+    return [file_path(explanation, key) for key in EXPLAIN_API_FILES]
 
 
 def compare_upload(path: str | None, target: str, classifier_ids: list[str] | None, autoencoder_id: str,
@@ -361,9 +443,21 @@ def compare_upload(path: str | None, target: str, classifier_ids: list[str] | No
         raise gr.Error("Choose the finding to compare.")
     options = explain_options(target, DEFAULTS.direction, frames, step_size, False, None, None,
                               DEFAULTS.frame_duration_ms, None)
+    ids = list(classifier_ids or []) or classifiers_with_finding(target)
+    for classifier_id in ids:  # loaded here, before the GPU call; one that cannot load is skipped there
+        try:
+            load_pair(classifier_id, autoencoder_id or None)
+        except gr.Error:
+            pass
+    return _comparison(path, target, ids, autoencoder_id or None, options)
+
+
+@gpu.task(gpu.COMPARE_SECONDS)
+def _comparison(path: str, target: str, classifier_ids: list[str], autoencoder_id: str | None,
+                options: ExplainOptions) -> Comparison:
     with errors_for_people("comparing the classifiers"):
-        return compare(path, target, list(classifier_ids or []) or None, autoencoder_id=autoencoder_id or None,
-                       options=options, out_dir=run_folders().new())
+        return compare(path, target, classifier_ids or None, autoencoder_id=autoencoder_id, options=options,
+                       out_dir=run_folders().new(), device=gpu.device())
 
 
 def compare_values(comparison: Comparison) -> dict[str, Any]:

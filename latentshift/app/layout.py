@@ -26,6 +26,9 @@ warnings.filterwarnings("ignore", message="Examples will be cached but not all i
 
 TITLE = "Gifsplanation via Latent Shift"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+ADULT_EXAMPLES_DIR = EXAMPLES_DIR / "adult"
+#: The finding the adult examples are explained for (their captions name it too).
+ADULT_EXAMPLE_FINDING = "Cardiomegaly"
 RANGE_AUTOMATIC = "Automatic search"
 RANGE_MANUAL = "Manual λ range"
 DIRECTION_LABELS = {"both": "Both", "curtail": "Curtail (fade)", "exaggerate": "Exaggerate"}
@@ -43,14 +46,17 @@ CSS = """
 /* Output images: room above the picture for the label, so it never covers the PNG's own title. */
 .result-image .image-container, .result-image .image-frame { padding-top: 34px; }
 .result-image .empty { min-height: 120px; }
-/* Example thumbnails with their captions (finding), smaller than Gradio's default. */
-#examples button.gallery-item { display: inline-flex; flex-direction: column; align-items: center; }
-#examples button.gallery-item img { width: 72px; height: 72px; object-fit: cover; }
-#examples button.gallery-item::after { content: attr(data-caption); font-size: 11px; line-height: 1.2;
-                                       margin-top: 2px; }
+/* Example thumbnails with their captions (finding), smaller than Gradio's default; one row per population. */
+#examples button.gallery-item, #examples-adult button.gallery-item {
+  display: inline-flex; flex-direction: column; align-items: center; }
+#examples button.gallery-item img, #examples-adult button.gallery-item img { width: 72px; height: 72px;
+                                                                             object-fit: cover; }
+#examples button.gallery-item::after, #examples-adult button.gallery-item::after {
+  content: attr(data-caption); font-size: 11px; line-height: 1.2; margin-top: 2px; }
+#serving-line p { margin: 0; font-size: 0.92em; color: #374151; }
 #downloads .file-preview td { padding-top: 3px; padding-bottom: 3px; }
 @media (max-width: 768px) {
-  #examples button.gallery-item img { width: 52px; height: 52px; }
+  #examples button.gallery-item img, #examples-adult button.gallery-item img { width: 52px; height: 52px; }
   /* Phones: shorter result boxes (the images keep their aspect ratio; fullscreen shows them large). */
   #heatmap-map, #gradcam-map, #integrated-gradients-map { height: 230px !important; }
   #latent-shift-gif, #prediction-plot { height: 300px !important; }
@@ -61,11 +67,13 @@ CSS = """
 #: After Explain on a narrow screen the view moves to the status line, the outcome and the results.
 SCROLL_TO_RESULTS_JS = """() => { if (window.innerWidth < 768) {
   document.querySelector('#status')?.scrollIntoView({behavior: 'instant', block: 'start'}); } }"""
-#: On load: captions on the example thumbnails; on a narrow screen the settings accordion closes.
-ON_LOAD_JS = """() => { const captions = CAPTIONS;
-  const caption = () => document.querySelectorAll('#examples button.gallery-item').forEach((item, i) => {
-    if (captions[i]) { item.dataset.caption = captions[i]; item.title = captions[i];
-                       item.querySelector('img')?.setAttribute('alt', captions[i]); } });
+#: On load: captions on the example thumbnails (CAPTIONS: row elem_id -> captions); on a narrow screen
+#: the settings accordion closes.
+ON_LOAD_JS = """() => { const rows = CAPTIONS;
+  const caption = () => Object.entries(rows).forEach(([row, captions]) =>
+    document.querySelectorAll(`#${row} button.gallery-item`).forEach((item, i) => {
+      if (captions[i]) { item.dataset.caption = captions[i]; item.title = captions[i];
+                         item.querySelector('img')?.setAttribute('alt', captions[i]); } }));
   caption(); setTimeout(caption, 500); setTimeout(caption, 2000);
   if (window.innerWidth < 768) {
     const toggle = document.querySelector('#settings > button.label-wrap, #settings .label-wrap');
@@ -107,8 +115,13 @@ class XrayUpload(gr.Image):
 
 
 def example_images() -> list[str]:
-    """The example X-rays shipped with the app (read at start-up)."""
+    """The pediatric example X-rays shipped with the app (read at start-up)."""
     return [str(path) for path in sorted(EXAMPLES_DIR.glob("*.png"))]
+
+
+def adult_example_images() -> list[str]:
+    """The adult example X-rays (NIH ChestX-ray14), each with the finding it shows."""
+    return [str(path) for path in sorted(ADULT_EXAMPLES_DIR.glob("*.png"))]
 
 
 def _slider(name: str, label: str) -> gr.Slider:
@@ -218,6 +231,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=serving.DELETE_CACHE) as demo:
         gr.Markdown(INTRO, elem_classes="intro")
         gr.Markdown(DISCLAIMER, elem_classes="disclaimer")
+        c["serving_line"] = gr.Markdown(handlers.serving_default().state().line(), elem_id="serving-line")
         with gr.Tabs():
             with gr.Tab("Explain", id="explain"):
                 with gr.Row(equal_height=False):
@@ -231,9 +245,14 @@ def build_demo() -> gr.Blocks:
         _wire_explain(c, pipeline)
         _wire_compare(c)
         _wire_api()
-        captions = example_captions(example_images())
+        captions = {"examples": example_captions(example_images()),
+                    "examples-adult": example_captions(adult_example_images())}
         demo.load(None, None, None, js=ON_LOAD_JS.replace("CAPTIONS", json.dumps(captions)), queue=False,
                   api_visibility="private")
+        # Each page load shows the pair that answers now (a background fetch may have made it the paper's).
+        demo.load(lambda: _by_component(c, handlers.serving_values()), None,
+                  [c[n] for n in ("serving_line", "classifier", "autoencoder", "target")], queue=False,
+                  api_visibility="private", show_progress="hidden")
     demo.queue(max_size=serving.QUEUE_MAX_SIZE, default_concurrency_limit=serving.EXPLAIN_CONCURRENCY)
     return demo
 
@@ -291,10 +310,13 @@ def _wire_uploads(c: dict) -> None:
     c["image"].input(on_image, [c["image"], *models], outputs, trigger_mode="always_last", **events)
     c["file"].upload(on_file, [c["file"], *models], outputs, **events)
     c["predict_button"].click(on_predict, [c["image"], c["file"], *models], outputs, **events)
-    gr.on([c["classifier"].change, c["autoencoder"].change], on_models, [*models, c["image"], c["file"]],
+    # A person's choice of models reloads and predicts again; values set by the page (an example row with
+    # its own pair, the serving default at page load) do not, so they never clear a result being shown.
+    gr.on([c["classifier"].input, c["autoencoder"].input], on_models, [*models, c["image"], c["file"]],
           [*models, *outputs], **events)
     c["suggest"].click(lambda suggested: suggested or gr.skip(), c["suggested_id"], c["classifier"], queue=False,
-                       api_visibility="private", show_progress="hidden")
+                       api_visibility="private", show_progress="hidden").then(
+        on_models, [*models, c["image"], c["file"]], [*models, *outputs], **events)
     c["range_mode"].change(lambda mode: gr.update(visible=mode == RANGE_MANUAL), c["range_mode"],
                            c["manual_range_row"], queue=False, api_visibility="private", show_progress="hidden")
     c["slider_pair"].change(lambda frames, pair: _by_component(c, handlers.slider_value(frames, pair)),
@@ -348,20 +370,26 @@ def _wire_explain(c: dict, pipeline) -> None:
         event = event.success(_stage_step(c, stage, names, description), c["run_id"], [c[n] for n in names],
                               show_progress_on=[c[n] for n in shown], **events)
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
-    _examples(c, pipeline, [c[n] for n in EXPLAIN_OUTPUTS])
+    _examples(c, pipeline)
 
 
 def example_captions(paths: list[str]) -> list[str]:
-    """What each example shows, from its file name (normal-… / pneumonia-…); the source is in the label."""
+    """What each example shows, from its file name (normal-… / pneumonia-… / cardiomegaly-…); the
+    source is in the row's label."""
     return [Path(path).name.split("-", 1)[0].capitalize() for path in paths]
 
 
-def _examples(c: dict, pipeline, outputs: list) -> None:
-    examples = example_images()
-    if not examples:
-        return
-    names = ("image", "classifier", "autoencoder", "target", "direction", "frames", "step_size", "range_mode",
-             "frame_duration_ms", "ig_steps")
+#: Example inputs: the image, the pair that explains it and its target, then the default settings.
+EXAMPLE_INPUTS = ("image", "classifier", "autoencoder", "example_target", "direction", "frames", "step_size",
+                  "range_mode", "frame_duration_ms", "ig_steps")
+#: What an example's (cached) run shows: an explanation's outputs but the target dropdown, whose choices
+#: follow the example's classifier in the event after it (a cached result cannot update choices).
+EXAMPLE_OUTPUTS = tuple(name for name in EXPLAIN_OUTPUTS if name != "target")
+
+
+def _examples(c: dict, pipeline) -> None:
+    """Two labelled rows of examples, each explained by the pair trained on its population: children
+    (Kermany) with the embedded pediatric pair, adults (NIH) for Cardiomegaly with the best adult pair."""
 
     def explain_example(image_path, classifier_id, autoencoder_id, target_name, direction, frame_count, step,
                         mode, duration_ms, ig_step_count):
@@ -369,19 +397,35 @@ def _examples(c: dict, pipeline, outputs: list) -> None:
         options = handlers.explain_options(target_name, direction, frame_count, step, False, None, None,
                                            duration_ms, ig_step_count)
         for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
-            yield _only(c, EXPLAIN_OUTPUTS, {**handlers.result_values(explanation), "run_id": None})
+            yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "run_id": None})
 
-    rows = [[path, pipeline.classifier_id, pipeline.autoencoder_id, TOP_PREDICTION, DEFAULTS.direction,
-             DEFAULTS.frames, DEFAULTS.step_size, RANGE_AUTOMATIC, DEFAULTS.frame_duration_ms, DEFAULTS.ig_steps]
-            for path in examples]
+    def example_targets(classifier_id, autoencoder_id, target_name):
+        return _by_component(c, handlers.example_targets(classifier_id, autoencoder_id, target_name))
+
+    # The row's target goes to the pipeline through this hidden box, not the target dropdown, whose
+    # choices belong to the classifier shown before the click; the run's outputs set the dropdown.
+    c["example_target"] = gr.Textbox(visible=False)
+    settings = [DEFAULTS.direction, DEFAULTS.frames, DEFAULTS.step_size, RANGE_AUTOMATIC,
+                DEFAULTS.frame_duration_ms, DEFAULTS.ig_steps]
+    rows = (
+        ("examples", example_images(), handlers.example_pair("pediatric", "Pneumonia"), TOP_PREDICTION,
+         "Children: normal, pneumonia (Kermany et al. 2018, CC BY 4.0)"),
+        ("examples-adult", adult_example_images(), handlers.example_pair("adult", ADULT_EXAMPLE_FINDING),
+         ADULT_EXAMPLE_FINDING, f"Adults: {ADULT_EXAMPLE_FINDING.lower()} (NIH ChestX-ray14, NIH Clinical Center)"),
+    )
     with c["examples_slot"]:
-        gallery = gr.Examples(rows, [c[n] for n in names], outputs, fn=explain_example, cache_examples=True,
-                              cache_mode="lazy", visible_columns=[0], examples_per_page=12,
-                              label="Examples: normal and pneumonia, Kermany et al. 2018 pediatric set "
-                                    "(CC BY 4.0); click one, its result is computed once, then cached",
-                              elem_id="examples")
-        gallery.dataset.click(lambda: None, None, c["file"], queue=False, api_visibility="private",
-                              show_progress="hidden")
+        for elem_id, paths, pair, target, label in rows:
+            if not paths or pair is None:
+                continue
+            gallery = gr.Examples(
+                [[path, *pair, target, *settings] for path in paths], [c[n] for n in EXAMPLE_INPUTS],
+                [c[n] for n in EXAMPLE_OUTPUTS], fn=explain_example, cache_examples=True, cache_mode="lazy",
+                visible_columns=[0], examples_per_page=12, elem_id=elem_id,
+                label=f"{label} · explained with {pair[0]} + {pair[1]}")
+            gallery.cache_event.then(example_targets, [c["classifier"], c["autoencoder"], c["example_target"]],
+                                     c["target"], queue=False, api_visibility="private", show_progress="hidden")
+            gallery.dataset.click(lambda: None, None, c["file"], queue=False, api_visibility="private",
+                                  show_progress="hidden")
 
 
 def _compare_tab(c: dict, pipeline) -> None:

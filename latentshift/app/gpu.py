@@ -1,0 +1,63 @@
+"""ZeroGPU (Hugging Face's shared GPUs for Spaces) through the ``spaces`` package; a no-op elsewhere.
+
+On a ZeroGPU Space (``SPACES_ZERO_GPU=true``, set by the platform) a GPU is lent only while a
+function decorated with ``spaces.GPU`` runs, in a forked worker process: its arguments and
+results are pickled across. So the app's GPU-bound calls (:mod:`.handlers`) are decorated with
+:func:`task` and take only plain values (paths, model ids, options); the models are loaded and
+moved to ``"cuda"`` in the main process, outside those calls (ZeroGPU's patched torch records the
+move and maps the weights onto the lent GPU at each call), and everything they return is on the CPU.
+Outside ZeroGPU (CPU Spaces, local runs, tests) ``spaces.GPU`` returns the function itself and
+the models stay on the CPU: nothing changes. Without the ``spaces`` package the same holds.
+
+``spaces`` must be imported before anything initialises CUDA; this module is imported by the app
+package before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, TypeVar
+
+try:  # Hugging Face's package (requirements.txt); optional for `pip install latentshift[app]`
+    import spaces
+except ImportError:  # pragma: no cover - exercised where the package is absent
+    spaces = None
+
+logger = logging.getLogger("latentshift.app")
+
+F = TypeVar("F", bound=Callable)
+
+#: Read once, at import, as ``spaces`` itself does.
+ON_ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+
+#: Seconds of GPU asked for per call (ZeroGPU's default is 60; shorter requests queue first).
+#: A prediction is one classifier pass; an explanation at the largest settings (100 frames, IG
+#: doubled twice from 512 steps) on the xrv-size pair takes about a minute on 2 CPU cores, and a
+#: GPU does it many times faster; a comparison runs up to four classifiers, each with its search.
+PREDICT_SECONDS = 20
+EXPLAIN_SECONDS = 60
+COMPARE_SECONDS = 120
+
+
+def task(duration: int) -> Callable[[F], F]:
+    """Decorator: ``spaces.GPU(duration=duration)`` (the function itself outside ZeroGPU)."""
+
+    def decorate(function: F) -> F:
+        if spaces is None:
+            return function
+        return spaces.GPU(duration=duration)(function)
+
+    return decorate
+
+
+def device() -> str:
+    """Where the app's models live: ``"cuda"`` on ZeroGPU (the patched torch reports a GPU), else the CPU."""
+    if not ON_ZERO_GPU:
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    logger.warning("SPACES_ZERO_GPU is set but torch sees no GPU; the models stay on the CPU")
+    return "cpu"
