@@ -127,7 +127,7 @@ def test_missing_weights_are_fetched_in_the_background_while_the_embedded_pair_a
         assert state.pair == EMBEDDED and state.fetching == PAPER
         assert state.line().startswith("Answering with the embedded demo pair (`tiny-classifier` + "
                                        "`tiny-autoencoder`), because the paper's pair (`paper-classifier` + "
-                                       "`paper-autoencoder`) is being downloaded in the background")
+                                       "`paper-autoencoder`) is being fetched in the background")
         assert serving.wait(30)
         assert serving.state().pair == PAPER and serving.state().line().endswith("`paper-autoencoder`).")
         assert sum(method == "GET" for method, _ in server.requests) == 2

@@ -52,7 +52,7 @@ class ServingState:
         if self.pair != self.preferred:
             if self.fetching is not None:
                 seconds = time.monotonic() - (self.fetch_started or time.monotonic())
-                why = (f"{self.fetching.describe()} is being downloaded in the background (for {seconds:.0f} s "
+                why = (f"{self.fetching.describe()} is being fetched in the background (for {seconds:.0f} s "
                        "so far); reload the page in a minute to use it")
             else:
                 why = f"{self.preferred.describe()} is unavailable here: {self.note}"
@@ -151,6 +151,7 @@ class ServingDefault:
                 if pair == self.pairs[0]:
                     self._set(current, reason, fetching=None)
             self._set(current, self._note(), fetching=None)
+            logger.info("%s", self.state().line())
         finally:
             self._done.set()
 
