@@ -31,10 +31,12 @@ F = TypeVar("F", bound=Callable)
 #: Read once, at import, as ``spaces`` itself does.
 ON_ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
 
-#: Seconds of GPU asked for per call (ZeroGPU's default is 60; shorter requests queue first).
-#: A prediction is one classifier pass; an explanation at the largest settings (100 frames, IG
-#: doubled twice from 512 steps) on the xrv-size pair takes about a minute on 2 CPU cores, and a
-#: GPU does it many times faster; a comparison runs up to four classifiers, each with its search.
+#: Seconds of GPU asked for per call (ZeroGPU's default is 60; shorter requests queue first). Not
+#: measured on a GPU (none was at hand): on 2 CPU cores the paper's pair explains with the default
+#: settings in 3.4-3.7 s end to end and predicts in well under a second (docs/benchmark.md); a GPU
+#: does the same batched passes many times faster, so 60 s leaves room for the largest settings (100
+#: frames, IG up to 2,048 steps in batches) and for the first call's CUDA start-up. A prediction is one
+#: classifier pass; a comparison runs up to four classifiers, each with its own search and sweep.
 PREDICT_SECONDS = 20
 EXPLAIN_SECONDS = 60
 COMPARE_SECONDS = 120
