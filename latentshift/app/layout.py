@@ -370,7 +370,7 @@ def _wire_explain(c: dict, pipeline) -> None:
         event = event.success(_stage_step(c, stage, names, description), c["run_id"], [c[n] for n in names],
                               show_progress_on=[c[n] for n in shown], **events)
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
-    _examples(c, pipeline)
+    _examples(c)
 
 
 def example_captions(paths: list[str]) -> list[str]:
@@ -387,7 +387,7 @@ EXAMPLE_INPUTS = ("image", "classifier", "autoencoder", "example_target", "direc
 EXAMPLE_OUTPUTS = tuple(name for name in EXPLAIN_OUTPUTS if name != "target")
 
 
-def _examples(c: dict, pipeline) -> None:
+def _examples(c: dict) -> None:
     """Two labelled rows of examples, each explained by the pair trained on its population: children
     (Kermany) with the embedded pediatric pair, adults (NIH) for Cardiomegaly with the best adult pair."""
 
