@@ -63,7 +63,8 @@ def test_only_the_documented_endpoints_are_public(client):
     assert set(endpoints) == {"/predict", "/explain", "/compare"}
     explain = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert explain == ["image", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
-                       "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps"], "the documented parameters"
+                       "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps", "frames_from"], \
+        "the documented parameters"
 
 
 def test_compare_gives_one_gif_per_classifier_with_the_finding(client, example_image):
