@@ -229,6 +229,10 @@ def test_adult_examples_have_their_own_row_and_explain_cardiomegaly(browser, app
     status = page.locator("#status").inner_text()
     assert "classifier demo-adult-cardiomegaly" in status and "autoencoder demo-autoencoder" in status, status
     assert page.locator("#serving-line").inner_text().startswith("Answering with")
+    for selector in ("#heatmap-map", "#gradcam-map", "#integrated-gradients-map"):  # images load when in view
+        page.locator(selector).scroll_into_view_if_needed()
+        page.wait_for_function("s => [...document.querySelectorAll(s + ' img')].some(i => i.naturalWidth > 0)",
+                               arg=selector, timeout=RUN_TIMEOUT_MS)
     page.screenshot(path=str(ARTIFACTS / f"{name}-adult-example.png"), full_page=True)
     page.close()
 
