@@ -119,11 +119,10 @@ def _run_one(pipeline: Pipeline, image_source, options: ExplainOptions, out_dir:
     gif = out_dir / f"compare-{pipeline.classifier_id}.gif"
     explanation.files["gif"].replace(gif)
     threshold = explanation.thresholds.get(explanation.target)
-    limits = {"pred_diff": options.pred_diff, "pixel_budget": options.pixel_budget, "max_lambda": options.max_lambda}
     shown = [w["message"] for w in explanation.warnings if w["code"] in ("out_of_domain", "not_a_chest_xray")]
     line = f"{pipeline.classifier_id} — " + outcome_sentence(
         explanation.target, shift.initial_pred, shift.preds, shift.lambdas, threshold, shift.stop_reasons,
-        limits, shown, {side: shift.counterfactual_index(side) for side in ("curtail", "exaggerate")})
+        shift.limits, shown, {side: shift.counterfactual_index(side) for side in ("curtail", "exaggerate")})
     return ClassifierRun(pipeline.classifier_id, explanation.target, threshold, float(shift.initial_pred),
                          [float(v) for v in shift.lambdas], [float(v) for v in shift.preds],
                          dict(shift.stop_reasons), line, gif, list(explanation.warnings))

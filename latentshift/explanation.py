@@ -99,11 +99,9 @@ class Explanation:
         if self.shift is None:
             p = self.predictions.get(self.target)
             return "" if p is None else f"{self.target}: {p:.2f} on the input."
-        limits = {"pred_diff": self.options.pred_diff, "pixel_budget": self.options.pixel_budget,
-                  "max_lambda": self.options.max_lambda}
         shift = self.shift
         sentence = outcome_sentence(self.target, shift.initial_pred, shift.preds, shift.lambdas,
-                                    self.thresholds.get(self.target), shift.stop_reasons, limits, shown,
+                                    self.thresholds.get(self.target), shift.stop_reasons, shift.limits, shown,
                                     {side: shift.counterfactual_index(side) for side in ("curtail", "exaggerate")})
         moving = moving_findings_sentence(self.moving_findings, self.target)
         return f"{sentence} {moving}".strip()

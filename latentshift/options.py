@@ -23,6 +23,26 @@ MAP_NAMES = ("gradcam", "integrated_gradients")
 SEARCH_MODES = ("bisect", "ladder")
 FRAME_SOURCES = ("input", "reconstruction")
 
+#: Why a direction's search stopped (keys of ``ShiftResult.stop_reasons``), in words for people;
+#: the ``{names}`` are the search's own limits (fields of :class:`ExplainOptions`).
+STOP_WORDS = {
+    "pred_diff": "the prediction had moved by {pred_diff:.0%} of its range",
+    "floor": "the prediction fell below {floor:g}",
+    "ceiling": "the prediction rose above {ceiling:g}",
+    "not_moving": "the prediction stopped moving that way",
+    "pixel_budget": "the image had changed by {pixel_budget:.0%}",
+    "max_lambda": "λ reached its limit ({max_lambda:g})",
+    "given_range": "the λ range was given",
+    "not_requested": "this direction was not requested",
+}
+#: The options a stop rule's words name.
+STOP_LIMITS = ("pred_diff", "floor", "ceiling", "pixel_budget", "max_lambda")
+
+
+def stop_words(reason: str, limits: dict[str, float]) -> str:
+    """Why a direction stopped, in words, with the limits the search used (see :data:`STOP_WORDS`)."""
+    return STOP_WORDS.get(reason, reason).format(**limits)
+
 
 def _option(default: Any, help: str, *, flag: str | None = None, low: float | None = None,
             high: float | None = None, choices: tuple | None = None, ui: tuple | None = None,
@@ -63,6 +83,10 @@ class ExplainOptions:
                                   "twice to reach it; 0 keeps the steps fixed", flag="--ig-tolerance", low=0.0, high=1.0)
     pred_diff: float = _option(0.8, "stop a direction once the prediction moved this much", flag="--pred-diff",
                                low=0.0, high=1.0, positive=True)
+    floor: float = _option(0.05, "stop curtailing once the prediction falls below this", flag="--floor",
+                           low=0.0, high=1.0)
+    ceiling: float = _option(0.95, "stop exaggerating once the prediction rises above this", flag="--ceiling",
+                             low=0.0, high=1.0)
     pixel_budget: float = _option(0.05, "stop once the image changed by this fraction (0.05 = 5 %)",
                                   flag="--pixel-budget", low=0.0, high=1.0, positive=True)
     max_lambda: float = _option(3000.0, "largest |λ| the search tries", flag="--max-lambda", positive=True)
@@ -92,7 +116,8 @@ class ExplainOptions:
         return dict(lambda_range=self.lambda_range, step_size=float(self.step_size), frames=int(self.frames),
                     direction=self.direction, pred_diff=float(self.pred_diff),
                     pixel_budget=float(self.pixel_budget), max_lambda=float(self.max_lambda),
-                    heatmap=self.heatmap, search=self.search, frames_from=self.frames_from)
+                    heatmap=self.heatmap, search=self.search, frames_from=self.frames_from,
+                    floor=float(self.floor), ceiling=float(self.ceiling))
 
     def replace(self, **changes) -> "ExplainOptions":
         """A copy with ``changes`` applied (validated)."""

@@ -111,20 +111,20 @@ def test_moving_findings_threshold_and_sign_on_a_hand_made_table():
 def test_outcome_sentence_says_both_ends_against_the_threshold_and_why():
     text = outcome_sentence("Effusion", 0.7, [0.1, 0.65, 0.9], [-50.0, 0.0, 40.0], 0.5,
                             {"curtail": "pixel_budget", "exaggerate": "ceiling"},
-                            {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0})
+                            {"pred_diff": 0.8, "floor": 0.05, "ceiling": 0.95, "pixel_budget": 0.05, "max_lambda": 3000.0})
     assert "Effusion: 0.70 on the input (threshold 0.50: positive)" in text
     assert "curtailing takes it to 0.10, so it becomes negative (stopped because the image had changed by 5%)" in text
     assert "exaggerating takes it to 0.90, so it stays positive" in text
     # the verdict is against the input's side, even when the reconstruction (λ = 0) sits across the threshold
     text = outcome_sentence("Pneumonia", 0.22, [0.04, 0.19, 0.91], [-77.0, 0.0, 159.0], 0.20,
                             {"curtail": "floor", "exaggerate": "pixel_budget"},
-                            {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0})
+                            {"pred_diff": 0.8, "floor": 0.05, "ceiling": 0.95, "pixel_budget": 0.05, "max_lambda": 3000.0})
     assert "(threshold 0.20: positive); curtailing takes it to 0.04, so it becomes negative" in text
     assert "exaggerating takes it to 0.91, so it stays positive" in text
 
 
 def test_a_crossing_smaller_than_the_margin_is_told_as_touching_the_threshold():
-    limits = {"pred_diff": 0.8, "pixel_budget": 0.05, "max_lambda": 3000.0}
+    limits = {"pred_diff": 0.8, "floor": 0.05, "ceiling": 0.95, "pixel_budget": 0.05, "max_lambda": 3000.0}
     text = outcome_sentence("Effusion", 0.65, [0.59, 0.65], [-30.0, 0.0], 0.62, {"curtail": "pixel_budget"}, limits)
     assert "only touches the threshold (0.59 against 0.62: less than 0.05 past it, too close to call it negative)" \
         in text and "becomes" not in text
@@ -140,3 +140,18 @@ def test_prediction_jitter_of_a_classifier_that_ignores_the_image_is_zero():
     assert [v.shape for v in variants(images[0])] == [(32, 32)] * 4
     preds, deltas = jitter(ConstantClassifier(), images, 0)
     assert preds.shape == (3,) and deltas.shape == (3, 4) and not deltas.any()
+
+
+def test_stop_words_use_the_limits_the_search_used(tmp_path):
+    from latentshift import LatentShift
+    from tiny_models import LinearAutoencoder, LinearClassifier
+
+    shift = LatentShift(LinearClassifier(8, scale=2000.0), LinearAutoencoder(8))
+    x = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 500
+    result = shift.attribute(x, 1, floor=0.3, ceiling=0.7, pred_diff=1.0, pixel_budget=10.0, frames=3)
+    assert result.stop_reasons == {"curtail": "floor", "exaggerate": "ceiling"}
+    words = result.summary()["stop_reason_text"]
+    assert words == {"curtail": "the prediction fell below 0.3", "exaggerate": "the prediction rose above 0.7"}
+    sentence = outcome_sentence("F", result.initial_pred, result.preds, result.lambdas, None, result.stop_reasons,
+                                result.limits)
+    assert "fell below 0.3" in sentence and "rose above 0.7" in sentence

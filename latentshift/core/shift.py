@@ -45,7 +45,7 @@ from torch import nn
 
 from ..errors import OptionsError
 from ..models.conventions import PIXEL_RANGE
-from ..options import DEFAULTS, DIRECTIONS, FRAME_SOURCES, HEATMAP_MODES, SEARCH_MODES
+from ..options import DEFAULTS, DIRECTIONS, FRAME_SOURCES, HEATMAP_MODES, SEARCH_MODES, STOP_LIMITS, stop_words
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +65,6 @@ BISECT_PRECISION = 0.02
 #: step_size (a guess past the end only widens the bracket the split narrows).
 MAX_GROWTH = 128.0
 
-#: Why a direction's search stopped (values of ``ShiftResult.stop_reasons``).
-STOP_REASONS = {
-    "pred_diff": "the prediction moved by at least pred_diff",
-    "floor": "the prediction fell below the floor",
-    "ceiling": "the prediction rose above the ceiling",
-    "not_moving": "the prediction stopped moving in the wanted direction",
-    "pixel_budget": "the image changed by more than the pixel budget",
-    "max_lambda": "|λ| reached max_lambda",
-    "given_range": "the λ range was given, no search",
-    "not_requested": "this direction was not requested",
-}
 
 
 @dataclass
@@ -97,7 +86,9 @@ class ShiftResult:
         all_preds: (F, C) prediction of *every* classifier output on each frame (the target's
             column equals ``preds``): what else moves along the target's path.
         lambda_range: (λ_min, λ_max) the sweep covered.
-        stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`STOP_REASONS`.
+        stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`latentshift.options.STOP_WORDS`.
+        limits: the search's limits by name (pred_diff, floor, ceiling, pixel_budget, max_lambda),
+            which the words of a stop reason name (:func:`latentshift.options.stop_words`).
         pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame (x0: the λ = 0 frame).
         target: target output index.
         evaluations: number of λ values decoded and classified (λ = 0 included; the bisect
@@ -121,6 +112,7 @@ class ShiftResult:
     timings: dict[str, float] = field(default_factory=dict)
     all_preds: np.ndarray | None = None
     frames_from: str = "reconstruction"
+    limits: dict[str, float] = field(default_factory=lambda: {k: getattr(DEFAULTS, k) for k in STOP_LIMITS})
 
     @property
     def map(self) -> np.ndarray:
@@ -161,7 +153,8 @@ class ShiftResult:
             "frames_from": self.frames_from,
             "lambda_range": [float(v) for v in self.lambda_range],
             "stop_reasons": dict(self.stop_reasons),
-            "stop_reason_text": {k: STOP_REASONS[v] for k, v in self.stop_reasons.items()},
+            "stop_reason_text": {k: stop_words(v, self.limits) for k, v in self.stop_reasons.items()},
+            "limits": dict(self.limits),
             "counterfactual_lambdas": {side: None if (i := self.counterfactual_index(side)) is None
                                        else float(self.lambdas[i]) for side in ("curtail", "exaggerate")},
             "pixel_change": [float(v) for v in self.pixel_change],
@@ -254,7 +247,7 @@ class LatentShift:
                   step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
                   direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
                   pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
-                  heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
+                  heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = DEFAULTS.floor, ceiling: float = DEFAULTS.ceiling,
                   search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
                   search_batch: int | None = None, initial_pred: float | None = None,
                   frames_from: str = DEFAULTS.frames_from) -> ShiftResult:
@@ -303,13 +296,15 @@ class LatentShift:
         [found] = self._find_ranges([cache], [rules], lambda_range, direction, step_size, search, precision,
                                     search_batch)
         timings["search"] = time.perf_counter() - started
-        return self._result(cache, found, frames, heatmap, initial_pred, timings)
+        limits = dict(pred_diff=pred_diff, floor=floor, ceiling=ceiling, pixel_budget=pixel_budget,
+                      max_lambda=max_lambda)
+        return self._result(cache, found, frames, heatmap, initial_pred, timings, limits)
 
     def attribute_many(self, xs: torch.Tensor, targets, *, lambda_range: tuple[float, float] | None = None,
                        step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
                        direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
                        pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
-                       heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = 0.05, ceiling: float = 0.95,
+                       heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = DEFAULTS.floor, ceiling: float = DEFAULTS.ceiling,
                        search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
                        search_batch: int | None = None, initial_preds=None,
                        frames_from: str = DEFAULTS.frames_from) -> list[ShiftResult]:
@@ -355,10 +350,12 @@ class LatentShift:
         _evaluate_many([(cache, float(lam)) for cache, ((low, high), _) in zip(caches, found)
                         for lam in sweep_lambdas(low, high, frames)])
         sweep_share = (time.perf_counter() - started) / len(targets)
+        limits = dict(pred_diff=pred_diff, floor=floor, ceiling=ceiling, pixel_budget=pixel_budget,
+                      max_lambda=max_lambda)
         results = []
         for cache, ends, initial in zip(caches, found, initial_preds):
             timings = {"encode_gradient": encode_share, "search": search_share}
-            results.append(self._result(cache, ends, frames, heatmap, float(initial), timings))
+            results.append(self._result(cache, ends, frames, heatmap, float(initial), timings, limits))
             results[-1].timings["sweep"] += sweep_share
         return results
 
@@ -377,7 +374,8 @@ class LatentShift:
             caches.append(cache)
         return caches
 
-    def _result(self, cache, found, frames: int, heatmap: str, initial_pred: float, timings: dict) -> ShiftResult:
+    def _result(self, cache, found, frames: int, heatmap: str, initial_pred: float, timings: dict,
+                limits: dict) -> ShiftResult:
         """The :class:`ShiftResult` of one image: its sweep over ``found`` = ((λ_min, λ_max), stops)."""
         (lambda_min, lambda_max), stop_reasons = found
         result = self._sweep(cache, lambda_min, lambda_max, frames, heatmap, timings)
@@ -387,7 +385,8 @@ class LatentShift:
                            reconstruction_pred=None if cache.image is not None else cache.pred(0.0),
                            lambda_range=(lambda_min, lambda_max), stop_reasons=stop_reasons, target=cache.target,
                            heatmap_mode=heatmap, evaluations=cache.evaluations, timings=timings,
-                           frames_from="reconstruction" if cache.image is None else "input")
+                           frames_from="reconstruction" if cache.image is None else "input",
+                           limits={k: float(v) for k, v in limits.items()})
 
     @staticmethod
     def _check_many(xs, targets, initial_preds) -> list[int]:

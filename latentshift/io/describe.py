@@ -17,22 +17,14 @@ from typing import Sequence
 
 import numpy as np
 
+from ..options import stop_words
+
 #: How far past the threshold a frame's prediction must go to be told as a flip. Near the threshold the
 #: embedded classifiers' predictions move by up to 0.04-0.07 (95th percentile) under changes that carry
 #: no finding at all (JPEG re-encoding, a 2-pixel shift, ±3 % contrast; measured on the test split with
 #: ``python -m latentshift.tools.prediction_jitter``), so a smaller crossing is not told as a flip.
 CROSSING_MARGIN = 0.05
 
-#: Why a direction's search stopped, in words for people (keys of ``ShiftResult.stop_reasons``).
-STOP_WORDS = {
-    "pred_diff": "the prediction had moved by {pred_diff:.0%} of its range",
-    "floor": "the prediction fell below 0.05",
-    "ceiling": "the prediction rose above 0.95",
-    "not_moving": "the prediction stopped moving that way",
-    "pixel_budget": "the image had changed by {pixel_budget:.0%}",
-    "max_lambda": "λ reached its limit ({max_lambda:g})",
-    "given_range": "the λ range was given",
-}
 
 
 def _side(value: float, threshold: float | None) -> str:
@@ -53,7 +45,7 @@ def _direction_clause(verb: str, start: float, reached: tuple[float, float], end
     """``reached`` and ``end``: (λ, prediction) of the counterfactual frame and of the end frame."""
     (reached_lambda, reached_pred), (end_lambda, end_pred) = reached, end
     verdict = _verdict(start, reached_pred, threshold)
-    why = STOP_WORDS.get(reason, reason).format(**limits)
+    why = stop_words(reason, limits)
     if reached_lambda == end_lambda:
         return f"{verb} takes it to {_number(end_pred, threshold)}{verdict} (stopped because {why})"
     return (f"{verb} takes it to {_number(reached_pred, threshold)} at λ = {reached_lambda:.0f}{verdict}; "
@@ -79,8 +71,8 @@ def outcome_sentence(target: str, initial_pred: float, preds: Sequence[float], l
                      warnings: Sequence[str] = (), counterfactuals: dict[str, int | None] | None = None) -> str:
     """One or two sentences about the result.
 
-    preds/lambdas: the sweep, sorted by λ (λ = 0 included); limits: ``pred_diff``,
-    ``pixel_budget`` and ``max_lambda`` of the options (for the reasons' words);
+    preds/lambdas: the sweep, sorted by λ (λ = 0 included); limits: the search's limits
+    (``ShiftResult.limits``: pred_diff, floor, ceiling, pixel_budget, max_lambda) for the reasons' words;
     counterfactuals: {"curtail": index, "exaggerate": index} of each direction's counterfactual
     frame (``ShiftResult.counterfactual_index``); default: the end frames.
     """
