@@ -282,33 +282,43 @@ class Pipeline:
         Files are written to ``out_dir`` under the names of :data:`FILE_NAMES`.
         """
         explanation, out_dir = self._new_explanation(image, options, out_dir)
-        options = explanation.options
         x = image.tensor(self.device)
+        for stage in STAGES:
+            if self._run_stage(stage, explanation, x, out_dir):
+                yield _at(explanation, stage)
 
-        with _timed(explanation, "predict"):
-            self._predict_stage(explanation, out_dir)
-        yield _at(explanation, "predict")
-
-        if "gradcam" in options.maps and self._can_gradcam(explanation):
+    def _run_stage(self, stage: str, explanation: Explanation, x: torch.Tensor, out_dir: Path,
+                   computed=None) -> bool:
+        """Run ``stage`` of :data:`STAGES` for one explanation (``computed``: that stage's result when it
+        was computed for several images at once: predictions or the shift); False when it does not apply."""
+        maps = explanation.options.maps
+        if stage == "predict":
+            with _timed(explanation, "predict"):
+                self._predict_stage(explanation, out_dir, computed)
+        elif stage == "gradcam":
+            if "gradcam" not in maps or not self._can_gradcam(explanation):
+                return False
             with _timed(explanation, "gradcam"):
                 self._gradcam_stage(explanation, x, out_dir)
-            yield _at(explanation, "gradcam")
-
-        with _timed(explanation, "latent_shift"), self._computing():
-            shift = self.explainer.attribute(x, explanation.target_index, **options.shift_kwargs(),
-                                             initial_pred=explanation.predictions[explanation.target])
-            self._accept_shift(explanation, shift)
-        with _timed(explanation, "render"):
-            self._render_shift(explanation, out_dir)
-        yield _at(explanation, "latent_shift")
-
-        if "integrated_gradients" in options.maps:
+        elif stage == "latent_shift":
+            with _timed(explanation, "latent_shift"):
+                self._accept_shift(explanation, computed if computed is not None else self._shift(explanation, x))
+            with _timed(explanation, "render"):
+                self._render_shift(explanation, out_dir)
+        elif stage == "integrated_gradients":
+            if "integrated_gradients" not in maps:
+                return False
             with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
                 self._integrated_gradients_stage(explanation, x, out_dir)
-            yield _at(explanation, "integrated_gradients")
+        else:
+            self._finish(explanation, out_dir)
+        return True
 
-        self._finish(explanation, out_dir)
-        yield _at(explanation, "done")
+    def _shift(self, explanation: Explanation, x: torch.Tensor):
+        """The Latent Shift of one explanation's target (the models' locks held)."""
+        with self._computing():
+            return self.explainer.attribute(x, explanation.target_index, **explanation.options.shift_kwargs(),
+                                            initial_pred=explanation.predictions[explanation.target])
 
     def explain_many(self, images: Sequence[XrayImage], options: ExplainOptions | Sequence[ExplainOptions] | None,
                      out_dirs: Sequence[str | Path]) -> list[Explanation]:
@@ -326,29 +336,24 @@ class Pipeline:
         made = [self._new_explanation(i, o, d) for i, o, d in zip(images, options_list, out_dirs)]
         explanations, out_dirs = [e for e, _ in made], [d for _, d in made]
         xs = [image.tensor(self.device) for image in images]
-        with _shared_timed(explanations, "predict"):
-            all_predictions = self.predict_many(images)
-        for explanation, predictions, x, out_dir in zip(explanations, all_predictions, xs, out_dirs):
-            with _timed(explanation, "predict"):
-                self._predict_stage(explanation, out_dir, predictions)
-            if "gradcam" in explanation.options.maps and self._can_gradcam(explanation):
-                with _timed(explanation, "gradcam"):
-                    self._gradcam_stage(explanation, x, out_dir)
-        with _shared_timed(explanations, "latent_shift"), self._computing():
-            shifts = self.explainer.attribute_many(
-                torch.cat(xs), [e.target_index for e in explanations], **options_list[0].shift_kwargs(),
-                initial_preds=[e.predictions[e.target] for e in explanations])
-        for explanation, shift, x, out_dir in zip(explanations, shifts, xs, out_dirs):
-            with _timed(explanation, "latent_shift"):
-                self._accept_shift(explanation, shift)
-            with _timed(explanation, "render"):
-                self._render_shift(explanation, out_dir)
-            if "integrated_gradients" in explanation.options.maps:
-                with _timed(explanation, "integrated_gradients"), self._computing(autoencoder=False):
-                    self._integrated_gradients_stage(explanation, x, out_dir)
-            self._finish(explanation, out_dir)
-            _at(explanation, "done")
+        together = {"predict": lambda: self.predict_many(images),
+                    "latent_shift": lambda: self._shifts(explanations, xs, options_list[0])}
+        for stage in STAGES:
+            computed = [None] * len(explanations)
+            if stage in together:
+                with _shared_timed(explanations, stage):
+                    computed = together[stage]()
+            for explanation, x, out_dir, result in zip(explanations, xs, out_dirs, computed):
+                if self._run_stage(stage, explanation, x, out_dir, result):
+                    _at(explanation, stage)
         return explanations
+
+    def _shifts(self, explanations: list[Explanation], xs: list[torch.Tensor], options: ExplainOptions) -> list:
+        """The Latent Shift of several explanations at once (:meth:`LatentShift.attribute_many`)."""
+        with self._computing():
+            return self.explainer.attribute_many(
+                torch.cat(xs), [e.target_index for e in explanations], **options.shift_kwargs(),
+                initial_preds=[e.predictions[e.target] for e in explanations])
 
     def _options_for(self, images, options, out_dirs) -> list[ExplainOptions]:
         """One validated option set per image; raises OptionsError unless they differ only in the target."""
