@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LatentShiftError, OptionsError
+from .errors import LatentShiftError, NotAChestXrayError, OptionsError
 from .explanation import DISCLAIMER
 from .io import render
 from .io.describe import outcome_sentence
@@ -115,6 +115,8 @@ def _skip_reason(pipeline: Pipeline, classifier_id: str, target: str) -> str:
 def _run_one(pipeline: Pipeline, image_source, options: ExplainOptions, out_dir: Path) -> ClassifierRun:
     image = pipeline.load_image(image_source)
     explanation = pipeline.explain(image, options, out_dir / f"run-{pipeline.classifier_id}")
+    if explanation.held_back:
+        raise NotAChestXrayError(explanation.held_back)
     shift = explanation.shift
     gif = out_dir / f"compare-{pipeline.classifier_id}.gif"
     explanation.files["gif"].replace(gif)

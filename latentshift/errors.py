@@ -28,3 +28,8 @@ class ModelUnavailableError(WeightsError):
 
 class OptionsError(LatentShiftError):
     """An explanation option is out of range or inconsistent (e.g. λ range without 0)."""
+
+
+class NotAChestXrayError(ImageInputError):
+    """The domain check says the image is not a chest X-ray, so it was held back, not explained
+    (``allow_non_xray`` explains it anyway)."""

@@ -59,6 +59,8 @@ class Explanation:
     reconstruction_error: float | None = None
     likely_not_cxr: bool = False
     domain: dict | None = None
+    #: Why the image was not explained (the domain check's verdict), or None when it was.
+    held_back: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
     warnings: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -96,6 +98,8 @@ class Explanation:
         """The outcome; ``with_warnings=False`` for a page that shows the warnings on their own."""
         shown = [w["message"] for w in self.warnings if with_warnings and w["code"] in (
             "not_a_chest_xray", "out_of_domain", "model_fallback", "degenerate_range")]
+        if self.held_back:
+            return self.held_back
         if self.shift is None:
             p = self.predictions.get(self.target)
             return "" if p is None else f"{self.target}: {p:.2f} on the input."
@@ -128,6 +132,7 @@ class Explanation:
             "reconstruction_error": self.reconstruction_error,
             "likely_not_cxr": self.likely_not_cxr,
             "domain": self.domain,
+            "held_back": self.held_back,
             "input": {"format": self.image.source_format, "original_size": list(self.image.original_size),
                       "bit_depth": self.image.bit_depth, "notes": list(self.image.notes)},
             "options": self.options.to_dict(),

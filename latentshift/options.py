@@ -97,6 +97,9 @@ class ExplainOptions:
                                "shift changes, x + D(z + λ·g) − D(z); λ = 0 is the input) or reconstruction "
                                "(the paper's frames D(z + λ·g); λ = 0 is the autoencoder's reconstruction)",
                                flag="--frames-from", choices=FRAME_SOURCES)
+    allow_non_xray: bool = _option(False, "explain an image that the domain check says is not a chest X-ray "
+                                   "(by default such an image is held back: predicted, checked, not explained)",
+                                   flag="--allow-non-xray")
 
     def validate(self) -> "ExplainOptions":
         """Raise :class:`OptionsError` naming the first bad option; return self."""
@@ -144,6 +147,10 @@ def _check_field(spec, value) -> None:
     meta, label = spec.metadata, spec.name.replace("_", " ")
     if value is None or spec.name in ("lambda_range", "maps", "target"):
         return
+    if isinstance(spec.default, bool):
+        if not isinstance(value, bool):
+            raise OptionsError(f"{label} must be true or false, not {value!r}")
+        return
     if meta["choices"] and value not in meta["choices"]:
         raise OptionsError(f"{label} must be one of {', '.join(meta['choices'])}, not {value!r}")
     if meta["choices"]:
@@ -164,12 +171,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per option (``--target``, ``--step-size``, ``--range LO HI``, …)."""
     for spec in fields(ExplainOptions):
         meta, default = spec.metadata, option_spec(spec.name)["default"]
-        shown = "" if default is None else f" (default {','.join(default) if spec.name == 'maps' else default})"
+        shown = "" if default is None or isinstance(default, bool) else f" (default {','.join(default) if spec.name == 'maps' else default})"
         # argparse %-formats help texts: a literal "%" (as in "5 %") must be doubled
         kwargs: dict[str, Any] = {"dest": spec.name, "help": (meta["help"] + shown).replace("%", "%%"),
                                   "default": None}
         if spec.name == "lambda_range":
             kwargs.update(nargs=2, type=float, metavar=("LO", "HI"))
+        elif isinstance(default, bool):
+            kwargs.update(action="store_true")
         elif meta["choices"]:
             kwargs.update(choices=meta["choices"])
         elif spec.name in ("frames", "frame_duration_ms", "ig_steps"):

@@ -37,6 +37,7 @@ from .io.imaging import XrayImage, load_xray
 from .models.placement import place_model
 from .options import ExplainOptions
 from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
+from .weights.choice import ClassifierChoice, choose_classifier, findings
 from .weights.manifest import EXTRA_MANIFEST_ENV
 from .weights.preference import ServingDefault
 from .weights.store import LoadedModel, ModelStore
@@ -165,6 +166,22 @@ class Pipeline:
         loaded = store.get(None, "guard")
         return DomainGuard.from_model(loaded.model, loaded.entry.info)
 
+    @classmethod
+    def for_finding(cls, finding: str, image: XrayImage, autoencoder_id: str | None = None, current: str | None = None,
+                    device: str = "cpu", manifest_path: str | None = None) -> tuple["Pipeline", ClassifierChoice]:
+        """The pipeline whose classifier answers for ``finding`` on ``image``
+        (:func:`latentshift.weights.choice.choose_classifier`, with the population the domain check
+        gives), and the choice with its reason. ``current``: the classifier answering now."""
+        store = cls.store(device, manifest_path)
+        guard = cls._guard_of(store)
+        checked = guard.check(image) if guard is not None else None
+        population = checked.population if checked is not None and checked.is_chest_xray else None
+        choice = choose_classifier(store.manifest, finding, population, current)
+        if choice is None:
+            raise OptionsError(f"no classifier available here knows {finding!r}; the findings they know: "
+                               + ", ".join(findings(store.manifest)))
+        return cls.from_store(store, choice.classifier_id, autoencoder_id), choice
+
     def check_domain(self, image: XrayImage) -> tuple[dict | None, list[dict]]:
         """(the guard's summary or None, warnings) for an upload, against this classifier's population."""
         if self.guard is None or getattr(self.guard.model, "resolution", self.resolution) != self.resolution:
@@ -292,6 +309,8 @@ class Pipeline:
         """Run ``stage`` of :data:`STAGES` for one explanation (``computed``: that stage's result when it
         was computed for several images at once: predictions or the shift); False when it does not apply."""
         maps = explanation.options.maps
+        if explanation.held_back and stage in ("gradcam", "latent_shift", "integrated_gradients"):
+            return False
         if stage == "predict":
             with _timed(explanation, "predict"):
                 self._predict_stage(explanation, out_dir, computed)
@@ -337,7 +356,7 @@ class Pipeline:
         explanations, out_dirs = [e for e, _ in made], [d for _, d in made]
         xs = [image.tensor(self.device) for image in images]
         together = {"predict": lambda: self.predict_many(images),
-                    "latent_shift": lambda: self._shifts(explanations, xs, options_list[0])}
+                    "latent_shift": lambda: self._kept_shifts(explanations, xs, options_list[0])}
         for stage in STAGES:
             computed = [None] * len(explanations)
             if stage in together:
@@ -347,6 +366,15 @@ class Pipeline:
                 if self._run_stage(stage, explanation, x, out_dir, result):
                     _at(explanation, stage)
         return explanations
+
+    def _kept_shifts(self, explanations: list[Explanation], xs: list[torch.Tensor], options: ExplainOptions) -> list:
+        """:meth:`_shifts` of the explanations not held back, None in the others' places."""
+        kept = [i for i, e in enumerate(explanations) if not e.held_back]
+        shifts = self._shifts([explanations[i] for i in kept], [xs[i] for i in kept], options) if kept else []
+        computed = [None] * len(explanations)
+        for i, shift in zip(kept, shifts):
+            computed[i] = shift
+        return computed
 
     def _shifts(self, explanations: list[Explanation], xs: list[torch.Tensor], options: ExplainOptions) -> list:
         """The Latent Shift of several explanations at once (:meth:`LatentShift.attribute_many`)."""
@@ -430,6 +458,7 @@ class Pipeline:
         explanation.domain, domain_warnings = self.check_domain(image)
         for item in domain_warnings:
             explanation.warn(item["code"], item["message"])
+        explanation.held_back = _held_back(explanation)
         explanation.files["input"] = render.write_png(out_dir / FILE_NAMES["input"], image.pixels)
 
     def _integrated_gradients_stage(self, explanation: Explanation, x: torch.Tensor, out_dir: Path) -> None:
@@ -501,6 +530,18 @@ def _gradcam_for(classifier: nn.Module) -> tuple[GradCAM | None, str | None]:
     except ValueError as exc:
         return None, (f"Grad-CAM skipped: {exc}; give the model a `gradcam_layer` (for an exported model: "
                       "the card field `gradcam_layer`); Latent Shift and Integrated Gradients still run")
+
+
+def _held_back(explanation: Explanation) -> str | None:
+    """Why an image the domain check calls "not a chest X-ray" is not explained (None: it is explained,
+    because the check passed or the options allow it)."""
+    verdict = next((w for w in (explanation.domain or {}).get("warnings", []) if w["code"] == "not_a_chest_xray"), None)
+    if verdict is None or explanation.options.allow_non_xray:
+        return None
+    p = explanation.domain["probabilities"].get("not_cxr", 0.0)
+    return (f"Not explained: the domain check says this is not a frontal chest X-ray (p = {p:.0%} for "
+            "'not a chest X-ray'), so the classifier's answer would mean nothing. Explain it anyway "
+            "(allow_non_xray) only to see what the models do with such an image.")
 
 
 def _at(explanation: Explanation, stage: str) -> Explanation:

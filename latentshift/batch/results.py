@@ -45,6 +45,8 @@ def _round(value, digits: int = 6):
 
 def explanation_row(base: dict, explanation: Explanation, folder: str) -> dict:
     """The row of a finished explanation; ``base`` holds the item's own columns."""
+    if explanation.held_back:
+        return _held_back_row(base, explanation, folder)
     shift, target = explanation.shift, explanation.target
     threshold = explanation.thresholds.get(target)
     preds = [float(p) for p in shift.preds]
@@ -73,6 +75,19 @@ def explanation_row(base: dict, explanation: Explanation, folder: str) -> dict:
     row["truth"] = truth_of(row.get("label", ""), target)
     row["result"] = _result(row["truth"], positive)
     return _full(row)
+
+
+def _held_back_row(base: dict, explanation: Explanation, folder: str) -> dict:
+    """The row of an image the domain check held back: its predictions and warnings, no shift; the
+    reason in ``error`` (``--allow-non-xray`` explains such images anyway)."""
+    return _full(dict(
+        base, classifier=explanation.classifier_id, autoencoder=explanation.autoencoder_id,
+        target=explanation.target, threshold=explanation.thresholds.get(explanation.target),
+        predictions=json.dumps({k: _round(v) for k, v in explanation.predictions.items()}),
+        warnings=";".join(w["code"] for w in explanation.warnings),
+        warning_messages=" | ".join(explanation.warning_messages), outcome=explanation.held_back,
+        folder=folder, thumbnail=f"{folder}/{explanation.files['input'].name}",
+        error="held back: not a chest X-ray (--allow-non-xray explains it anyway)"))
 
 
 def relabel(row: dict, label: str) -> dict:

@@ -67,6 +67,10 @@ def run_explain(args: argparse.Namespace) -> int:
     explanation = pipeline.explain(image, options, args.out)
     for warning in explanation.warnings:
         logger.warning("%s", warning["message"])
+    if explanation.held_back:
+        print(explanation.held_back)
+        print(f"wrote {', '.join(sorted(p.name for p in explanation.files.values()))} to {args.out}")
+        return 3
     shift = explanation.shift
     print(f"{explanation.target}: input {shift.initial_pred:.3f}, λ ∈ [{shift.lambda_range[0]:.1f}, "
           f"{shift.lambda_range[1]:.1f}], prediction {shift.preds[0]:.3f} → {shift.preds[-1]:.3f} "
