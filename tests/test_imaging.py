@@ -1,4 +1,4 @@
-"""Tests of latentshift.imaging: formats, intensity mapping, geometry and refusals."""
+"""Tests of latentshift.io.imaging: formats, intensity mapping, geometry and refusals."""
 
 from __future__ import annotations
 

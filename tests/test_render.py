@@ -1,4 +1,4 @@
-"""Tests of latentshift.render: GIF, overlays, prediction plot, PNG."""
+"""Tests of latentshift.io.render: GIF, overlays, prediction plot, PNG."""
 
 import logging
 import sys

@@ -384,7 +384,7 @@ class DomainGuardNet(nn.Module):
     :meth:`feature_distance` gives the squared Mahalanobis distance (N,) of those features
     to the nearer of the two chest X-ray class means (buffers ``feature_means`` (2, F) and
     ``feature_precision`` (F, F), fitted on training X-rays by
-    :func:`latentshift.train_guard.fit_feature_stats`): a second, class-free novelty score.
+    :func:`latentshift.training.guard.fit_feature_stats`): a second, class-free novelty score.
     """
 
     def __init__(self, classes: Sequence[str] = GUARD_CLASSES,

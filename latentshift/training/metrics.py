@@ -188,7 +188,7 @@ def _median_of_finite(values: list[float]) -> float:
 
 
 def _save_explanation(res, x: torch.Tensor, threshold: float, out_dir: Path, name: str) -> None:
-    """A GIF through latentshift.render and a PNG strip of the frames (for looking at)."""
+    """A GIF through latentshift.io.render and a PNG strip of the frames (for looking at)."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ def fetch_weights(entry: ModelEntry, allow_unverified: bool | None = None) -> Fe
     """Return the entry's local weight file, verified (or explicitly allowed unverified).
 
     ``file`` sources are read from the repository; ``hub`` and ``url`` sources are
-    handled by :mod:`latentshift.hub` (cache first, no network when cached).
+    handled by :mod:`latentshift.weights.hub` (cache first, no network when cached).
     """
     if entry.source_type == "file":
         if not entry.sha256 and not allow_unverified_requested(allow_unverified):
@@ -57,7 +57,7 @@ def model_status(entry: ModelEntry, check_network: bool = True,
     """Whether ``entry`` can be loaded here and why not; never downloads.
 
     With ``check_network`` a Hub/URL entry that is not cached costs at most one quick
-    reachability probe per host and process (see :func:`latentshift.hub.is_reachable`).
+    reachability probe per host and process (see :func:`latentshift.weights.hub.is_reachable`).
     An entry whose architecture cannot be built here is unavailable, whatever its file.
     """
     if entry.format != EXPORT_FORMAT and entry.architecture not in ARCHITECTURES:
