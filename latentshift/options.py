@@ -3,7 +3,7 @@
 :class:`ExplainOptions` holds every choice a person can make about one explanation.
 Each field's metadata gives its help text, its valid range or choices, the command-line
 flag and the range of the app's control, so the CLI flags (:func:`add_cli_arguments`),
-the app's controls and API parameters, the benchmark and ``LatentShift.attribute``'s own
+the app's controls and API parameters, the benchmark and the core's ``ShiftOptions``
 defaults are all built from here. This module imports nothing of the package but its
 error type, so every layer may use it.
 """
@@ -113,14 +113,6 @@ class ExplainOptions:
         if unknown:
             raise OptionsError(f"unknown map(s) {', '.join(unknown)}; choose from {', '.join(MAP_NAMES)}")
         return self
-
-    def shift_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``LatentShift.attribute`` (everything but the target)."""
-        return dict(lambda_range=self.lambda_range, step_size=float(self.step_size), frames=int(self.frames),
-                    direction=self.direction, pred_diff=float(self.pred_diff),
-                    pixel_budget=float(self.pixel_budget), max_lambda=float(self.max_lambda),
-                    heatmap=self.heatmap, search=self.search, frames_from=self.frames_from,
-                    floor=float(self.floor), ceiling=float(self.ceiling))
 
     def replace(self, **changes) -> "ExplainOptions":
         """A copy with ``changes`` applied (validated)."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from .core.attribution import GradCAM, IntegratedGradientsMap
 from .core.guard import DomainGuard
-from .core.shift import LatentShift
+from .core.shift import LatentShift, ShiftOptions
 from .errors import OptionsError
 from .explanation import Explanation, warning
 from .io import render
@@ -336,8 +336,10 @@ class Pipeline:
     def _shift(self, explanation: Explanation, x: torch.Tensor):
         """The Latent Shift of one explanation's target (the models' locks held)."""
         with self._computing():
-            return self.explainer.attribute(x, explanation.target_index, **explanation.options.shift_kwargs(),
-                                            initial_pred=explanation.predictions[explanation.target])
+            [result] = self.explainer.attribute(x, explanation.target_index,
+                                                ShiftOptions.from_explain(explanation.options),
+                                                initial_preds=[explanation.predictions[explanation.target]])
+            return result
 
     def explain_many(self, images: Sequence[XrayImage], options: ExplainOptions | Sequence[ExplainOptions] | None,
                      out_dirs: Sequence[str | Path]) -> list[Explanation]:
@@ -346,7 +348,7 @@ class Pipeline:
         Each explanation and its files in its ``out_dirs`` entry are those of :meth:`explain`
         (up to float rounding of batched passes). The classifier's predictions and the Latent
         Shift (encoding, latent gradients, searches and sweeps;
-        :meth:`LatentShift.attribute_many`) are computed for all images at once; Grad-CAM,
+        :meth:`LatentShift.attribute` of the batch) are computed for all images at once; Grad-CAM,
         Integrated Gradients, the domain check and the files image by image. ``options``: one
         for all, or one per image; they may differ only in the target. A stage done for all
         images at once counts seconds / N in each explanation's ``timings``.
@@ -377,10 +379,10 @@ class Pipeline:
         return computed
 
     def _shifts(self, explanations: list[Explanation], xs: list[torch.Tensor], options: ExplainOptions) -> list:
-        """The Latent Shift of several explanations at once (:meth:`LatentShift.attribute_many`)."""
+        """The Latent Shift of several explanations at once (:meth:`LatentShift.attribute` of a batch)."""
         with self._computing():
-            return self.explainer.attribute_many(
-                torch.cat(xs), [e.target_index for e in explanations], **options.shift_kwargs(),
+            return self.explainer.attribute(
+                torch.cat(xs), [e.target_index for e in explanations], ShiftOptions.from_explain(options),
                 initial_preds=[e.predictions[e.target] for e in explanations])
 
     def _options_for(self, images, options, out_dirs) -> list[ExplainOptions]:

@@ -1,4 +1,4 @@
-"""Item batching: ``LatentShift.attribute_many`` against one ``attribute`` call per image, and
+"""Item batching: ``LatentShift.attribute`` of a batch against one call per image, and
 ``latentshift batch --item-batch K`` against ``--item-batch 1`` (tiny models, CPU only)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from latentshift import LatentShift
+from latentshift.core import ShiftOptions
 from latentshift.batch import BatchConfig, run_batch
 from latentshift.cli import main
 from latentshift.errors import OptionsError
@@ -40,12 +41,13 @@ LIMITS = dict(step_size=2.0, pixel_budget=0.5, pred_diff=0.3)
 
 def assert_same(single, batched):
     # bisect places its probes where the rules' lines cross, so its λs carry the predictions'
-    # float rounding (batches of other shapes round differently); the ladder's λs are exact
-    np.testing.assert_allclose(single.lambda_range, batched.lambda_range, rtol=1e-6)
+    # float rounding (batches of other shapes round differently; up to 7e-5 relative measured on
+    # the sine classifier's short exaggerate side, far inside bisect's 2 %); the ladder's λs are exact
+    np.testing.assert_allclose(single.lambda_range, batched.lambda_range, rtol=1e-4)
     assert single.stop_reasons == batched.stop_reasons
     assert single.evaluations == batched.evaluations
     assert single.target == batched.target
-    np.testing.assert_allclose(single.lambdas, batched.lambdas, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(single.lambdas, batched.lambdas, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(single.preds, batched.preds, atol=1e-5)
     np.testing.assert_allclose(single.all_preds, batched.all_preds, atol=1e-5)
     np.testing.assert_allclose(single.pixel_change, batched.pixel_change, rtol=1e-5, atol=1e-5)
@@ -67,38 +69,49 @@ def assert_same(single, batched):
     dict(search="bisect", frames_from="reconstruction"),
     dict(lambda_range=(-120.0, 80.0), frames_from="reconstruction"),
 ], ids=["bisect", "ladder", "ladder-batch3", "bisect-curtail", "fixed-range", "bisect-paper", "fixed-range-paper"])
-def test_attribute_many_gives_the_answers_of_one_attribute_per_image(options):
+def test_a_batch_gives_the_answers_of_one_call_per_image(options):
     shift = explainer(batch_size=3)
     xs, targets = images(4), [0, 2, 1, 0]
-    options = dict(LIMITS, frames=9, **options)
-    batched = shift.attribute_many(xs, targets, **options)
-    singles = [shift.attribute(xs[i:i + 1], t, **options) for i, t in enumerate(targets)]
+    options = ShiftOptions(**LIMITS, frames=9, **options)
+    batched = shift.attribute(xs, targets, options)
+    singles = [result for i, t in enumerate(targets) for result in shift.attribute(xs[i:i + 1], t, options)]
     assert len(batched) == 4
     for single, result in zip(singles, batched):
         assert_same(single, result)
-    if "lambda_range" not in options:
+    if options.lambda_range is None:
         assert len({r.lambda_range for r in batched}) > 1, "the images' searches end apart"
         assert len({tuple(r.stop_reasons.values()) for r in batched}) > 1, "and for different reasons"
         assert len({r.evaluations for r in batched}) > 1
 
 
-def test_attribute_many_with_a_non_monotone_classifier_and_given_initial_preds():
+def test_a_batch_with_a_non_monotone_classifier_and_given_initial_preds():
     shift = LatentShift(SineClassifier(period=30.0), LinearAutoencoder(SIDE), batch_size=2)
-    xs = images(3, seed=5)
-    batched = shift.attribute_many(xs, [0, 0, 0], search="bisect", frames=5, initial_preds=[0.1, 0.2, 0.3])
+    xs, options = images(3, seed=5), ShiftOptions(search="bisect", frames=5)
+    batched = shift.attribute(xs, [0, 0, 0], options, initial_preds=[0.1, 0.2, 0.3])
     for i, result in enumerate(batched):
-        assert_same(shift.attribute(xs[i:i + 1], 0, search="bisect", frames=5, initial_pred=0.1 * (i + 1)), result)
+        [single] = shift.attribute(xs[i:i + 1], 0, options, initial_preds=[0.1 * (i + 1)])
+        assert_same(single, result)
+        assert result.initial_pred == pytest.approx(0.1 * (i + 1))
+
+
+def test_one_target_index_applies_to_every_image():
+    shift, xs, options = explainer(), images(3), ShiftOptions(lambda_range=(-1.0, 1.0), frames=3)
+    shared, listed = shift.attribute(xs, 2, options), shift.attribute(xs, [2, 2, 2], options)
+    assert [r.target for r in shared] == [2, 2, 2]
+    for a, b in zip(shared, listed):
+        assert torch.equal(a.frames, b.frames) and np.array_equal(a.preds, b.preds)
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda s: s.attribute_many(images(2)[0], [0]), r"shape \(B, 1, H, W\)"),
-    (lambda s: s.attribute_many(images(2)[:0], []), r"B ≥ 1"),
-    (lambda s: s.attribute_many(images(2), [0]), "one target per image: 2 images, 1 targets"),
-    (lambda s: s.attribute_many(images(2), [0, -1]), "image 1: target must be"),
-    (lambda s: s.attribute_many(images(2), [0, 1], initial_preds=[0.5]), "one initial prediction per image"),
-    (lambda s: s.attribute_many(images(2), [0, 1], frames=1), "image 0: frames must be at least 2"),
+    (lambda s: s.attribute(images(2)[0], [0]), r"shape \(B, 1, H, W\)"),
+    (lambda s: s.attribute(images(2)[:0], []), r"B ≥ 1"),
+    (lambda s: s.attribute(images(2), [0]), "one target, or one per image: 2 images, 1 targets"),
+    (lambda s: s.attribute(images(2), [0, -1]), "image 1: target must be"),
+    (lambda s: s.attribute(images(1), -1), "^target must be a non-negative output index"),
+    (lambda s: s.attribute(images(2), [0, 1], initial_preds=[0.5]), "one initial prediction per image"),
+    (lambda s: s.attribute(images(2), [0, 1], ShiftOptions(frames=1)), "frames must be at least 2"),
 ])
-def test_attribute_many_bad_input_raises_clear_errors(call, message):
+def test_bad_batch_input_raises_clear_errors(call, message):
     with pytest.raises(OptionsError, match=message):
         call(explainer())
 

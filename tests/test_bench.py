@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from latentshift.tools import bench
-from latentshift.core.shift import LatentShift
+from latentshift.core.shift import LatentShift, ShiftOptions
 from tiny_models import LinearAutoencoder, LinearClassifier, write_tiny_manifest
 
 TINY_SETTINGS = dict(frames=4, ig_steps=2, step_size=10.0)
@@ -48,8 +48,8 @@ def test_reference_style_search_matches_our_ladder_exactly(step_size, target, se
     classifier, autoencoder = LinearClassifier().eval(), LinearAutoencoder().eval()
     x = torch.linspace(-900, 900, 64).reshape(1, 1, 8, 8)
     settings = bench.ShiftSettings(step_size=step_size)
-    ours = LatentShift(classifier, autoencoder).attribute(x, target, step_size=step_size, search="ladder",
-                                                          search_batch=search_batch, frames_from="reconstruction")
+    [ours] = LatentShift(classifier, autoencoder).attribute(x, target, ShiftOptions(
+        step_size=step_size, search="ladder", search_batch=search_batch, frames_from="reconstruction"))
 
     paper = bench.PaperStyleLatentShift(classifier, autoencoder)
     z, gradient, reconstruction, start = paper.latent_gradient(x, target)

@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from latentshift.cli import main
-from latentshift.core.shift import LatentShift
+from latentshift.core.shift import LatentShift, ShiftOptions
 from latentshift.io.describe import moving_findings, moving_findings_sentence, outcome_sentence
 from latentshift.io.render import gif_frame_count
 from tiny_models import write_tiny_manifest
@@ -90,7 +90,8 @@ class ShiftAutoencoder(nn.Module):
 
 def test_other_findings_along_the_path_equal_the_hand_computed_predictions():
     x = torch.full((1, 1, 8, 8), 100.0)
-    result = LatentShift(BrightnessHead(), ShiftAutoencoder()).attribute(x, 0, lambda_range=(-2.0, 2.0), frames=5)
+    [result] = LatentShift(BrightnessHead(), ShiftAutoencoder()).attribute(
+        x, 0, ShiftOptions(lambda_range=(-2.0, 2.0), frames=5))
     means = result.frames.mean((1, 2, 3)).double() / 1024
     expected = torch.sigmoid(torch.stack([8 * means, -8 * means, torch.zeros_like(means)], 1)).numpy()
     np.testing.assert_allclose(result.all_preds, expected, atol=1e-6)
@@ -148,7 +149,7 @@ def test_stop_words_use_the_limits_the_search_used(tmp_path):
 
     shift = LatentShift(LinearClassifier(8, scale=2000.0), LinearAutoencoder(8))
     x = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 500
-    result = shift.attribute(x, 1, floor=0.3, ceiling=0.7, pred_diff=1.0, pixel_budget=10.0, frames=3)
+    [result] = shift.attribute(x, 1, ShiftOptions(floor=0.3, ceiling=0.7, pred_diff=1.0, pixel_budget=10.0, frames=3))
     assert result.stop_reasons == {"curtail": "floor", "exaggerate": "ceiling"}
     words = result.summary()["stop_reason_text"]
     assert words == {"curtail": "the prediction fell below 0.3", "exaggerate": "the prediction rose above 0.7"}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from latentshift.app import handlers
 from latentshift.options import ExplainOptions
+from latentshift.core.shift import ShiftOptions
 from latentshift.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,6 @@ def test_the_adult_examples_are_adult_true_positives_that_curtail_below_the_thre
         domain, warnings = pipeline.check_domain(image)
         assert warnings == [] and domain["population"] == "adult", example.name
         assert pipeline.predict(image)["Cardiomegaly"] >= threshold, example.name
-        shift = pipeline.explainer.attribute(image.tensor(), pipeline.target_index("Cardiomegaly", {})[1],
-                                             direction="curtail", frames=4)
+        [shift] = pipeline.explainer.attribute(image.tensor(), pipeline.target_index("Cardiomegaly", {})[1],
+                                               ShiftOptions(direction="curtail", frames=4))
         assert min(shift.preds) < threshold, (example.name, shift.preds)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from dataclasses import fields
 
 import pytest
 
-from latentshift.core.shift import LatentShift
+from latentshift.core.shift import ShiftOptions
 from latentshift.errors import OptionsError
 from latentshift.options import DEFAULTS, ExplainOptions, add_cli_arguments, from_cli_args, option_spec
 
@@ -19,10 +20,16 @@ def parse(*argv: str) -> ExplainOptions:
 
 
 def test_the_shift_takes_its_defaults_from_the_options():
-    signature = inspect.signature(LatentShift.attribute)
-    for name in ("step_size", "frames", "direction", "pred_diff", "pixel_budget", "max_lambda", "heatmap"):
-        assert signature.parameters[name].default == getattr(DEFAULTS, name), name
-    assert set(DEFAULTS.shift_kwargs()) <= set(signature.parameters)
+    shared = {spec.name for spec in fields(ShiftOptions)} & {spec.name for spec in fields(ExplainOptions)}
+    assert shared >= {"step_size", "frames", "direction", "pred_diff", "pixel_budget", "max_lambda", "heatmap",
+                      "floor", "ceiling", "search", "frames_from", "lambda_range"}
+    for name in shared:
+        assert getattr(ShiftOptions(), name) == getattr(DEFAULTS, name), name
+    changed = ExplainOptions(step_size=3, frames=5, direction="curtail", pred_diff=0.5, pixel_budget=0.2,
+                             max_lambda=50.0, heatmap="max", floor=0.1, ceiling=0.9, search="ladder",
+                             frames_from="reconstruction", lambda_range=(-4.0, 2.0))
+    carried = ShiftOptions.from_explain(changed)
+    assert {name: getattr(carried, name) for name in shared} == {name: getattr(changed, name) for name in shared}
 
 
 def test_the_api_and_the_app_take_their_defaults_from_the_options():

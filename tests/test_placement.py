@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentshift.core.shift import LatentShift
+from latentshift.core.shift import LatentShift, ShiftOptions
 from latentshift.models.placement import CHANNELS_LAST_ENV, place_model
 from latentshift.weights import Manifest
 from latentshift.weights.loading import load_model
@@ -41,7 +41,7 @@ def test_same_answer_in_either_layout(search, monkeypatch):
         torch.manual_seed(0)
         classifier = place_model(TinyConvClassifier(), "cpu").eval()
         autoencoder = place_model(TinyConvAutoencoder(), "cpu").eval()
-        results.append(LatentShift(classifier, autoencoder).attribute(x, 0, step_size=5.0, search=search))
+        results += LatentShift(classifier, autoencoder).attribute(x, 0, ShiftOptions(step_size=5.0, search=search))
     contiguous, channels_last = results
     # the ladder's λs are exact; bisect's probes sit where the rules' lines cross, so its ends
     # carry the predictions' float rounding

@@ -8,7 +8,7 @@ import torch
 
 from latentshift import LatentShift
 from latentshift.errors import OptionsError
-from latentshift.core.shift import compute_heatmap, lambda_ladder, sweep_lambdas
+from latentshift.core.shift import ShiftOptions, compute_heatmap, lambda_ladder, sweep_lambdas
 from tiny_models import ConstantClassifier, LinearAutoencoder, LinearClassifier, SineClassifier
 
 SIDE = 8
@@ -17,8 +17,10 @@ SIDE = 8
 class PaperShift(LatentShift):
     """LatentShift with the paper's frames (``frames_from="reconstruction"``) unless told otherwise."""
 
-    def attribute(self, x, target, **kwargs):
-        return super().attribute(x, target, **{"frames_from": "reconstruction", **kwargs})
+    def explain(self, x, target, **options):
+        """The one result of image ``x`` (1, 1, H, W) with ``ShiftOptions(**options)``."""
+        [result] = self.attribute(x, target, ShiftOptions(**{"frames_from": "reconstruction", **options}))
+        return result
 
     def latent_gradient(self, x, target, frames_from="reconstruction"):
         return super().latent_gradient(x, target, frames_from)
@@ -45,7 +47,7 @@ def test_gradient_is_analytic_for_linear_models():
 
 
 def test_curtail_lowers_and_exaggerate_raises_monotonically():
-    result = explainer().attribute(image(), 0, lambda_range=(-200.0, 200.0), frames=11)
+    result = explainer().explain(image(), 0, lambda_range=(-200.0, 200.0), frames=11)
     assert np.all(np.diff(result.lambdas) > 0)
     assert np.all(np.diff(result.preds) > 0), "prediction must rise with λ for a linear model"
     zero = result.zero_index
@@ -56,7 +58,7 @@ def test_curtail_lowers_and_exaggerate_raises_monotonically():
 def test_fixed_range_matches_plain_per_lambda_loop():
     shift = explainer(batch_size=3)
     x = image()
-    result = shift.attribute(x, 1, lambda_range=(-150.0, 90.0), frames=9)
+    result = shift.explain(x, 1, lambda_range=(-150.0, 90.0), frames=9)
     z, gradient = shift.latent_gradient(x, 1)
     with torch.no_grad():
         for lam, frame, pred in zip(result.lambdas, result.frames, result.preds):
@@ -88,7 +90,7 @@ def test_ladder_follows_the_reference_rule_without_clipping():
 
 
 def ladder(classifier=None, **kwargs):
-    return explainer(classifier).attribute(image(), 0, search="ladder", **kwargs)
+    return explainer(classifier).explain(image(), 0, search="ladder", **kwargs)
 
 
 def test_ladder_returns_the_rung_at_which_a_rule_fired():
@@ -122,16 +124,16 @@ def test_ladder_stops_at_the_pixel_budget_on_the_rung_past_it():
     assert result.pixel_change[0] > 0.05 and result.pixel_change[-1] > 0.05
     end = result.lambda_range[0]
     before = [lam for lam in lambda_ladder(0.2, 3000.0, -1) if lam > end][-1]
-    check = explainer().attribute(image(), 0, lambda_range=(before, 1.0), frames=2)
+    check = explainer().explain(image(), 0, lambda_range=(before, 1.0), frames=2)
     assert check.pixel_change[0] <= 0.05
 
 
 def test_bisect_ends_within_precision_of_a_fine_scan():
     # Linear models: p(λ) is monotone, so the first λ past pred_diff is well defined.
     shift = explainer()
-    result = shift.attribute(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=4, precision=0.02)
+    result = shift.explain(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=4, precision=0.02)
     fine = np.linspace(0.0, -400.0, 4001)
-    scan = shift.attribute(image(), 0, lambda_range=(-400.0, 0.0), frames=len(fine))
+    scan = shift.explain(image(), 0, lambda_range=(-400.0, 0.0), frames=len(fine))
     start = result.reconstruction_pred
     fired = scan.lambdas[(scan.preds < start - 0.3) | (scan.preds < 0.05)]
     first = fired.max()  # the λ nearest 0 at which a rule fires
@@ -142,8 +144,8 @@ def test_bisect_ends_within_precision_of_a_fine_scan():
 
 def test_bisect_needs_fewer_evaluations_than_the_ladder_on_a_long_search():
     kwargs = dict(step_size=0.2, pred_diff=0.6, pixel_budget=10.0, frames=4, direction="curtail")
-    bisect = explainer().attribute(image(), 0, search="bisect", **kwargs)
-    walked = explainer().attribute(image(), 0, search="ladder", **kwargs)
+    bisect = explainer().explain(image(), 0, search="bisect", **kwargs)
+    walked = explainer().explain(image(), 0, search="ladder", **kwargs)
     assert walked.evaluations > 20
     assert bisect.evaluations < 0.6 * walked.evaluations, (bisect.evaluations, walked.evaluations)
     assert abs(bisect.lambda_range[0] - walked.lambda_range[0]) <= 0.15 * abs(walked.lambda_range[0])
@@ -157,7 +159,7 @@ def test_bisect_aims_its_first_probe_so_that_linear_models_close_in_two(rule):
     shift = explainer()
     limits = dict(pixel_budget=0.3, pred_diff=1.0) if rule == "pixel_budget" else dict(pixel_budget=10.0,
                                                                                         pred_diff=0.2)
-    result = shift.attribute(image(), 0, direction="curtail", floor=0.0, frames=2, **limits)
+    result = shift.explain(image(), 0, direction="curtail", floor=0.0, frames=2, **limits)
     assert result.stop_reasons["curtail"] == rule
     assert result.evaluations == 3, result.evaluations
     z, gradient = shift.latent_gradient(image(), 0)
@@ -182,18 +184,18 @@ def test_bisect_on_a_steep_classifier_ends_within_precision():
     with torch.no_grad():
         x0 = shift.autoencoder.decode(shift.autoencoder.encode(image()))
         classifier.linear.bias.copy_(-classifier(x0)[0])  # p = 0.5 on the reconstruction
-    result = shift.attribute(image(), 0, direction="curtail", pixel_budget=10.0, frames=2)
+    result = shift.explain(image(), 0, direction="curtail", pixel_budget=10.0, frames=2)
     assert result.stop_reasons["curtail"] in ("floor", "pred_diff")
     assert result.preds[0] < 0.05 and -result.lambda_range[0] < 0.1
 
 
 def test_bad_search_mode_raises():
     with pytest.raises(OptionsError, match="search must be one of"):
-        explainer().attribute(image(), 0, search="walk")
+        explainer().explain(image(), 0, search="walk")
 
 
 def test_search_both_directions_reaches_pred_diff():
-    result = explainer().attribute(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=12)
+    result = explainer().explain(image(), 0, pred_diff=0.3, pixel_budget=10.0, frames=12)
     assert result.stop_reasons["curtail"] in ("pred_diff", "floor")
     assert result.stop_reasons["exaggerate"] in ("pred_diff", "ceiling")
     assert result.lambda_range[0] < 0 < result.lambda_range[1]
@@ -204,13 +206,13 @@ def test_search_both_directions_reaches_pred_diff():
 
 
 def test_bisect_stops_at_pixel_budget_just_past_it():
-    result = explainer().attribute(image(), 0, step_size=0.2, pixel_budget=0.05, pred_diff=1.0, frames=6)
+    result = explainer().explain(image(), 0, step_size=0.2, pixel_budget=0.05, pred_diff=1.0, frames=6)
     assert result.stop_reasons == {"curtail": "pixel_budget", "exaggerate": "pixel_budget"}
     assert 0.05 < result.pixel_change.max() <= 0.05 * 1.03
 
 
 def test_bisect_clips_at_max_lambda():
-    result = explainer().attribute(image(), 0, max_lambda=15.0, pixel_budget=100.0, pred_diff=1.0,
+    result = explainer().explain(image(), 0, max_lambda=15.0, pixel_budget=100.0, pred_diff=1.0,
                                    floor=0.0, ceiling=1.0, frames=5)
     assert result.stop_reasons == {"curtail": "max_lambda", "exaggerate": "max_lambda"}
     assert result.lambda_range == (-15.0, 15.0)
@@ -218,7 +220,7 @@ def test_bisect_clips_at_max_lambda():
 
 def test_search_stops_when_prediction_stops_moving():
     shift = PaperShift(SineClassifier(period=3.0), LinearAutoencoder(SIDE))
-    result = shift.attribute(image(), 0, step_size=50.0, pixel_budget=1e9, pred_diff=1.0,
+    result = shift.explain(image(), 0, step_size=50.0, pixel_budget=1e9, pred_diff=1.0,
                              max_lambda=1e5, frames=6, search="ladder")
     # Exaggerating overshoots the sine's peak at the first rung: the reference returns that rung.
     assert result.stop_reasons["exaggerate"] == "not_moving"
@@ -227,24 +229,24 @@ def test_search_stops_when_prediction_stops_moving():
 
 def test_zero_gradient_gives_single_frame_without_crash():
     shift = PaperShift(ConstantClassifier(), LinearAutoencoder(SIDE))
-    result = shift.attribute(image(), 0, frames=10)
+    result = shift.explain(image(), 0, frames=10)
     assert result.stop_reasons == {"curtail": "not_moving", "exaggerate": "not_moving"}
     assert list(result.lambdas) == [0.0]
     assert result.heatmap.shape == (SIDE, SIDE) and not result.heatmap.any()
 
 
 def test_single_direction_searches_one_side_only():
-    curtail = explainer().attribute(image(), 0, direction="curtail", pixel_budget=10.0)
+    curtail = explainer().explain(image(), 0, direction="curtail", pixel_budget=10.0)
     assert curtail.lambda_range[1] == 0.0 and curtail.lambdas[-1] == 0.0
     assert curtail.stop_reasons["exaggerate"] == "not_requested"
-    exaggerate = explainer().attribute(image(), 0, direction="exaggerate", pixel_budget=10.0)
+    exaggerate = explainer().explain(image(), 0, direction="exaggerate", pixel_budget=10.0)
     assert exaggerate.lambda_range[0] == 0.0 and exaggerate.lambdas[0] == 0.0
 
 
 def test_batched_search_equals_one_at_a_time_search_and_reuses_cache():
     kwargs = dict(pred_diff=0.3, pixel_budget=10.0, frames=8)
-    one_at_a_time = explainer(batch_size=1).attribute(image(), 0, search="ladder", search_batch=1, **kwargs)
-    batched = explainer(batch_size=16).attribute(image(), 0, search="ladder", search_batch=8, **kwargs)
+    one_at_a_time = explainer(batch_size=1).explain(image(), 0, search="ladder", search_batch=1, **kwargs)
+    batched = explainer(batch_size=16).explain(image(), 0, search="ladder", search_batch=8, **kwargs)
     assert one_at_a_time.lambda_range == batched.lambda_range
     np.testing.assert_allclose(one_at_a_time.preds, batched.preds, atol=1e-6)
     # The sweep's two ends were evaluated by the search and not decoded again.
@@ -253,8 +255,8 @@ def test_batched_search_equals_one_at_a_time_search_and_reuses_cache():
 
 def test_deterministic_and_no_parameter_gradients():
     shift = explainer()
-    first = shift.attribute(image(), 0, frames=6)
-    second = shift.attribute(image(), 0, frames=6)
+    first = shift.explain(image(), 0, frames=6)
+    second = shift.explain(image(), 0, frames=6)
     np.testing.assert_array_equal(first.lambdas, second.lambdas)
     assert torch.equal(first.frames, second.frames)
     assert all(p.grad is None for p in shift.classifier.parameters())
@@ -264,7 +266,7 @@ def test_deterministic_and_no_parameter_gradients():
 def test_initial_pred_is_the_input_prediction():
     shift = explainer()
     x = image()
-    result = shift.attribute(x, 0, lambda_range=(-10.0, 10.0), frames=3)
+    result = shift.explain(x, 0, lambda_range=(-10.0, 10.0), frames=3)
     with torch.no_grad():
         expected = torch.sigmoid(shift.classifier(x)[0, 0])
     assert result.initial_pred == pytest.approx(float(expected), abs=1e-6)
@@ -282,7 +284,7 @@ def test_heatmap_modes_known_answers():
 
 
 def test_heatmap_marks_where_the_decoder_changes_the_image():
-    result = explainer().attribute(image(), 0, lambda_range=(-100.0, 100.0), frames=5, heatmap="mm")
+    result = explainer().explain(image(), 0, lambda_range=(-100.0, 100.0), frames=5, heatmap="mm")
     expected = (result.frames[0, 0] - result.frames[-1, 0]).abs().numpy()
     np.testing.assert_allclose(result.heatmap, expected, rtol=1e-6)
 
@@ -296,22 +298,25 @@ def test_heatmap_marks_where_the_decoder_changes_the_image():
 ])
 def test_bad_options_raise_clear_errors(kwargs, message):
     with pytest.raises(OptionsError, match=message):
-        explainer().attribute(image(), 0, **kwargs)
+        explainer().explain(image(), 0, **kwargs)
+    with pytest.raises(OptionsError, match=message):
+        ShiftOptions(**kwargs)
 
 
 def test_bad_input_shape_and_values():
-    with pytest.raises(OptionsError, match=r"\(1, 1, H, W\)"):
-        explainer().attribute(torch.zeros(2, 1, SIDE, SIDE), 0)
+    for shape in ((1, SIDE, SIDE), (1, 2, SIDE, SIDE), (0, 1, SIDE, SIDE)):
+        with pytest.raises(OptionsError, match=r"\(B, 1, H, W\) with B ≥ 1"):
+            explainer().explain(torch.zeros(shape), 0)
     bad = image()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(OptionsError, match="NaN"):
-        explainer().attribute(bad, 0)
+        explainer().explain(bad, 0)
 
 
 def test_summary_is_json_ready():
     import json
 
-    result = explainer().attribute(image(), 0, frames=4, pixel_budget=10.0)
+    result = explainer().explain(image(), 0, frames=4, pixel_budget=10.0)
     summary = json.loads(json.dumps(result.summary()))
     assert len(summary["lambdas"]) == len(summary["preds"]) == len(result.lambdas)
     assert set(summary["stop_reasons"]) == {"curtail", "exaggerate"}

@@ -26,9 +26,10 @@ Two kinds of frame (``frames_from``):
    Every evaluated λ is cached.
 5. The sweep decodes and classifies the frames in batches, reusing cached λs.
 
-:meth:`LatentShift.attribute_many` does the same for B images at once: one encode and one
-backward pass for all, then the searches in lockstep (every image's wanted λs of a round
-decoded and classified in shared batches) and one batched sweep.
+:meth:`LatentShift.attribute` takes B ≥ 1 images at once: one encode and one backward pass
+for all, then the searches in lockstep (every image's wanted λs of a round decoded and
+classified in shared batches) and one batched sweep. Its options are one
+:class:`ShiftOptions`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,8 @@ from torch import nn
 
 from ..errors import OptionsError
 from ..models.conventions import PIXEL_RANGE
-from ..options import DEFAULTS, DIRECTIONS, FRAME_SOURCES, HEATMAP_MODES, SEARCH_MODES, STOP_LIMITS, stop_words
+from ..options import (DEFAULTS, DIRECTIONS, FRAME_SOURCES, HEATMAP_MODES, SEARCH_MODES, STOP_LIMITS, ExplainOptions,
+                       stop_words)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ MAX_GROWTH = 128.0
 
 @dataclass
 class ShiftResult:
-    """What :meth:`LatentShift.attribute` returns (and :meth:`~LatentShift.attribute_many`, per image).
+    """What :meth:`LatentShift.attribute` returns for each image.
 
     Attributes:
         lambdas: (F,) sorted λ of the frames, 0 included.
@@ -200,6 +202,94 @@ def sweep_lambdas(lambda_min: float, lambda_max: float, frames: int) -> np.ndarr
     return np.concatenate([left, right])
 
 
+@dataclass(frozen=True)
+class ShiftOptions:
+    """How :meth:`LatentShift.attribute` finds and sweeps its λ range; checked when made
+    (:class:`~latentshift.errors.OptionsError` names the first bad value).
+
+    The defaults are :data:`latentshift.options.DEFAULTS`' (:meth:`from_explain` takes an
+    explanation's :class:`~latentshift.options.ExplainOptions`).
+
+    Attributes:
+        lambda_range: (λ_min, λ_max) with λ_min ≤ 0 ≤ λ_max; skips the search.
+        step_size: first search step in λ; steps grow by |λ|/10.
+        frames: number of sweep frames (λ = 0 included), at least 2.
+        direction: "both", "curtail" (λ ≤ 0) or "exaggerate" (λ ≥ 0).
+        pred_diff: stop a direction once the prediction moved this much from λ = 0.
+        pixel_budget: stop once ``sum|frame − x0| > pixel_budget · sum|x0|``.
+        max_lambda: largest |λ| searched.
+        heatmap: "int" (mean |Δ| of consecutive frames), "max"/"mean" (of |x0 − frame|),
+            "mm" (|first − last|).
+        floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
+        search: "bisect" (bracket and bisect, the default) or "ladder" (the reference's
+            ladder and its exact answer); see :meth:`LatentShift._walkers`.
+        precision: relative precision of the bisect search (0.02 = 2 % of |λ|).
+        search_batch: ladder rungs per direction per batch (doubles each round, up to
+            :data:`MAX_SEARCH_BATCH`); default 1 on the CPU (where a batch of N costs
+            about N single evaluations), 4 elsewhere.
+        frames_from: "input" (frames ``clip(x + D(z0 + λ·g) − D(z0))``: λ = 0 is ``x``, the
+            search, its pixel budget and the predictions are on those frames) or
+            "reconstruction" (the paper's ``D(z0 + λ·g)``).
+    """
+
+    lambda_range: tuple[float, float] | None = None
+    step_size: float = DEFAULTS.step_size
+    frames: int = DEFAULTS.frames
+    direction: Direction = DEFAULTS.direction
+    pred_diff: float = DEFAULTS.pred_diff
+    pixel_budget: float = DEFAULTS.pixel_budget
+    max_lambda: float = DEFAULTS.max_lambda
+    heatmap: HeatmapMode = DEFAULTS.heatmap
+    floor: float = DEFAULTS.floor
+    ceiling: float = DEFAULTS.ceiling
+    search: str = DEFAULTS.search
+    precision: float = BISECT_PRECISION
+    search_batch: int | None = None
+    frames_from: str = DEFAULTS.frames_from
+
+    def __post_init__(self) -> None:
+        self._check_choices()
+        if self.frames < 2:
+            raise OptionsError(f"frames must be at least 2, got {self.frames}")
+        if self.lambda_range is not None:
+            low, high = self.lambda_range
+            if not (math.isfinite(low) and math.isfinite(high)) or not low <= 0.0 <= high or low == high:
+                raise OptionsError(f"lambda_range must satisfy λ_min ≤ 0 ≤ λ_max with λ_min < λ_max, "
+                                   f"got ({low}, {high})")
+        if not self.step_size > 0 or not self.max_lambda > 0:
+            raise OptionsError("step_size and max_lambda must be positive")
+        if not 0 < self.pred_diff <= 1 or not self.pixel_budget > 0:
+            raise OptionsError("pred_diff must be in (0, 1] and pixel_budget positive")
+        if self.search_batch is not None and self.search_batch < 1:
+            raise OptionsError("search_batch must be at least 1")
+        if not 0 < self.precision < 1:
+            raise OptionsError(f"precision must be in (0, 1), got {self.precision}")
+
+    def _check_choices(self) -> None:
+        for name, choices in (("direction", DIRECTIONS), ("heatmap", HEATMAP_MODES), ("search", SEARCH_MODES),
+                              ("frames_from", FRAME_SOURCES)):
+            if getattr(self, name) not in choices:
+                raise OptionsError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_explain(cls, options: ExplainOptions) -> "ShiftOptions":
+        """The shift options of an explanation's options (the fields of the same name)."""
+        return cls(lambda_range=options.lambda_range, step_size=float(options.step_size), frames=int(options.frames),
+                   direction=options.direction, pred_diff=float(options.pred_diff),
+                   pixel_budget=float(options.pixel_budget), max_lambda=float(options.max_lambda),
+                   heatmap=options.heatmap, search=options.search, frames_from=options.frames_from,
+                   floor=float(options.floor), ceiling=float(options.ceiling))
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """The search's limits by name (:data:`latentshift.options.STOP_LIMITS`), as a result records them."""
+        return {name: float(getattr(self, name)) for name in STOP_LIMITS}
+
+    def replace(self, **changes) -> "ShiftOptions":
+        """A copy with ``changes`` applied (checked)."""
+        return replace(self, **changes)
+
+
 class LatentShift:
     """Latent Shift explanations (Cohen et al., MIDL 2021), captum style.
 
@@ -243,119 +333,53 @@ class LatentShift:
         scores = self.classifier(images)
         return torch.sigmoid(scores) if self.apply_sigmoid else scores
 
-    def attribute(self, x: torch.Tensor, target: int, *, lambda_range: tuple[float, float] | None = None,
-                  step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
-                  direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
-                  pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
-                  heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = DEFAULTS.floor, ceiling: float = DEFAULTS.ceiling,
-                  search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
-                  search_batch: int | None = None, initial_pred: float | None = None,
-                  frames_from: str = DEFAULTS.frames_from) -> ShiftResult:
-        """Explain ``target`` for image ``x`` of shape (1, 1, H, W) in [-1024, 1024].
+    def attribute(self, inputs: torch.Tensor, target: int | Sequence[int], options: ShiftOptions | None = None,
+                  *, initial_preds: Sequence[float] | None = None) -> list[ShiftResult]:
+        """Explain ``target`` for each image of ``inputs``: one :class:`ShiftResult` per image.
 
         Args:
-            target: index of the classifier output to explain.
-            lambda_range: (λ_min, λ_max) with λ_min ≤ 0 ≤ λ_max; skips the search.
-            step_size: first search step in λ; steps grow by |λ|/10.
-            frames: number of sweep frames (λ = 0 included).
-            direction: "both", "curtail" (λ ≤ 0) or "exaggerate" (λ ≥ 0).
-            pred_diff: stop a direction once the prediction moved this much from λ = 0.
-            pixel_budget: stop once ``sum|frame − x0| > pixel_budget · sum|x0|``.
-            max_lambda: largest |λ| searched.
-            heatmap: "int" (mean |Δ| of consecutive frames), "max"/"mean" (of |x0 − frame|),
-                "mm" (|first − last|).
-            floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
-            search: "bisect" (bracket and bisect, the default) or "ladder" (the reference's
-                ladder and its exact answer); see :meth:`_walkers`.
-            precision: relative precision of the bisect search (0.02 = 2 % of |λ|).
-            search_batch: ladder rungs per direction per batch (doubles each round, up to
-                :data:`MAX_SEARCH_BATCH`); default 1 on the CPU (where a batch of N costs
-                about N single evaluations), 4 elsewhere.
-            initial_pred: the target prediction of ``x`` when the caller already has it
-                (saves one classifier call); computed otherwise.
-            frames_from: "input" (frames ``clip(x + D(z0 + λ·g) − D(z0))``: λ = 0 is ``x``, the
-                search, its pixel budget and the predictions are on those frames) or
-                "reconstruction" (the paper's ``D(z0 + λ·g)``).
+            inputs: (B, 1, H, W) images, B ≥ 1, in the classifier's pixel range ([-1024, 1024]).
+            target: the classifier output to explain: one index for every image (an int, as in
+                captum) or one index per image (a sequence of B ints).
+            options: how λ is searched and swept (:class:`ShiftOptions`; default its defaults).
+            initial_preds: the target prediction of each input (B floats in [0, 1]) when the
+                caller already has them (saves one classifier call); computed otherwise.
+
+        Returns:
+            A list of B results in the order of ``inputs``, also for B = 1
+            (``[result] = explainer.attribute(x, target)``).
+
+        The encoding and the latent gradients of all B images are computed in one pass; their
+        searches then run in lockstep (each round, every unfinished search's λs are decoded and
+        classified together, ``batch_size`` at a time) and so do the sweeps. Each result has its
+        own stop rules, λ range and ``evaluations``; its ``timings`` share the stages done for
+        all images at once out evenly (seconds / B). The classifier and the autoencoder must
+        treat the images of a batch independently (eval mode: no batch statistics); results
+        equal those of one call per image up to float rounding of batched passes.
         """
-        self._check_options(x, target, lambda_range, step_size, frames, direction, pred_diff,
-                            pixel_budget, max_lambda, heatmap, search_batch, search, precision, frames_from)
-        self.classifier.eval()
-        self.autoencoder.eval()
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        x = x.to(self.device, torch.float32)
-        [cache] = self._caches(x, [target], frames_from)
-        if initial_pred is None:
-            with torch.inference_mode():
-                initial_pred = float(self._prediction(x, target)[0])
-        timings["encode_gradient"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        rules = None if lambda_range is not None else _StopRules(
-            cache.pred(0.0), pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
-        [found] = self._find_ranges([cache], [rules], lambda_range, direction, step_size, search, precision,
-                                    search_batch)
-        timings["search"] = time.perf_counter() - started
-        limits = dict(pred_diff=pred_diff, floor=floor, ceiling=ceiling, pixel_budget=pixel_budget,
-                      max_lambda=max_lambda)
-        return self._result(cache, found, frames, heatmap, initial_pred, timings, limits)
-
-    def attribute_many(self, xs: torch.Tensor, targets, *, lambda_range: tuple[float, float] | None = None,
-                       step_size: float = DEFAULTS.step_size, frames: int = DEFAULTS.frames,
-                       direction: Direction = DEFAULTS.direction, pred_diff: float = DEFAULTS.pred_diff,
-                       pixel_budget: float = DEFAULTS.pixel_budget, max_lambda: float = DEFAULTS.max_lambda,
-                       heatmap: HeatmapMode = DEFAULTS.heatmap, floor: float = DEFAULTS.floor, ceiling: float = DEFAULTS.ceiling,
-                       search: str = DEFAULTS.search, precision: float = BISECT_PRECISION,
-                       search_batch: int | None = None, initial_preds=None,
-                       frames_from: str = DEFAULTS.frames_from) -> list[ShiftResult]:
-        """Explain B images at once: the same answers as B calls of :meth:`attribute`.
-
-        ``xs`` is (B, 1, H, W) in [-1024, 1024]; ``targets`` B output indices (one per image);
-        ``initial_preds`` None or B target predictions of the inputs (in [0, 1]); every other
-        option is :meth:`attribute`'s, shared by all images. The encoding and the latent
-        gradients are computed for all B in one pass; the searches of all images then run in
-        lockstep (each round, every unfinished search's λs are decoded and classified
-        together, ``batch_size`` at a time) and so do the sweeps. Each result has its own
-        stop rules, λ range and ``evaluations``; its ``timings`` give the stages done for all
-        images at once shared out evenly (seconds / B). The classifier and the autoencoder
-        must treat the images of a batch independently (eval mode: no batch statistics).
-        Results equal :meth:`attribute`'s up to float rounding of batched passes.
-        """
-        targets = self._check_many(xs, targets, initial_preds)
-        for index, target in enumerate(targets):
-            try:
-                self._check_options(xs[index:index + 1], target, lambda_range, step_size, frames, direction,
-                                    pred_diff, pixel_budget, max_lambda, heatmap, search_batch, search, precision,
-                                    frames_from)
-            except OptionsError as exc:
-                raise OptionsError(f"image {index}: {exc}") from None
+        options = ShiftOptions() if options is None else options
+        targets = self._check_inputs(inputs, target, initial_preds)
         self.classifier.eval()
         self.autoencoder.eval()
         started = time.perf_counter()
-        xs = xs.to(self.device, torch.float32)
-        caches = self._caches(xs, targets, frames_from)
+        inputs = inputs.to(self.device, torch.float32)
+        caches = self._caches(inputs, targets, options.frames_from)
         if initial_preds is None:
             with torch.inference_mode():
-                scores = self._predictions(xs).float().cpu()
+                scores = self._predictions(inputs).float().cpu()
             initial_preds = [float(scores[i, t]) for i, t in enumerate(targets)]
         encode_share = (time.perf_counter() - started) / len(targets)
         started = time.perf_counter()
-        rules = [None if lambda_range is not None else _StopRules(
-            cache.pred(0.0), pred_diff, cache.budget_threshold(pixel_budget), max_lambda, floor, ceiling)
-            for cache in caches]
-        found = self._find_ranges(caches, rules, lambda_range, direction, step_size, search, precision,
-                                  search_batch)
+        found = self._find_ranges(caches, options)
         search_share = (time.perf_counter() - started) / len(targets)
         started = time.perf_counter()
         _evaluate_many([(cache, float(lam)) for cache, ((low, high), _) in zip(caches, found)
-                        for lam in sweep_lambdas(low, high, frames)])
+                        for lam in sweep_lambdas(low, high, options.frames)])
         sweep_share = (time.perf_counter() - started) / len(targets)
-        limits = dict(pred_diff=pred_diff, floor=floor, ceiling=ceiling, pixel_budget=pixel_budget,
-                      max_lambda=max_lambda)
         results = []
         for cache, ends, initial in zip(caches, found, initial_preds):
             timings = {"encode_gradient": encode_share, "search": search_share}
-            results.append(self._result(cache, ends, frames, heatmap, float(initial), timings, limits))
+            results.append(self._result(cache, ends, options, float(initial), timings))
             results[-1].timings["sweep"] += sweep_share
         return results
 
@@ -374,55 +398,65 @@ class LatentShift:
             caches.append(cache)
         return caches
 
-    def _result(self, cache, found, frames: int, heatmap: str, initial_pred: float, timings: dict,
-                limits: dict) -> ShiftResult:
+    def _result(self, cache, found, options: ShiftOptions, initial_pred: float, timings: dict) -> ShiftResult:
         """The :class:`ShiftResult` of one image: its sweep over ``found`` = ((λ_min, λ_max), stops)."""
         (lambda_min, lambda_max), stop_reasons = found
-        result = self._sweep(cache, lambda_min, lambda_max, frames, heatmap, timings)
+        result = self._sweep(cache, lambda_min, lambda_max, options.frames, options.heatmap, timings)
         logger.debug("latent shift: range [%.1f, %.1f], %d evaluations, stops %s",
                      lambda_min, lambda_max, cache.evaluations, stop_reasons)
         return ShiftResult(**result, reconstruction=cache.reconstruction.cpu(), initial_pred=initial_pred,
                            reconstruction_pred=None if cache.image is not None else cache.pred(0.0),
                            lambda_range=(lambda_min, lambda_max), stop_reasons=stop_reasons, target=cache.target,
-                           heatmap_mode=heatmap, evaluations=cache.evaluations, timings=timings,
+                           heatmap_mode=options.heatmap, evaluations=cache.evaluations, timings=timings,
                            frames_from="reconstruction" if cache.image is None else "input",
-                           limits={k: float(v) for k, v in limits.items()})
+                           limits=options.limits)
 
     @staticmethod
-    def _check_many(xs, targets, initial_preds) -> list[int]:
-        """The targets as a list, once ``xs`` is (B, 1, H, W) with B ≥ 1 and B targets (and
-        B initial predictions when given); raises :class:`OptionsError` otherwise."""
-        if not isinstance(xs, torch.Tensor) or xs.dim() != 4 or xs.shape[0] < 1 or xs.shape[1] != 1:
-            shape = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
-            raise OptionsError(f"xs must be a tensor of shape (B, 1, H, W) with B ≥ 1, got {shape}")
-        targets = [targets] if isinstance(targets, (int, np.integer)) else list(targets)
-        if len(targets) != xs.shape[0]:
-            raise OptionsError(f"give one target per image: {xs.shape[0]} images, {len(targets)} targets")
-        if initial_preds is not None and len(initial_preds) != xs.shape[0]:
-            raise OptionsError(f"give one initial prediction per image: {xs.shape[0]} images, "
+    def _check_inputs(inputs, target, initial_preds) -> list[int]:
+        """One target index per image, once ``inputs`` is (B, 1, H, W) with B ≥ 1 and finite,
+        ``target`` one index or B of them and ``initial_preds`` None or B values; raises
+        :class:`OptionsError` naming what is wrong otherwise."""
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[0] < 1 or inputs.shape[1] != 1:
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise OptionsError(f"inputs must be a tensor of shape (B, 1, H, W) with B ≥ 1, got {shape}")
+        if not torch.isfinite(inputs).all():
+            raise OptionsError("the inputs contain NaN or infinite values")
+        count = int(inputs.shape[0])
+        targets = [target] * count if isinstance(target, (int, np.integer)) else list(target)
+        if len(targets) != count:
+            raise OptionsError(f"give one target, or one per image: {count} images, {len(targets)} targets")
+        for index, value in enumerate(targets):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+                where = f"image {index}: " if count > 1 else ""
+                raise OptionsError(f"{where}target must be a non-negative output index, got {value!r}")
+        if initial_preds is not None and len(initial_preds) != count:
+            raise OptionsError(f"give one initial prediction per image: {count} images, "
                                f"{len(initial_preds)} initial_preds")
-        return targets
+        return [int(value) for value in targets]
 
-    def _find_ranges(self, caches, rules, lambda_range, direction, step_size, search, precision,
-                     search_batch) -> list[tuple[tuple[float, float], dict[str, str]]]:
+    def _find_ranges(self, caches, options: ShiftOptions) -> list[tuple[tuple[float, float], dict[str, str]]]:
         """Per image, ((λ_min, λ_max), stop reason per side): the given range, or its search's
         ends. The images' searches run in lockstep (see :func:`_drive`: one batch of decodes
         per round for every side and image)."""
-        sides = [s for s in ("curtail", "exaggerate") if direction in (s, "both")] if lambda_range is None else []
-        if search == "bisect" and sides:
-            _probe_pixel_change(caches, (-1.0 if sides[0] == "curtail" else 1.0) * min(step_size, rules[0].max_lambda))
-        jobs = [(cache, self._walkers(cache, sides, rule, step_size, search, precision, search_batch))
-                for cache, rule in zip(caches, rules)]
-        return [self._range_of(ends, lambda_range, direction) for ends in _drive(jobs)]
+        if options.lambda_range is not None:
+            return [self._range_of({}, options) for _ in caches]
+        sides = [s for s in ("curtail", "exaggerate") if options.direction in (s, "both")]
+        rules = [_StopRules(cache.pred(0.0), options.pred_diff, cache.budget_threshold(options.pixel_budget),
+                            options.max_lambda, options.floor, options.ceiling) for cache in caches]
+        if options.search == "bisect" and sides:
+            sign = -1.0 if sides[0] == "curtail" else 1.0
+            _probe_pixel_change(caches, sign * min(options.step_size, options.max_lambda))
+        jobs = [(cache, self._walkers(cache, sides, rule, options)) for cache, rule in zip(caches, rules)]
+        return [self._range_of(ends, options) for ends in _drive(jobs)]
 
     @staticmethod
-    def _range_of(ends: dict, lambda_range, direction) -> tuple[tuple[float, float], dict[str, str]]:
+    def _range_of(ends: dict, options: ShiftOptions) -> tuple[tuple[float, float], dict[str, str]]:
         """((λ_min, λ_max), stop reasons) from a search's ends {side: (λ, reason)} or the given range."""
-        if lambda_range is not None:
-            lambda_min, lambda_max = float(lambda_range[0]), float(lambda_range[1])
-            if direction == "curtail":
+        if options.lambda_range is not None:
+            lambda_min, lambda_max = float(options.lambda_range[0]), float(options.lambda_range[1])
+            if options.direction == "curtail":
                 lambda_max = 0.0
-            elif direction == "exaggerate":
+            elif options.direction == "exaggerate":
                 lambda_min = 0.0
             stop_reasons = {side: "given_range" for side in ("curtail", "exaggerate")}
         else:
@@ -471,7 +505,7 @@ class LatentShift:
             (gradient,) = torch.autograd.grad(prediction.sum(), z)
         return z.detach(), gradient.detach(), reconstruction.detach(), outputs.detach()
 
-    def _walkers(self, cache, sides, rules, step_size, search, precision, search_batch) -> dict:
+    def _walkers(self, cache, sides, rules, options: ShiftOptions) -> dict:
         """{side: walker} of one image's search (see :func:`_drive`).
 
         "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
@@ -485,46 +519,13 @@ class LatentShift:
         1.65× a single evaluation for both the demo and the xrv-size pair).
         """
         on_cpu = self.device.type == "cpu"
-        if search == "ladder":
-            batch = search_batch or (1 if on_cpu else 4)
-            largest = 1 if on_cpu and search_batch is None else max(batch, MAX_SEARCH_BATCH)
-            return {side: _ladder_walker(cache, side, rules, step_size, batch, largest) for side in sides}
+        if options.search == "ladder":
+            batch = options.search_batch or (1 if on_cpu else 4)
+            largest = 1 if on_cpu and options.search_batch is None else max(batch, MAX_SEARCH_BATCH)
+            return {side: _ladder_walker(cache, side, rules, options.step_size, batch, largest) for side in sides}
         if sides and cache.gradient_norm2 == 0.0:  # p does not depend on z here: nothing moves
             return {side: _ended(0.0, "not_moving") for side in sides}
-        return {side: _bisect_walker(cache, side, rules, step_size, precision) for side in sides}
-
-    def _check_options(self, x, target, lambda_range, step_size, frames, direction, pred_diff,
-                       pixel_budget, max_lambda, heatmap, search_batch, search, precision, frames_from):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 1:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise OptionsError(f"x must be a tensor of shape (1, 1, H, W), got {shape}")
-        if not torch.isfinite(x).all():
-            raise OptionsError("x contains NaN or infinite values")
-        if direction not in DIRECTIONS:
-            raise OptionsError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if heatmap not in HEATMAP_MODES:
-            raise OptionsError(f"heatmap must be one of {HEATMAP_MODES}, got {heatmap!r}")
-        if not isinstance(target, (int, np.integer)) or target < 0:
-            raise OptionsError(f"target must be a non-negative output index, got {target!r}")
-        if frames < 2:
-            raise OptionsError(f"frames must be at least 2, got {frames}")
-        if lambda_range is not None:
-            low, high = lambda_range
-            if not (math.isfinite(low) and math.isfinite(high)) or not low <= 0.0 <= high or low == high:
-                raise OptionsError(f"lambda_range must satisfy λ_min ≤ 0 ≤ λ_max with λ_min < λ_max, "
-                                   f"got ({low}, {high})")
-        if not step_size > 0 or not max_lambda > 0:
-            raise OptionsError("step_size and max_lambda must be positive")
-        if not 0 < pred_diff <= 1 or not pixel_budget > 0:
-            raise OptionsError("pred_diff must be in (0, 1] and pixel_budget positive")
-        if search_batch is not None and search_batch < 1:
-            raise OptionsError("search_batch must be at least 1")
-        if search not in SEARCH_MODES:
-            raise OptionsError(f"search must be one of {SEARCH_MODES}, got {search!r}")
-        if not 0 < precision < 1:
-            raise OptionsError(f"precision must be in (0, 1), got {precision}")
-        if frames_from not in FRAME_SOURCES:
-            raise OptionsError(f"frames_from must be one of {FRAME_SOURCES}, got {frames_from!r}")
+        return {side: _bisect_walker(cache, side, rules, options.step_size, options.precision) for side in sides}
 
 
 def _drive(jobs: list) -> list[dict[str, tuple[float, str]]]:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from scipy import linalg, ndimage
 
+from ..core.shift import ShiftOptions
 from ..options import FRAME_SOURCES, ExplainOptions
 from ..pipeline import Pipeline
 from ..training.data import CXRData, load_data, resolve_data_dir, to_model_range
@@ -231,7 +232,8 @@ def _judge_all(pipeline, data, data_dir, rows, judged, roles, probs, x_all, targ
     for n in judged:
         x = torch.from_numpy(x_all[n:n + 1])[:, None]
         with pipeline._computing():
-            result = pipeline.explainer.attribute(x, target, **options.shift_kwargs(), initial_pred=float(probs[n]))
+            [result] = pipeline.explainer.attribute(x, target, ShiftOptions.from_explain(options),
+                                                    initial_preds=[float(probs[n])])
         case = judge_case(result, x_all[n], str(roles[n]), threshold, options.pixel_budget,
                           box_mask(data_dir, data.rows[rows[n]], task.finding), rows[n])
         case.zero_difference = (float(np.abs(result.frames[result.zero_index, 0].numpy() - x_all[n]).max()),

@@ -187,12 +187,12 @@ def build_methods(classifier: nn.Module, autoencoder: nn.Module | None, names: I
         if name == "latent-shift":
             if autoencoder is None:
                 raise OptionsError("the latent-shift method needs an autoencoder")
-            from ..core.shift import LatentShift
+            from ..core.shift import LatentShift, ShiftOptions
 
             explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
             # the paper's frames, as the documented map figures were measured
-            methods[name] = _timed(lambda x, t, e=explainer: (
-                e.attribute(x, t, heatmap="int", frames_from="reconstruction").heatmap, None))
+            paper = ShiftOptions(heatmap="int", frames_from="reconstruction")
+            methods[name] = _timed(lambda x, t, e=explainer: (e.attribute(x, t, paper)[0].heatmap, None))
         elif name == "grad-cam":
             gradcam = GradCAM(classifier)
             methods[name] = _timed(lambda x, t, g=gradcam: (g.attribute(x, t).map, None))

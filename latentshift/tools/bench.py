@@ -48,7 +48,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..core.shift import sweep_lambdas
+from ..core.shift import ShiftOptions, sweep_lambdas
 from ..models.placement import memory_format_of
 from ..options import DEFAULTS, FRAME_SOURCES
 from ..training.data import default_data_dir
@@ -105,6 +105,14 @@ class ShiftSettings:
     baseline_ig_steps: int = BASELINE_IG_STEPS
     search: str = DEFAULTS.search
     frames_from: str = DEFAULTS.frames_from
+
+    def shift_options(self, **changes) -> ShiftOptions:
+        """The core's options of these settings (``changes`` applied), with the heatmap the sides compare."""
+        values = dict(lambda_range=self.lambda_range, step_size=self.step_size, frames=self.frames,
+                      pred_diff=self.pred_diff, pixel_budget=self.pixel_budget, max_lambda=self.max_lambda,
+                      floor=self.floor, ceiling=self.ceiling, heatmap="int", search=self.search,
+                      frames_from=self.frames_from)
+        return ShiftOptions(**{**values, **changes})
 
 
 @dataclass(frozen=True)
@@ -508,11 +516,8 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
         render.write_overlay(out_dir / "gradcam.png", input_pixels, gradcam, title="Grad-CAM")
 
     shift_started = time.perf_counter()
-    result = LatentShift(classifier, autoencoder, apply_sigmoid=True).attribute(
-        x, target_index, lambda_range=settings.lambda_range, step_size=settings.step_size,
-        frames=settings.frames, pred_diff=settings.pred_diff, pixel_budget=settings.pixel_budget,
-        max_lambda=settings.max_lambda, floor=settings.floor, ceiling=settings.ceiling, heatmap="int",
-        search=settings.search, initial_pred=float(probabilities[target_index]), frames_from=settings.frames_from)
+    [result] = LatentShift(classifier, autoencoder, apply_sigmoid=True).attribute(
+        x, target_index, settings.shift_options(), initial_preds=[float(probabilities[target_index])])
     shift_seconds = time.perf_counter() - shift_started
     for stage in ("encode_gradient", "search", "sweep", "heatmap"):
         clock.seconds[stage] = result.timings.get(stage, 0.0)
@@ -612,20 +617,18 @@ def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, referenc
     λs (fixed range = the reference's) and whether the search stops elsewhere."""
     from ..core.shift import LatentShift
 
-    kwargs = dict(step_size=settings.step_size, frames=settings.frames, pred_diff=settings.pred_diff,
-                  pixel_budget=settings.pixel_budget, max_lambda=settings.max_lambda, floor=settings.floor,
-                  ceiling=settings.ceiling, search=settings.search, frames_from=settings.frames_from)
+    searching = settings.shift_options(lambda_range=None)
     fixed = (float(reference.lambdas[0]), float(reference.lambdas[-1]))
     try:
         with _opt_in_models(path, classifier, autoencoder, device) as (cls, ae):
             explainer = LatentShift(cls, ae, apply_sigmoid=True)
             started = time.perf_counter()
-            searched = explainer.attribute(x, reference.target_index, **kwargs)
+            [searched] = explainer.attribute(x, reference.target_index, searching)
             cold = time.perf_counter() - started
             started = time.perf_counter()
-            searched = explainer.attribute(x, reference.target_index, **kwargs)
+            [searched] = explainer.attribute(x, reference.target_index, searching)
             warm = time.perf_counter() - started
-            same_lambdas = (explainer.attribute(x, reference.target_index, lambda_range=fixed, **kwargs)
+            same_lambdas = (explainer.attribute(x, reference.target_index, searching.replace(lambda_range=fixed))[0]
                             if fixed[0] < fixed[1] else searched)
     except Exception as error:  # an opt-in path that does not run here is reported, not fatal
         logger.warning("opt-in path %s failed: %s", path, error)

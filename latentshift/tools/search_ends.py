@@ -44,8 +44,9 @@ def measure(pipeline, paths: list[Path]) -> list[dict]:
         row = {"image": path.name, "target": target}
         for mode in ("bisect", "ladder"):
             started = time.perf_counter()
-            result = pipeline.explainer.attribute(x, target, frames=3, search=mode, frames_from="reconstruction",
-                                                  initial_pred=float(probabilities[target]))
+            [result] = pipeline.explainer.attribute(x, target,
+                                                    ShiftOptions(frames=3, search=mode, frames_from="reconstruction"),
+                                                    initial_preds=[float(probabilities[target])])
             row[mode] = {"range": list(result.lambda_range), "stops": result.stop_reasons,
                          "evaluations": result.evaluations, "seconds": time.perf_counter() - started}
         rows.append(row)
@@ -72,6 +73,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..core.shift import ShiftOptions
     from ..pipeline import Pipeline
     from ..training.data import default_data_dir
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.shift import LatentShift
+from ..core.shift import LatentShift, ShiftOptions
 from ..errors import LatentShiftError
 from ..io.imaging import to_display_uint8
 from ..io.render import write_gif
@@ -214,8 +214,8 @@ def curtail_report(model, autoencoder, data: CXRData, indices, y: np.ndarray, pr
         hits, rec_crossed, stops, extremes, t0, saved = 0, 0, {}, [], time.time(), 0
         for n in tps:
             x = to_model_range(data.images[indices[n]:indices[n] + 1])
-            res = explainer.attribute(x, k, direction="curtail", pixel_budget=PIXEL_BUDGET,
-                                      frames_from="reconstruction")  # the paper's frames, as in the model card
+            [res] = explainer.attribute(x, k, ShiftOptions(direction="curtail", pixel_budget=PIXEL_BUDGET,
+                                                           frames_from="reconstruction"))  # the paper's frames
             side = (res.lambdas < 0) & (res.pixel_change <= PIXEL_BUDGET + 1e-9)
             ext = float(res.preds[side].min()) if side.any() else math.nan
             hits += int(side.any() and ext < thresholds[k])

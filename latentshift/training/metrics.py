@@ -134,7 +134,7 @@ def latent_shift_report(classifier, autoencoder, data: CXRData, ids, labels, pro
     """Share of the true positives among ``ids`` (images of one split, with their ``labels``
     and predicted ``probs``) that the curtail search brings below the threshold, and of the
     true negatives the exaggerate search lifts above it, within a 5 % pixel budget."""
-    from ..core.shift import LatentShift
+    from ..core.shift import LatentShift, ShiftOptions
 
     explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
     tps = [i for i, y, p in zip(ids, labels, probs) if y == 1 and p >= threshold]
@@ -153,8 +153,8 @@ def latent_shift_report(classifier, autoencoder, data: CXRData, ids, labels, pro
                 logger.info("latent shift %s: %d/%d images (%.1f s per image)", direction, n_done, len(ids),
                             (time.time() - t_dir) / n_done)
             x = to_model_range(data.images[i:i + 1])
-            res = explainer.attribute(x, 0, direction=direction, pixel_budget=0.05,
-                                      frames_from="reconstruction")  # the paper's frames, as in the model card
+            [res] = explainer.attribute(x, 0, ShiftOptions(direction=direction, pixel_budget=0.05,
+                                                           frames_from="reconstruction"))  # the paper's frames
             lambdas, preds, change = res.lambdas, res.preds, res.pixel_change
             side = (lambdas < 0 if direction == "curtail" else lambdas > 0) & (change <= 0.05 + 1e-9)
             # success needs a shifted frame (λ ≠ 0) within the pixel budget past the threshold
