@@ -15,11 +15,11 @@ Rooms, imported one way (a room imports only those listed after it)::
     options.py errors.py   the shared vocabulary: explanation options, exception types
 """
 
-from .core import GradCAM, IntegratedGradientsMap, LatentShift, ShiftResult
+from .core import GradCAM, IntegratedGradientsMap, LatentShift, ShiftOptions, ShiftResult
 from .errors import ImageInputError, LatentShiftError, WeightsError
 from .options import ExplainOptions
 
-__all__ = ["LatentShift", "ShiftResult", "GradCAM", "IntegratedGradientsMap", "ExplainOptions", "Pipeline",
+__all__ = ["LatentShift", "ShiftOptions", "ShiftResult", "GradCAM", "IntegratedGradientsMap", "ExplainOptions", "Pipeline",
            "LatentShiftError", "ImageInputError", "WeightsError"]
 __version__ = "0.2.0"
 
