@@ -8,11 +8,9 @@ Research and teaching demo, not for clinical use.
 from latentshift.app.serving import parse_args, prepare_environment
 
 if __name__ == "__main__":
-    import sys
+    from latentshift.runtime import set_allocator_tunables
 
-    from latentshift.runtime import reexec_with_allocator_tunables
-
-    reexec_with_allocator_tunables(sys.argv)  # glibc allocator tunables must be set at process start
+    set_allocator_tunables()  # glibc's allocator settings, before torch allocates
     COMMAND_LINE = parse_args()
     prepare_environment(COMMAND_LINE)
     from latentshift.app import main

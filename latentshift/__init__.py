@@ -13,20 +13,31 @@ Rooms, imported one way (a room imports only those listed after it)::
     weights/         manifest, integrity, sources (file, Hub, URL), loading, model store
     models/          conventions (pixel range, resolution), architectures, registry
     options.py errors.py   the shared vocabulary: explanation options, exception types
+
+The names below are imported on first use, so ``import latentshift`` (and the command
+line's ``--help``) does not load torch.
 """
 
-from .core import GradCAM, IntegratedGradientsMap, LatentShift, ShiftOptions, ShiftResult
-from .errors import ImageInputError, LatentShiftError, WeightsError
-from .options import ExplainOptions
+import importlib
 
-__all__ = ["LatentShift", "ShiftOptions", "ShiftResult", "GradCAM", "IntegratedGradientsMap", "ExplainOptions", "Pipeline",
-           "LatentShiftError", "ImageInputError", "WeightsError"]
 __version__ = "0.2.0"
+
+#: Public name -> the module that defines it (imported on first use).
+_EXPORTS = {
+    "LatentShift": ".core", "ShiftOptions": ".core", "ShiftResult": ".core", "GradCAM": ".core",
+    "IntegratedGradientsMap": ".core", "ExplainOptions": ".options", "Pipeline": ".pipeline",
+    "LatentShiftError": ".errors", "ImageInputError": ".errors", "WeightsError": ".errors",
+}
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name == "Pipeline":  # imported on use: it brings the renderers and the weights layer
-        from .pipeline import Pipeline
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'latentshift' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
 
-        return Pipeline
-    raise AttributeError(f"module 'latentshift' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

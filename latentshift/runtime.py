@@ -1,26 +1,34 @@
-"""Process start-up settings that must exist before the interpreter starts (bottom layer).
+"""Process start-up settings: glibc's allocator knobs, set in-process (bottom layer).
 
-glibc reads ``GLIBC_TUNABLES`` only when a process starts, so setting it from Python is too
-late for the running process. :func:`reexec_with_allocator_tunables` re-executes the
-current process once with the allocator tunables set: no ``mmap`` for large blocks and no
-trimming, so the decoder's large activations (hundreds of MiB per batch of 8 with the
-xrv-size models) are reused rather than page-faulted in on every call (measured: the batch-8
-cost halves on 2 CPU cores). It imports nothing of the package.
+:func:`set_allocator_tunables` calls glibc's ``mallopt`` through ctypes so that large blocks
+come from the heap (never ``mmap``) and freed memory is never trimmed back to the system:
+the decoder's large activations (hundreds of MiB per batch of 8 with the xrv-size models) are
+then reused rather than page-faulted in on every call (measured: the batch-8 cost halves on 2
+CPU cores). These are the two knobs of :data:`ALLOCATOR_TUNABLES` (the same settings as the
+environment variable ``GLIBC_TUNABLES``, which glibc reads only when a process starts):
 
-Call it first thing in an entry point, before torch is imported::
+=================================  ==========================  ==========================
+``GLIBC_TUNABLES`` name            ``mallopt`` parameter        value
+=================================  ==========================  ==========================
+``glibc.malloc.mmap_max``          ``M_MMAP_MAX`` (-4)          0: no block is mmap-ed
+``glibc.malloc.trim_threshold``    ``M_TRIM_THRESHOLD`` (-1)    -1: never trim (the
+                                                                tunable's 16 GiB, more than
+                                                                any heap here)
+=================================  ==========================  ==========================
 
-    from latentshift.runtime import reexec_with_allocator_tunables
-    reexec_with_allocator_tunables(sys.argv)
+Either way glibc also stops adjusting the mmap threshold dynamically. Call it first thing in
+an entry point and in each worker process an entry point starts (they do not inherit it)::
 
-It returns (doing nothing) when the variable is already set, when
-``LATENTSHIFT_NO_REEXEC=1``, when this process is already the re-executed one (marker
-``LATENTSHIFT_REEXECED``), off glibc Linux, or when the exec fails. On a host where the
-environment can be configured instead (e.g. a Space's variables), set
-``GLIBC_TUNABLES`` there and no re-exec happens.
+    from latentshift.runtime import set_allocator_tunables
+    set_allocator_tunables()
+
+It does nothing when ``GLIBC_TUNABLES`` is set (the host chose), when
+``LATENTSHIFT_NO_ALLOCATOR_TUNING=1``, or off glibc Linux. It imports nothing of the package.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
@@ -28,44 +36,33 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-#: Large blocks from the heap (never mmap), never trimmed back to the system.
+#: The same settings as glibc tunables (for a host that sets ``GLIBC_TUNABLES`` itself).
 ALLOCATOR_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
-MARKER = "LATENTSHIFT_REEXECED"
-OPT_OUT = "LATENTSHIFT_NO_REEXEC"
+#: ``mallopt`` parameter numbers (glibc's malloc.h) and the values that match :data:`ALLOCATOR_TUNABLES`.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MALLOPT_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+OPT_OUT = "LATENTSHIFT_NO_ALLOCATOR_TUNING"
 
 
-def should_reexec(environ: dict | None = None) -> bool:
-    """Whether :func:`reexec_with_allocator_tunables` would re-execute (``environ``: os.environ)."""
+def should_set_tunables(environ=None) -> bool:
+    """Whether :func:`set_allocator_tunables` would call ``mallopt`` (``environ``: os.environ)."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT) == "1" or environ.get(MARKER) or "GLIBC_TUNABLES" in environ:
+    if environ.get(OPT_OUT) == "1" or "GLIBC_TUNABLES" in environ:
         return False
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def reexec_with_allocator_tunables(argv: list[str]) -> None:
-    """Replace this process by ``sys.executable`` + ``argv`` with ``GLIBC_TUNABLES`` set, once.
-
-    ``argv`` is the process's ``sys.argv`` (``argv[0]`` the script or ``-m`` module path as
-    Python saw it). Returns only when no re-exec is needed or it failed (logged).
-    """
-    if not should_reexec() or not argv or argv[0] in ("-c", ""):  # `python -c` / REPL: cannot restart
-        return
-    environ = dict(os.environ, GLIBC_TUNABLES=ALLOCATOR_TUNABLES, **{MARKER: "1"})
-    command = [sys.executable, *_interpreter_arguments(argv)]
+def set_allocator_tunables(environ=None) -> bool:
+    """Set :data:`MALLOPT_SETTINGS` in this process; True when glibc accepted them (idempotent)."""
+    if not should_set_tunables(environ):
+        return False
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, command, environ)
-    except OSError as error:  # exec failed: carry on without the tunables
-        logger.warning("could not re-execute with GLIBC_TUNABLES (%s); continuing without", error)
-
-
-def _interpreter_arguments(argv: list[str]) -> list[str]:
-    """The arguments that start this program again: ``-m module …`` when it was run as a
-    module (``sys.argv[0]`` is then the module's file), else ``argv`` as given."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
-        return ["-m", name, *argv[1:]]
-    return list(argv)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError) as error:
+        logger.warning("glibc's mallopt is not available (%s); the allocator keeps its defaults", error)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    accepted = all(mallopt(parameter, value) == 1 for parameter, value in MALLOPT_SETTINGS)
+    if not accepted:
+        logger.warning("glibc's mallopt refused the allocator settings %s", MALLOPT_SETTINGS)
+    return accepted

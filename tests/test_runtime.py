@@ -1,34 +1,63 @@
-"""The allocator re-exec: once, never when opted out or already set, restarting the same program."""
+"""The allocator settings: mallopt in-process gives what GLIBC_TUNABLES gives at start; opt-outs respected."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from latentshift import runtime
 
+#: In a fresh process: optionally the settings, then one 64 MiB block allocated and freed; prints
+#: (mmap-ed blocks added by the allocation, heap bytes kept after the free) from glibc's mallinfo2.
+PROBE = textwrap.dedent("""
+    import ctypes, sys
+    from latentshift.runtime import set_allocator_tunables
+    libc = ctypes.CDLL(None)
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                         "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    applied = set_allocator_tunables() if sys.argv[1] == "set" else None
+    mapped = libc.mallinfo2().hblks
+    block = libc.malloc(64 << 20)
+    mapped = libc.mallinfo2().hblks - mapped
+    libc.free(block)
+    print(applied, mapped, libc.mallinfo2().arena >= 64 << 20)
+""")
 
-def test_should_reexec_guards():
-    assert not runtime.should_reexec({"LATENTSHIFT_NO_REEXEC": "1"})
-    assert not runtime.should_reexec({runtime.MARKER: "1"})
-    assert not runtime.should_reexec({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"})
+glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
+                                or tuple(int(p) for p in platform.libc_ver()[1].split(".")[:2]) < (2, 33),
+                                reason="glibc ≥ 2.33 (mallinfo2) only")
 
 
-def test_reexec_sets_the_tunables_once_and_keeps_the_arguments(tmp_path):
+def probe(tmp_path, mode: str, **env_changes) -> list[str]:
     script = tmp_path / "probe.py"
-    script.write_text(textwrap.dedent("""
-        import os, sys
-        from latentshift.runtime import reexec_with_allocator_tunables
-        print("start", flush=True)
-        reexec_with_allocator_tunables(sys.argv)
-        print(os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
-    """))
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", runtime.MARKER, runtime.OPT_OUT)}
+    script.write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", runtime.OPT_OUT)}
+    env.update(env_changes)
     env["PYTHONPATH"] = os.pathsep.join([str(runtime.__file__).rsplit("/latentshift/", 1)[0],
                                          env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, str(script), "a", "b"], env=env, capture_output=True, text=True,
-                         check=True).stdout.splitlines()
-    if runtime.should_reexec(env):
-        assert out == ["start", "start", f"{runtime.ALLOCATOR_TUNABLES} ['a', 'b']"]
-    else:
-        assert out[-1] == "None ['a', 'b']"
+    return subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def test_the_opt_outs():
+    assert not runtime.should_set_tunables({runtime.OPT_OUT: "1"})
+    assert not runtime.should_set_tunables({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"})
+    assert not runtime.set_allocator_tunables({runtime.OPT_OUT: "1"})
+
+
+@glibc_only
+def test_mallopt_in_process_does_what_the_start_up_tunables_do(tmp_path):
+    # glibc's defaults: a 64 MiB block is mmap-ed, and given back when freed
+    assert probe(tmp_path, "none") == ["None", "1", "False"]
+    # set at process start (what the re-exec used to do): from the heap, and kept
+    assert probe(tmp_path, "set", GLIBC_TUNABLES=runtime.ALLOCATOR_TUNABLES) == ["False", "0", "True"]
+    # set in-process: the same
+    assert probe(tmp_path, "set") == ["True", "0", "True"]
+    assert probe(tmp_path, "set", **{runtime.OPT_OUT: "1"}) == ["False", "1", "False"]

@@ -20,6 +20,7 @@ from typing import Iterator
 
 from ..errors import OptionsError
 from ..pipeline import Pipeline
+from ..runtime import set_allocator_tunables
 from .results import error_row
 from .run import BatchConfig, Task, prepare_process, run_chunk
 
@@ -58,7 +59,8 @@ def sequential(tasks: Indexed, config: BatchConfig) -> Iterator[tuple[int, dict]
 
 
 def _warm_worker(config: BatchConfig, classifiers: list[str]) -> None:
-    """Worker start: setup hook, threads, and every model of the batch loaded once."""
+    """Worker start: the allocator settings, setup hook, threads, and every model of the batch loaded once."""
+    set_allocator_tunables()
     prepare_process(config)
     for classifier in classifiers:
         try:

@@ -1,9 +1,12 @@
 """Command line: ``latentshift COMMAND ...`` (the same as ``python -m latentshift COMMAND``).
 
-The one registry of commands is :data:`COMMAND_MODULES`: each module of this folder adds
-its sub-parsers through ``add_cli(subparsers)``, and each sub-parser's ``func(args) -> int``
-runs the command through the pipeline or the room that owns the work. User errors (:class:`~latentshift.errors.LatentShiftError`) end with exit
-code 2 and one line on stderr.
+The one registry of commands is :data:`COMMANDS`: each command's module (a module of this
+folder) adds its sub-parser through ``add_cli(subparsers)``, and each sub-parser's
+``func(args) -> int`` runs the command through the pipeline or the room that owns the work.
+Only the module of the command given is imported (the others are listed by name and help
+line), so ``latentshift --help`` starts in a fraction of a second without torch; command
+modules import their heavy rooms inside the functions that run them. User errors
+(:class:`~latentshift.errors.LatentShiftError`) end with exit code 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,25 +17,49 @@ import logging
 import sys
 
 from ..errors import LatentShiftError
-from ..runtime import reexec_with_allocator_tunables
+from ..runtime import set_allocator_tunables
 
-#: Modules that contribute sub-commands through ``add_cli(subparsers)``.
-COMMAND_MODULES = (
-    "latentshift.cli.explain",      # explain
-    "latentshift.cli.compare",      # compare
-    "latentshift.cli.batch",        # batch
-    "latentshift.cli.weights",      # weights list | fetch | verify | pin | add | store-check
-    "latentshift.cli.training",     # train, evaluate-models
-    "latentshift.cli.evaluation",   # evaluate-maps
-    "latentshift.cli.tools",        # bench, loadtest
-    "latentshift.cli.app",          # app
-    "latentshift.cli.study",        # study create | serve | analyze
-)
+#: Command -> (the module whose ``add_cli(subparsers)`` adds its sub-parser, its line in ``latentshift --help``).
+COMMANDS = {
+    "explain": ("latentshift.cli.explain", "explain one image: GIF, heatmaps, prediction plot, summary.json"),
+    "compare": ("latentshift.cli.compare", "one image, one finding, several classifiers on one autoencoder"),
+    "batch": ("latentshift.cli.batch",
+              "explain every image of a folder or CSV: results.csv and a static gallery (index.html)"),
+    "weights": ("latentshift.cli.weights", "list, download and verify model weights"),
+    "train": ("latentshift.cli.training", "train a demo model on the chest X-ray folder"),
+    "train-adult": ("latentshift.cli.training", "train the adult multi-label classifier (demo-adult-classifier)"),
+    "train-adult-cardiomegaly": ("latentshift.cli.training", "train the box-supervised adult Cardiomegaly "
+                                                             "classifier (demo-adult-cardiomegaly)"),
+    "evaluate-models": ("latentshift.cli.training", "recompute the demo models' figures from the shipped weights"),
+    "evaluate-maps": ("latentshift.cli.evaluation", "IoU and pointing game of the attribution maps on NIH boxes"),
+    "evaluate-counterfactuals": ("latentshift.cli.evaluation",
+                                 "the Latent Shift frames judged as counterfactuals, per frame mode"),
+    "bench": ("latentshift.cli.tools", "benchmark: ours vs the one-λ-at-a-time baseline, per stage"),
+    "loadtest": ("latentshift.cli.tools", "load test of a running app (loopback addresses only)"),
+    "app": ("latentshift.cli.app", "serve the web app (latentshift app --help for its options)"),
+    "study": ("latentshift.cli.study", "reader study: create cases, serve the reading page, analyze"),
+}
 
 logger = logging.getLogger("latentshift")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands:
+    """The sub-parsers as a command module sees them: ``add_parser(name, ...)`` with the help
+    line of :data:`COMMANDS` (so the registry is its one source)."""
+
+    def __init__(self, subparsers):
+        self.subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        if name not in COMMANDS:
+            raise KeyError(f"command {name!r} is not in latentshift.cli.COMMANDS")
+        kwargs.setdefault("help", COMMANDS[name][1])
+        return self.subparsers.add_parser(name, **kwargs)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: with ``argv``, the full sub-parser of the command it names only
+    (the other commands listed by name and help line); without, every command's."""
     parser = argparse.ArgumentParser(
         prog="latentshift",
         description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
@@ -40,24 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="log progress (-v) or debug messages (-vv); by default only warnings "
                              "(train and evaluate-models log progress by default)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(subparsers)
+    named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
+    for module in dict.fromkeys(module for name, (module, _) in COMMANDS.items() if argv is None or name == named):
+        importlib.import_module(module).add_cli(_Commands(subparsers))
+    for name, (_, help_line) in COMMANDS.items():
+        if name not in subparsers.choices:  # listed only: its module is not loaded
+            subparsers.add_parser(name, help=help_line)
     return parser
 
 
 def entry() -> None:
-    """The console script and ``python -m latentshift``: the allocator setting, then :func:`main`.
-
-    glibc's allocator tunables must be in the environment when the process starts, so the
-    process re-executes itself once with them (see :mod:`latentshift.runtime`).
-    """
-    reexec_with_allocator_tunables(sys.argv)
+    """The console script and ``python -m latentshift``: the allocator settings
+    (:mod:`latentshift.runtime`), then :func:`main`."""
+    set_allocator_tunables()
     sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     quiet = getattr(args, "default_log_level", logging.WARNING)  # long commands log progress by default
     levels = {0: quiet, 1: min(quiet, logging.INFO)}
     logging.basicConfig(level=levels.get(args.verbose, logging.DEBUG),

@@ -6,8 +6,7 @@ import argparse
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("app", help="serve the web app (latentshift app --help for its options)",
-                                   add_help=False, prefix_chars="\0")
+    parser = subparsers.add_parser("app", add_help=False, prefix_chars="\0")
     parser.add_argument("app_args", nargs=argparse.REMAINDER)
     parser.set_defaults(func=run_app)
 

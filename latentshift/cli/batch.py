@@ -15,8 +15,7 @@ logger = logging.getLogger(__name__)
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "batch", help="explain every image of a folder or CSV: results.csv and a static gallery (index.html)",
-        description="INPUT is a folder (searched recursively for image and DICOM files) or a CSV with a 'path' "
+        "batch", description="INPUT is a folder (searched recursively for image and DICOM files) or a CSV with a 'path' "
                     "column and optional 'target', 'label' and 'classifier' columns. Writes DIR/<image>/<classifier>/ "
                     "(the files of `latentshift explain`), DIR/results.csv (and results.parquet with pyarrow) and "
                     "DIR/index.html. A rerun skips the finished items; a bad file gets a row with its error.")

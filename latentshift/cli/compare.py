@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..compare import compare
 from ..errors import OptionsError
 from ..options import add_cli_arguments, from_cli_args
 from .common import add_multi_model_arguments
@@ -12,8 +11,7 @@ from .common import add_multi_model_arguments
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="one image, one finding, several classifiers on one autoencoder",
-        description="Writes DIR/compare-<classifier>.gif per classifier, compare.png (every prediction-vs-λ "
+        "compare", description="Writes DIR/compare-<classifier>.gif per classifier, compare.png (every prediction-vs-λ "
                     "curve) and compare.json (one line per classifier: where its search stopped, whether it "
                     "crossed its threshold).")
     parser.add_argument("image", help="PNG/JPEG (8 or 16 bit), TIFF or DICOM file")
@@ -24,6 +22,8 @@ def add_cli(subparsers) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    from ..compare import compare
+
     if not args.target:
         raise OptionsError("compare needs --target NAME (the finding every classifier explains)")
     options = from_cli_args(args)

@@ -14,8 +14,7 @@ from ..options import FRAME_SOURCES
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "evaluate-maps", help="IoU and pointing game of the attribution maps on NIH boxes",
-        description=maps.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        "evaluate-maps", description=maps.__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with labels.csv, images/ and masks/")
     parser.add_argument("--split", default="test", help="split of labels.csv to evaluate (default: test)")
     parser.add_argument("--classifier", help="classifier id of the weights manifest (default: embedded default)")
@@ -29,8 +28,7 @@ def add_cli(subparsers) -> None:
     parser.set_defaults(func=run_evaluate_maps)
 
     parser = subparsers.add_parser(
-        "evaluate-counterfactuals", help="the Latent Shift frames judged as counterfactuals, per frame mode",
-        description=counterfactuals.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+        "evaluate-counterfactuals", description=counterfactuals.__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="folder with labels.csv, images/ and masks/ "
                         "(default: $LATENTSHIFT_DATA or shared/data/cxr beside the checkout)")
     parser.add_argument("--split", default="test", help="split of labels.csv (default: test)")

@@ -7,17 +7,13 @@ import logging
 from dataclasses import replace
 
 from ..options import add_cli_arguments, from_cli_args
-from ..pipeline import Pipeline
-from ..weights import Manifest, ModelStore
-from ..weights.exported import entry_from_card
 
 logger = logging.getLogger(__name__)
 
 
 def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "explain", help="explain one image: GIF, heatmaps, prediction plot, summary.json",
-        description="Writes DIR/latentshift.gif, heatmap.png, prediction.png, gradcam.png, "
+        "explain", description="Writes DIR/latentshift.gif, heatmap.png, prediction.png, gradcam.png, "
                     "integrated_gradients.png, counterfactual.png, exaggerated.png and summary.json.")
     parser.add_argument("image", help="PNG/JPEG (8 or 16 bit), TIFF or DICOM file")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -43,8 +39,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
-def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
-    """The pipeline the flags name: manifest ids, or your own exported files (which then are the defaults)."""
+def pipeline_from_args(args: argparse.Namespace):
+    """The :class:`~latentshift.pipeline.Pipeline` the flags name: manifest ids, or your own exported
+    files (which then are the defaults)."""
+    from ..pipeline import Pipeline
+    from ..weights import Manifest, ModelStore
+    from ..weights.exported import entry_from_card
+
     user_entries = []
     if args.classifier_file:
         user_entries.append(entry_from_card("classifier", [args.classifier_file], args.card))

@@ -12,7 +12,7 @@ logger = logging.getLogger(__name__)
 
 
 def add_cli(subparsers) -> None:
-    parser = subparsers.add_parser("study", help="reader study: create cases, serve the reading page, analyze")
+    parser = subparsers.add_parser("study")
     commands = parser.add_subparsers(dest="study_command", required=True, metavar="STEP")
     create = commands.add_parser("create", help="precompute both presentations of every case",
                                  description="CASES.csv columns: path, target, truth (positive/negative).")

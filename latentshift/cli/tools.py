@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-TOOLS = {
-    "bench": ("latentshift.tools.bench", "benchmark: ours vs the one-λ-at-a-time baseline, per stage"),
-    "loadtest": ("latentshift.tools.loadtest", "load test of a running app (loopback addresses only)"),
-}
+TOOLS = {"bench": "latentshift.tools.bench", "loadtest": "latentshift.tools.loadtest"}
 
 
 def add_cli(subparsers) -> None:
-    for name, (module, help_text) in TOOLS.items():
-        parser = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+    for name, module in TOOLS.items():
+        parser = subparsers.add_parser(name, add_help=False, prefix_chars="\0")
         parser.add_argument("tool_args", nargs=argparse.REMAINDER)
         parser.set_defaults(func=lambda args, module=module, name=name: _run(module, name, args.tool_args))
 

@@ -62,19 +62,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Adult classifier recipes with their own flags (``latentshift train-adult --help``).
+#: Adult classifier recipes with their own flags (``latentshift train-adult --help``): command -> module.
 ADULT_RECIPES = {
-    "train-adult": ("latentshift.training.adult", "train the adult multi-label classifier (demo-adult-classifier)"),
-    "train-adult-cardiomegaly": ("latentshift.training.adult_cardiomegaly",
-                                 "train the box-supervised adult Cardiomegaly classifier (demo-adult-cardiomegaly)"),
+    "train-adult": "latentshift.training.adult",
+    "train-adult-cardiomegaly": "latentshift.training.adult_cardiomegaly",
 }
 
 
 def _add_adult_recipes(subparsers) -> None:
     import importlib
 
-    for name, (module, help_text) in ADULT_RECIPES.items():
-        parser = subparsers.add_parser(name, help=help_text, add_help=False, prefix_chars="\0")
+    for name, module in ADULT_RECIPES.items():
+        parser = subparsers.add_parser(name, add_help=False, prefix_chars="\0")
         parser.add_argument("recipe_args", nargs=argparse.REMAINDER)
         parser.set_defaults(func=lambda args, module=module: int(importlib.import_module(module).main(
             list(args.recipe_args)) or 0), default_log_level=logging.INFO)
@@ -82,8 +81,7 @@ def _add_adult_recipes(subparsers) -> None:
 
 def add_cli(subparsers) -> None:
     _add_adult_recipes(subparsers)
-    p = subparsers.add_parser("train", help="train a demo model on the chest X-ray folder",
-                              description="Train the demo autoencoder or pneumonia classifier "
+    p = subparsers.add_parser("train", description="Train the demo autoencoder or pneumonia classifier "
                                           "(research demo, not for clinical use).")
     p.add_argument("model", choices=["autoencoder", "classifier", "guard"],
                    help="autoencoder, pneumonia classifier, or the domain guard (pediatric / adult / not a CXR)")
@@ -108,7 +106,7 @@ def add_cli(subparsers) -> None:
                         f"best on the validation split (default {DEFAULT_CANDIDATES}; 1 with --autoencoder none)")
     p.set_defaults(func=_cmd_train, default_log_level=logging.INFO)
 
-    e = subparsers.add_parser("evaluate-models", help="recompute the demo models' figures from the shipped weights")
+    e = subparsers.add_parser("evaluate-models")
     e.add_argument("--data", default=None, help="chest X-ray folder with labels.csv")
     e.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     e.add_argument("--limit", type=int, default=None, help="at most N images per split (quick check)")

@@ -25,8 +25,7 @@ logger = logging.getLogger(__name__)
 
 def add_cli(subparsers) -> None:
     """Register ``weights list|fetch|verify`` on the top-level sub-parsers."""
-    parser = subparsers.add_parser("weights", help="list, download and verify model weights",
-                                   description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser("weights", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, default=None,
                         help="your own manifest, merged over the package's (default: $LATENTSHIFT_EXTRA_MANIFEST)")
     commands = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

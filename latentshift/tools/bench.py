@@ -51,6 +51,7 @@ import torch
 from ..core.shift import ShiftOptions, sweep_lambdas
 from ..models.placement import memory_format_of
 from ..options import DEFAULTS, FRAME_SOURCES
+from ..runtime import set_allocator_tunables
 from ..training.data import default_data_dir
 
 logger = logging.getLogger("latentshift.bench")
@@ -745,7 +746,7 @@ def run_isolated(job: SideJob, isolate: bool = True) -> SideReport:
     if not isolate:
         return run_side(job)
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+    with context.Pool(1, initializer=set_allocator_tunables) as pool:  # the allocator of the app and the CLI
         return pool.apply(run_side, (job,))
 
 
