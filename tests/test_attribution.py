@@ -14,8 +14,8 @@ from PIL import Image
 from torch import nn
 
 from latentshift import cli
-from latentshift.core.attribution import (DEFAULT_IG_STEPS, GradCAM, IntegratedGradientsMap,
-                                     find_gradcam_layer, normalize_map)
+from latentshift.core.attribution import DEFAULT_IG_STEPS, GradCAM, IntegratedGradientsMap, find_gradcam_layer
+from latentshift.core.maps import normalize_map
 from latentshift.errors import OptionsError
 from latentshift.evaluation.maps import (build_methods, evaluate, format_table, iou_at_mask_area,
                                     match_target, pointing_game_hit, select_boxed_images, summarize,
@@ -327,7 +327,13 @@ def test_normalize_map():
     spiky = np.ones((10, 10), dtype=np.float32)
     spiky[0, 0] = 1000
     normalized = normalize_map(spiky, percentile=95)
-    assert normalized.dtype == np.float32 and normalized.min() == 1.0  # the spike does not flatten the rest
+    assert normalized.dtype == np.float64 and normalized.min() == 1.0  # the spike does not flatten the rest
+    sparse = np.zeros((20, 20))
+    sparse[3, 4] = 5.0  # the 99.5th percentile over all pixels is 0: the maximum scales it
+    np.testing.assert_array_equal(normalize_map(sparse), sparse / 5.0)
+    half = np.zeros((2, 4))
+    half[0] = [1.0, 2.0, 3.0, 4.0]  # the percentile is over every pixel, zeros included
+    np.testing.assert_allclose(normalize_map(half, percentile=50), np.clip(half / 0.5, 0, 1))
     with pytest.raises(ValueError, match="NaN"):
         normalize_map(np.full((2, 2), np.nan))
 

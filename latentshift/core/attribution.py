@@ -4,14 +4,14 @@ Both methods are thin, documented wrappers around captum so that the demo compar
 Latent Shift with the same maps the paper did (Cohen et al., MIDL 2021), for the same
 classifier, image and target.
 
-Conventions shared with the latent-shift heatmap (:mod:`latentshift.shift`):
+Conventions shared with the latent-shift heatmap (:mod:`latentshift.core.shift`):
 
 * input ``x``: a float tensor of shape (1, 1, H, W) in the model's pixel range
   ([-1024, 1024], see :mod:`latentshift.models`);
 * ``target``: the integer index of the classifier output to explain;
 * output: a ``numpy.ndarray`` of shape (H, W), dtype float32, the input's H and W,
-  where higher values mean more important. :func:`normalize_map` brings any of them to
-  [0, 1] for display or comparison.
+  where higher values mean more important. :func:`latentshift.core.maps.normalize_map`
+  brings any of them to [0, 1] for display or comparison.
 
 Both explain the target's **logit** (the classifier's raw output, before the sigmoid):
 the sigmoid saturates for confident predictions and would shrink the gradients to
@@ -49,7 +49,6 @@ __all__ = [
     "IGResult",
     "IntegratedGradientsMap",
     "find_gradcam_layer",
-    "normalize_map",
     "DEFAULT_IG_STEPS",
     "DEFAULT_IG_BASELINE",
 ]
@@ -121,36 +120,6 @@ _NON_SPATIAL_MODULES = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool2d, nn.Adaptive
 
 def _contains_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
-
-
-def normalize_map(saliency: np.ndarray, absolute: bool = False, percentile: float = 99.5) -> np.ndarray:
-    """Scale a map to [0, 1] for display and comparison.
-
-    Args:
-        saliency: (H, W) map, higher = more important.
-        absolute: take ``abs`` first (signed maps such as Integrated Gradients, when
-            evidence against the target should count as well).
-        percentile: values at or above this percentile of the positive part map to 1,
-            so that a few extreme pixels do not flatten the rest of the map.
-
-    Returns:
-        (H, W) float32 in [0, 1]; negative values (when not ``absolute``) map to 0; a map
-        with no positive value gives all zeros.
-    """
-    values = np.asarray(saliency, dtype=np.float32)
-    if values.ndim != 2:
-        raise ValueError(f"expected an (H, W) map, got shape {values.shape}")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("the map has NaN or infinite values")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    if absolute:
-        values = np.abs(values)
-    positive = np.clip(values, 0, None)
-    if not np.any(positive > 0):
-        return np.zeros_like(positive)
-    scale = float(np.percentile(positive[positive > 0], percentile))
-    return np.clip(positive / scale, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..core.maps import normalize_map
 from .imaging import to_display_uint8
 
 logger = logging.getLogger(__name__)
@@ -235,17 +236,25 @@ def _gif_layout(height: int, width: int, scale: int = 1) -> dict[str, Any]:
 def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img: Image.Image,
                        pred: float, lam: float, index: int, n_frames: int, zero_index: int | None,
                        target_name: str, threshold: float | None) -> Image.Image:
+    """One GIF frame: the input and the shifted frame side by side, the prediction bar, the λ scrubber."""
     canvas = Image.new("RGB", layout["size"], _BG)
     canvas.paste(input_img, layout["input_box"][:2])
     canvas.paste(frame_img, layout["frame_box"][:2])
     draw = ImageDraw.Draw(canvas)
-    f_label, f_pred, f_small = text_font(14), text_font(15, bold=True), text_font(12)
-
+    f_label = text_font(14)
     for text, box in (("input", layout["input_box"]), ("latent shift", layout["frame_box"])):
         tw, _ = _text_size(draw, text, f_label)
         draw.text(((box[0] + box[2] - tw) // 2, layout["label_y"]), text, font=f_label, fill=_MUTED)
+    _draw_prediction_bar(draw, layout, pred, target_name, threshold)
+    _draw_lambda_scrubber(draw, layout, lam, index, n_frames, zero_index)
+    _draw_footer(canvas, layout["footer_y"])
+    return canvas
 
-    # prediction text and bar
+
+def _draw_prediction_bar(draw: ImageDraw.ImageDraw, layout: dict[str, Any], pred: float, target_name: str,
+                         threshold: float | None) -> None:
+    """The target's name and prediction over a bar filled to it (coloured past the threshold, whose tick it shows)."""
+    f_pred, f_small = text_font(15, bold=True), text_font(12)
     x0, y0, x1, y1 = layout["bar_box"]
     room = x1 - x0
     if threshold is not None:
@@ -266,7 +275,12 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
         tx = x0 + int(round(threshold * (x1 - x0 - 1)))
         draw.rectangle((tx - 1, y0 - 4, tx + 1, y1 + 3), fill=_TICK)
 
-    # λ scrubber: where this frame sits in the sweep (curtail ... reconstruction ... exaggerate)
+
+def _draw_lambda_scrubber(draw: ImageDraw.ImageDraw, layout: dict[str, Any], lam: float, index: int,
+                          n_frames: int, zero_index: int | None) -> None:
+    """Where this frame sits in the sweep (curtail ... reconstruction ... exaggerate) and its λ."""
+    f_small = text_font(12)
+    x0, _, x1, _ = layout["bar_box"]
     sy = layout["scrub_y"]
     draw.line((x0, sy, x1 - 1, sy), fill=_TRACK, width=2)
     span = max(n_frames - 1, 1)
@@ -275,7 +289,6 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
         draw.line((zx, sy - 4, zx, sy + 4), fill=_MUTED, width=1)
     mx = x0 + round(index / span * (x1 - x0 - 1))
     draw.ellipse((mx - 4, sy - 4, mx + 4, sy + 4), fill=_TEXT)
-
     ty = layout["lambda_text_y"]
     draw.text((x0, ty), "← curtail", font=f_small, fill=_MUTED)
     rtext = "exaggerate →"
@@ -284,8 +297,6 @@ def _compose_gif_frame(layout: dict[str, Any], input_img: Image.Image, frame_img
     ltext = f"{_lambda_symbol(f_small)} = {lam:.1f}" + ("  (reconstruction)" if lam == 0 else "")
     lw, _ = _text_size(draw, ltext, f_small)
     draw.text(((x0 + x1 - lw) // 2, ty), ltext, font=f_small, fill=_TEXT)
-    _draw_footer(canvas, layout["footer_y"])
-    return canvas
 
 
 def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *, input_image: Any,
@@ -438,6 +449,7 @@ def _smooth(m: np.ndarray, sigma: float) -> np.ndarray:
 
 def _normalise_map(attribution_map: Any, shape: tuple[int, int], *, absolute: bool,
                    smooth_sigma: float, clip_percentile: float) -> np.ndarray:
+    """The map checked against the image's ``shape``, optionally smoothed, then :func:`normalize_map`-ed."""
     m = _as_image(attribution_map, "attribution_map")
     if m.shape != shape:
         raise ValueError(f"attribution_map has shape {m.shape} but the image is {shape}; "
@@ -446,15 +458,12 @@ def _normalise_map(attribution_map: Any, shape: tuple[int, int], *, absolute: bo
         raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
     if smooth_sigma < 0:
         raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
-    m = np.abs(m) if absolute else np.maximum(m, 0.0)
-    m = _smooth(m, smooth_sigma)
-    vmax = float(np.percentile(m, clip_percentile))
-    if vmax <= 0:
-        vmax = float(m.max())
-    if vmax <= 0:
+    if smooth_sigma > 0:  # the rectified map is smoothed (normalize_map's rectification is then a no-op)
+        m = _smooth(np.abs(m) if absolute else np.maximum(m, 0.0), smooth_sigma)
+    normalised = normalize_map(m, absolute=absolute, percentile=clip_percentile)
+    if not normalised.any():
         logger.warning("attribution map is zero everywhere%s", "" if absolute else " (no positive part)")
-        return np.zeros_like(m)
-    return np.clip(m / vmax, 0.0, 1.0)
+    return normalised
 
 
 def overlay_array(image: Any, attribution_map: Any, *, cmap: str = "jet", alpha: float = 0.5,

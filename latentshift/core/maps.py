@@ -1,0 +1,49 @@
+"""The one normaliser of attribution maps: any (H, W) map to [0, 1] for display and comparison.
+
+Used by the renderers for every map shown (the Latent Shift heatmap, Grad-CAM, Integrated
+Gradients). Numpy only, so importing it loads no model code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: The percentile of a map that is shown at full scale (a few extreme pixels do not flatten the rest).
+DEFAULT_PERCENTILE = 99.5
+
+
+def normalize_map(saliency: Any, absolute: bool = False, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
+    """Scale a map to [0, 1].
+
+    Args:
+        saliency: (H, W) map (array-like), higher = more important.
+        absolute: take ``abs`` first (signed maps such as Integrated Gradients, when evidence
+            against the target should count as well); otherwise only the positive part counts
+            (negative values map to 0).
+        percentile: the value at this percentile of the rectified map, over all its pixels,
+            maps to 1 and larger values are clipped; when that value is 0 (a map that is zero
+            almost everywhere) the map's maximum is used instead.
+
+    Returns:
+        (H, W) float64 in [0, 1]; all zeros when no value is positive.
+
+    Raises:
+        ValueError: the map is not 2-D or has NaN or infinite values, or ``percentile`` is
+            outside (0, 100].
+    """
+    values = np.asarray(saliency, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"expected an (H, W) map, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the map has NaN or infinite values")
+    if not 0 < float(percentile) <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    values = np.abs(values) if absolute else np.maximum(values, 0.0)
+    scale = float(np.percentile(values, percentile))
+    if scale <= 0:
+        scale = float(values.max())
+    if scale <= 0:
+        return np.zeros_like(values)
+    return np.clip(values / scale, 0.0, 1.0)
