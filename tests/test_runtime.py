@@ -56,7 +56,7 @@ def test_the_opt_outs():
 def test_mallopt_in_process_does_what_the_start_up_tunables_do(tmp_path):
     # glibc's defaults: a 64 MiB block is mmap-ed, and given back when freed
     assert probe(tmp_path, "none") == ["None", "1", "False"]
-    # set at process start (what the re-exec used to do): from the heap, and kept
+    # set at process start (as GLIBC_TUNABLES does): from the heap, and kept
     assert probe(tmp_path, "set", GLIBC_TUNABLES=runtime.ALLOCATOR_TUNABLES) == ["False", "0", "True"]
     # set in-process: the same
     assert probe(tmp_path, "set") == ["True", "0", "True"]
