@@ -252,10 +252,11 @@ class ShiftOptions:
         if self.frames < 2:
             raise OptionsError(f"frames must be at least 2, got {self.frames}")
         if self.lambda_range is not None:
-            low, high = self.lambda_range
+            low, high = (float(value) for value in self.lambda_range)
             if not (math.isfinite(low) and math.isfinite(high)) or not low <= 0.0 <= high or low == high:
                 raise OptionsError(f"lambda_range must satisfy λ_min ≤ 0 ≤ λ_max with λ_min < λ_max, "
                                    f"got ({low}, {high})")
+            object.__setattr__(self, "lambda_range", (low, high))  # a tuple of floats, whatever was given
         if not self.step_size > 0 or not self.max_lambda > 0:
             raise OptionsError("step_size and max_lambda must be positive")
         if not 0 < self.pred_diff <= 1 or not self.pixel_budget > 0:
