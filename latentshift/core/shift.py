@@ -325,10 +325,6 @@ class LatentShift:
                 return parameter.device
         return torch.device("cpu")
 
-    def _prediction(self, images: torch.Tensor, target: int) -> torch.Tensor:
-        """(N, 1, H, W) -> (N,) target prediction in [0, 1] (or raw scores)."""
-        return self._predictions(images)[:, target]
-
     def _predictions(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) -> (N, C) predictions of every output in [0, 1] (or raw scores)."""
         scores = self.classifier(images)
