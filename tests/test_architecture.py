@@ -16,7 +16,8 @@ PACKAGE = REPO / "latentshift"
 #: Rooms from the bottom up; a room may import only rooms of a lower rank (and itself).
 RANKS = {
     "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "io": 3, "weights": 3, "explanation": 4,
-    "pipeline": 5, "compare": 6, "batch": 6, "training": 6, "evaluation": 7, "tools": 7, "app": 8, "study": 8,
+    "pipeline": 5, "compare": 6, "batch": 6, "results": 6, "training": 6, "evaluation": 7, "tools": 7, "app": 8,
+    "study": 8,
     "cli": 9, "__main__": 10,
 }
 MAX_FUNCTION_LINES = 60

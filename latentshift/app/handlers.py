@@ -292,7 +292,7 @@ def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0
 def refusal_values(message: str) -> dict[str, Any]:
     """A refused upload or run: the message in the status line, every result cleared, nothing raised."""
     return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "outcome": "", "warnings": "",
-            "run_id": None, "slider_frames": None, **{name: None for name in RESULT_NAMES},
+            "slider_frames": None, **{name: None for name in RESULT_NAMES},
             **slider_value(None)}
 
 
