@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import gradio as gr
+from gradio.data_classes import FileData
 
 from ..options import DEFAULTS, DIRECTIONS, option_spec
 from ..pipeline import list_models
@@ -231,10 +232,11 @@ def default_runs() -> Runs:
                 settings.retention_days)
 
 
-def build_demo(runs: Runs | None = None) -> gr.Blocks:
+def build_demo(runs: Runs | None = None, delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
     """The app's Blocks (not launched). See :func:`latentshift.app.launch` for serving.
 
-    runs: the admission line and result store (default: :func:`default_runs`).
+    runs: the admission line and result store (default: :func:`default_runs`); delete_cache: Gradio's
+    (every s, older than s) for its copies of uploads and outputs (default ``serving.DELETE_CACHE``).
     """
     runs = runs or default_runs()
     serving.check_limits(runs.line.capacity)
@@ -242,7 +244,7 @@ def build_demo(runs: Runs | None = None) -> gr.Blocks:
     # Lazily cached example results belong to this server process and its models only.
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(run_folders().root / "cached_examples"))
     c: dict[str, Any] = {}
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=serving.DELETE_CACHE) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=delete_cache or serving.DELETE_CACHE) as demo:
         gr.Markdown(INTRO, elem_classes="intro")
         gr.Markdown(DISCLAIMER, elem_classes="disclaimer")
         c["serving_line"] = gr.Markdown(handlers.serving_default().state().line(), elem_id="serving-line")
@@ -258,7 +260,7 @@ def build_demo(runs: Runs | None = None) -> gr.Blocks:
         _wire_uploads(c)
         _wire_explain(c, runs)
         _wire_compare(c, runs.line)
-        _wire_api(runs.line)
+        _wire_api(runs)
         captions = {"examples": example_captions(example_images()),
                     "examples-adult": example_captions(adult_example_images())}
         demo.load(None, None, None, js=ON_LOAD_JS.replace("CAPTIONS", json.dumps(captions)), queue=False,
@@ -364,8 +366,9 @@ def _wire_explain(c: dict, runs: Runs) -> None:
 
     # No Gradio concurrency limit: the run waits in the admission line (which says so), not in Gradio's queue.
     c["explain_button"].click(explain_run, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
-                              api_visibility="private", concurrency_id="explain-page", concurrency_limit=None,
-                              show_progress="minimal", show_progress_on=[c[n] for n in PROGRESS_ON])
+                              api_name="explain_page", api_visibility="undocumented", concurrency_id="explain-page",
+                              concurrency_limit=None, show_progress="minimal",
+                              show_progress_on=[c[n] for n in PROGRESS_ON])
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
     _examples(c)
 
@@ -512,9 +515,22 @@ def admitted(line: admission.Line, function):
     return in_turn
 
 
-def _wire_api(line: admission.Line) -> None:
-    """The API: /predict beside the line; /explain and /compare wait in it (a worker thread each)."""
+def _wire_api(runs: Runs) -> None:
+    """The API: /predict and /result beside the line; /explain and /compare wait in it (a worker thread each)."""
+    line = runs.line
     heavy = dict(concurrency_id="api-heavy", concurrency_limit=line.capacity)
+
+    def result(result_id: str) -> tuple[str, FileData | None, FileData | None]:
+        """A stored result by the id of its link (``?result=<id>``).
+
+        Returns (state: ok | expired | deleted | missing | unknown, summary.json, GIF); files only when ok.
+        """
+        found = runs.store.lookup((result_id or "").strip())
+        if found.result is None:
+            return found.state, None, None
+        return "ok", *(handlers.file_data(found.result.file(name)) for name in ("summary", "gif"))
+
+    gr.api(result, api_name="result", concurrency_id="links", concurrency_limit=4)
     gr.api(admitted(line, handlers.compare_api), api_name="compare", **heavy)
     gr.api(handlers.predict, api_name="predict", concurrency_id="predict",
            concurrency_limit=serving.PREDICT_CONCURRENCY)

@@ -149,6 +149,11 @@ class Runs:
             async with aclosing(ticket.turn()) as turns:
                 async for ahead in turns:
                     yield {"status": f"⏳ {admission.waiting_text(ahead)}"}
+            stored = await anyio.to_thread.run_sync(self.store.get, result_id)  # explained while this one waited
+            if stored is not None:
+                yield stored_values(stored, "Shown from the result store: the same image was explained with the "
+                                            "same models and settings while this one waited.")
+                return
             async with aclosing(self._stages(result_id, path, classifier_id, autoencoder_id, options)) as stages:
                 async for values in stages:
                     yield values
@@ -175,4 +180,4 @@ class Runs:
         except OSError:
             logger.exception("could not keep result %s in the store", result_id)
             return
-        yield {"share_link": share_text(stored)}
+        yield {**values, "share_link": share_text(stored)}

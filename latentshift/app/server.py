@@ -43,7 +43,9 @@ def main(command_line: argparse.Namespace) -> None:
     # A stop from the host (SIGTERM) exits like Ctrl-C, so the run folders are deleted at exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        demo = build_demo(serving_runs(serving.ResultSettings.from_command_line(command_line)))
+        serving.run_folders().max_age_s = command_line.temp_max_age
+        demo = build_demo(serving_runs(serving.ResultSettings.from_command_line(command_line)),
+                          delete_cache=serving.delete_cache_for(command_line.temp_max_age))
     except LatentShiftError as exc:
         raise SystemExit(f"cannot start the app: {exc}") from None
     launch(demo, server_name=command_line.host, server_port=command_line.port, share=command_line.share,

@@ -60,11 +60,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH"),
                         help="URL prefix when served behind a reverse proxy, e.g. /latentshift "
                              "(default $GRADIO_ROOT_PATH)")
-    _add_result_arguments(parser)
+    parser.add_argument("--temp-max-age", type=float, default=float(RUN_FOLDER_MAX_AGE_S), metavar="SECONDS",
+                        help=f"delete temporary files (Gradio's copies, the runs' folders) once older than this "
+                             f"(default {RUN_FOLDER_MAX_AGE_S}); stored results are kept for --results-days")
+    add_result_arguments(parser)
     return parser.parse_args(argv)
 
 
-def _add_result_arguments(parser: argparse.ArgumentParser) -> None:
+def delete_cache_for(max_age_s: float) -> tuple[int, int]:
+    """Gradio's ``delete_cache`` for files kept ``max_age_s``: checked six times per period."""
+    return max(1, int(max_age_s // 6)), max(1, int(max_age_s))
+
+
+def add_result_arguments(parser: argparse.ArgumentParser) -> None:
     """The result store's settings (README, "Settings")."""
     parser.add_argument("--results-dir", default=os.environ.get("LATENTSHIFT_RESULTS_DIR", str(RESULTS_DIR_DEFAULT)),
                         help=f"where finished explanations are kept for their links (default "

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "latentshift.cli.evaluation",   # evaluate-maps
     "latentshift.cli.tools",        # bench, loadtest
     "latentshift.cli.app",          # app
+    "latentshift.cli.results",      # results list | check | delete | sweep
     "latentshift.cli.study",        # study create | serve | analyze
 )
 

@@ -18,6 +18,8 @@ the cache expiry has passed (``--settle S`` waits S seconds before the last meas
 
 Exit code 0 when every request succeeded with a complete answer, 1 otherwise, 2 on a
 usage error (non-loopback URL, missing image).
+
+``--soak MINUTES`` runs the soak of :mod:`latentshift.tools.soak` instead (it starts its own app).
 """
 
 from __future__ import annotations
@@ -298,11 +300,26 @@ def build_parser(prog: str = "python -m latentshift.tools.loadtest") -> argparse
     parser.add_argument("--settle", type=float, default=0.0,
                         help="seconds to wait before the final fd/size measurement (e.g. the cache expiry)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    soak = parser.add_argument_group("soak (latentshift/tools/soak.py): starts its own app, --url is not used")
+    soak.add_argument("--soak", type=float, metavar="MINUTES",
+                      help="serve the app for MINUTES to --clients clients with mixed traffic, SIGKILL it halfway")
+    soak.add_argument("--images-dir", help="X-rays to send (recursive; default the app's examples)")
+    soak.add_argument("--pool", type=int, default=24, help="how many of them (default 24; repeats hit the store)")
+    soak.add_argument("--every", type=float, default=30.0, help="seconds between records (default 30)")
+    soak.add_argument("--temp-max-age", type=float, default=300.0,
+                      help="the app's temporary-file age limit during the soak (default 300 s)")
+    soak.add_argument("--compare-target", default="Pneumonia", help="finding of the compare requests")
+    soak.add_argument("--work", help="folder for the app's files and store (default a new temporary one)")
+    soak.add_argument("--out", help="also append every record as a JSON line to this file")
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
+    if args.soak is not None:
+        from .soak import main_soak
+
+        return main_soak(args)
     explain_kwargs = {}
     if args.frames is not None:
         explain_kwargs["frames"] = args.frames
