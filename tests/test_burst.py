@@ -94,8 +94,8 @@ def _press_together(pages: list) -> None:
     """Every page clicks Explain at the same wall-clock moment (3 s from now, by each page's clock)."""
     moment_ms = int((time.time() + 3) * 1000)
     for page in pages:
-        page.evaluate("""moment => setTimeout(() => [...document.querySelectorAll('button')]
-            .find(b => b.innerText.trim() === 'Explain').click(), moment - Date.now())""", moment_ms)
+        page.evaluate("moment => setTimeout(() => document.querySelector('#explain-button').click(), "
+                      "moment - Date.now())", moment_ms)
 
 
 def _final_states(pages: list) -> list[dict]:

@@ -1,7 +1,7 @@
 """Short CI variant of the load test (latentshift/loadtest.py) against the app on 127.0.0.1.
 
 3 clients × 2 explain requests on tiny models: zero failures, every answer complete; a
-queue of size 1 under a burst answers "Queue is full" and nothing else fails; open file
+line of 2 under a burst answers "Busy: N ahead of you" and nothing else fails; open file
 descriptors and Gradio's cache return to their baseline once the (shortened) cache
 expiry has passed. The full 8 × 5 run and its figures are in docs/limits.md.
 """
@@ -87,17 +87,18 @@ def test_concurrent_clients_complete_and_leave_no_open_files_or_cached_copies(tm
 
 
 @needs_app
-def test_full_queue_answers_clearly_and_the_rest_complete(tmp_path):
+def test_a_full_line_answers_busy_clearly_and_the_rest_complete(tmp_path):
     slow = dict(LOAD_EXPLAIN, frames=30, ig_steps=128)  # each request long enough for a burst to pile up
-    with serve_app(tmp_path / "app", queue_max_size=1) as served:
-        assert served.demo._queue.max_size == 1
+    with serve_app(tmp_path / "app", waiting=1) as served:
+        assert served.runs.line.capacity == 2
         result = run_load(served.url, clients=6, requests=1, explain_kwargs=slow, time_limit=60,
                           request_timeout=90)
         print(result.report())
-        assert result.failed == 0, result.report()
-        assert result.queue_full >= 1 and result.ok >= 1, result.report()
-        assert result.ok + result.queue_full == 6
-        assert all("queue is full" in r.detail.lower() for r in result.records if r.outcome == "queue_full")
+        assert result.failed == 0 and result.queue_full == 0, result.report()
+        assert result.busy >= 1 and result.ok >= 1, result.report()
+        assert result.ok + result.busy == 6
+        assert all("ahead of you, try again in a minute" in r.detail for r in result.records if r.outcome == "busy")
+        assert served.runs.line.counts()["running"] == served.runs.line.counts()["waiting"] == 0
         after = run_load(served.url, clients=1, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
         assert after.ok == 1, "the server serves again once the burst has passed"
 
@@ -108,6 +109,7 @@ def test_app_serving_limits_are_the_documented_ones():
 
     limits = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text(encoding="utf-8")
     assert f"max_size={serving.QUEUE_MAX_SIZE}" in limits
+    assert f"EXPLAIN_WAITING = {serving.EXPLAIN_WAITING}" in limits
     assert f"concurrency_limit={serving.EXPLAIN_CONCURRENCY}" in limits
     assert f"max_file_size=\"{serving.MAX_FILE_SIZE}\"" in limits
     assert f"delete_cache={tuple(serving.DELETE_CACHE)}" in limits

@@ -159,7 +159,7 @@ def _input_column(c: dict, pipeline) -> None:
     c["examples_slot"] = gr.Column()
     with gr.Row():
         c["predict_button"] = gr.Button("Predict", variant="secondary", scale=1)
-        c["explain_button"] = gr.Button("Explain", variant="primary", scale=2)
+        c["explain_button"] = gr.Button("Explain", variant="primary", scale=2, elem_id="explain-button")
     c["target"] = gr.Dropdown(handlers.target_choices(pipeline), value=TOP_PREDICTION, label="Finding to explain",
                               info="Filled from the classifier; set to its top prediction after each prediction")
     _settings(c)

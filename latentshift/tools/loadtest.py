@@ -46,7 +46,7 @@ class RequestRecord:
     client: int
     index: int
     seconds: float
-    outcome: str                  # "ok", "incomplete", "queue_full", "error", "timeout", "not_started"
+    outcome: str                  # "ok", "incomplete", "busy", "queue_full", "error", "timeout", "not_started"
     detail: str = ""
 
 
@@ -77,6 +77,11 @@ class LoadResult:
     def queue_full(self) -> int:
         return self.count("queue_full")
 
+    @property
+    def busy(self) -> int:
+        """Requests the admission line refused at once ("Busy: N ahead of you")."""
+        return self.count("busy")
+
     def latencies(self) -> list[float]:
         return sorted(r.seconds for r in self.records if r.outcome == "ok")
 
@@ -91,7 +96,7 @@ class LoadResult:
     def summary(self) -> dict:
         return {
             "requests": len(self.records), "ok": self.ok, "failed": self.failed,
-            "queue_full": self.queue_full, "not_started": self.count("not_started"),
+            "queue_full": self.queue_full, "busy": self.busy, "not_started": self.count("not_started"),
             "p50_s": self.percentile(50), "p95_s": self.percentile(95),
             "max_s": max(self.latencies(), default=None), "wall_s": round(self.wall_seconds, 3),
             "fds_before": self.fds_before, "fds_after": self.fds_after,
@@ -105,7 +110,8 @@ class LoadResult:
             return "n/a" if value is None else f"{value:.2f} s"
 
         lines = [
-            f"requests: {len(self.records)} ({self.ok} ok, {self.failed} failed, {self.queue_full} queue full, "
+            f"requests: {len(self.records)} ({self.ok} ok, {self.failed} failed, {self.busy} busy, "
+            f"{self.queue_full} queue full, "
             f"{self.count('not_started')} not started before the time limit) in {self.wall_seconds:.1f} s",
             f"latency: p50 {seconds(self.percentile(50))}, p95 {seconds(self.percentile(95))}, "
             f"max {seconds(max(self.latencies(), default=None))}",
@@ -224,7 +230,8 @@ def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwar
                 job.cancel()
                 outcome, detail = "timeout", f"no answer within {request_timeout:g} s"
             except AppError as error:
-                outcome, detail = "error", f"AppError: {error}"
+                outcome = "busy" if "Busy:" in str(error) else "error"
+                detail = f"AppError: {error}"
             except Exception as error:  # noqa: BLE001
                 text = str(error)
                 outcome = "queue_full" if "queue is full" in text.lower() else "error"
