@@ -191,10 +191,7 @@ def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwar
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    try:
-        QueueError = __import__("gradio_client.utils", fromlist=["QueueError"]).QueueError
-    except AttributeError:  # pragma: no cover - older clients
-        QueueError = ()
+    QueueError = getattr(__import__("gradio_client.utils", fromlist=["QueueError"]), "QueueError", ())
 
     def add(record: RequestRecord) -> None:
         with lock:
