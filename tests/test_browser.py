@@ -289,3 +289,39 @@ def _serve(runs):
     _, url, _ = server.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                               quiet=True)
     return demo, url
+
+
+def test_a_closed_tab_frees_its_run_within_a_stage(browser, tmp_path):
+    """A page closed in the middle of a run: its place in line comes back and no Explanation (with its
+    tensors) stays alive, within one stage's time; the run is not stored."""
+    import gc
+    import time
+
+    from appserver import runs_for_tests
+    from latentshift.pipeline import Explanation
+
+    runs = runs_for_tests(tmp_path / "results")
+    demo, url = _serve(runs)
+    try:
+        page = open_page(browser, url, DESKTOP)
+        frames = page.locator("#settings input[type=number]").first
+        frames.fill("32")                              # the most frames: a long Latent Shift stage
+        frames.press("Tab")
+        upload(page, layout.example_images()[0])
+        status_says(page, "Top prediction")
+        page.get_by_role("button", name="Explain", exact=True).click()
+        page.wait_for_selector("#gradcam-map img", timeout=RUN_TIMEOUT_MS)
+        assert runs.line.counts()["running"] == 1
+        page.close()                                   # the tab goes away mid-run
+        closed = time.monotonic()
+        while runs.line.counts()["running"] and time.monotonic() - closed < 120:
+            time.sleep(0.5)
+        freed_s = time.monotonic() - closed
+        gc.collect()
+        alive = [obj for obj in gc.get_objects() if isinstance(obj, Explanation)]
+        print(f"place in line given back {freed_s:.1f} s after the tab closed")
+        assert runs.line.counts() == {"running": 0, "waiting": 0, "refused": 0}, runs.line.counts()
+        assert alive == [], f"{len(alive)} explanation(s) still referenced"
+        assert runs.store.list() == []
+    finally:
+        demo.close()
