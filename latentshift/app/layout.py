@@ -478,12 +478,12 @@ def _wire_compare(c: dict, line: admission.Line) -> None:
             ticket = line.admit()
         except admission.LineFull as full:
             gr.Warning(str(full), duration=10)
-            yield {c["compare_lines"]: f"⏳ **{full}**"}
+            yield {c["compare_lines"]: f"**{full}**"}
             return
         with ticket:
             async with aclosing(ticket.turn()) as turns:
                 async for ahead in turns:
-                    yield {c["compare_lines"]: f"⏳ {admission.waiting_text(ahead)}"}
+                    yield {c["compare_lines"]: admission.waiting_text(ahead)}
             try:
                 comparison = await anyio.to_thread.run_sync(handlers.compare_upload, path, target, classifier_ids,
                                                             autoencoder_id, frames, step)

@@ -143,12 +143,12 @@ class Runs:
             ticket = self.line.admit()
         except admission.LineFull as full:
             gr.Warning(str(full), duration=10)
-            yield {"status": f"⏳ **{full}**"}
+            yield {"status": f"**{full}**"}
             return
         try:
             async with aclosing(ticket.turn()) as turns:
                 async for ahead in turns:
-                    yield {"status": f"⏳ {admission.waiting_text(ahead)}"}
+                    yield {"status": admission.waiting_text(ahead)}
             stored = await anyio.to_thread.run_sync(self.store.get, result_id)  # explained while this one waited
             if stored is not None:
                 yield stored_values(stored, "Shown from the result store: the same image was explained with the "
