@@ -60,7 +60,7 @@ def gif_frame_count(path: str) -> int:
 
 def test_only_the_documented_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/predict", "/explain", "/compare"}
+    assert set(endpoints) == {"/predict", "/explain", "/compare", "/result"}
     explain = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert explain == ["image", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
                        "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps", "frames_from"], \
