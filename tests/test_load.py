@@ -88,19 +88,22 @@ def test_concurrent_clients_complete_and_leave_no_open_files_or_cached_copies(tm
 
 @needs_app
 def test_a_full_line_answers_busy_clearly_and_the_rest_complete(tmp_path):
-    slow = dict(LOAD_EXPLAIN, frames=30, ig_steps=128)  # each request long enough for a burst to pile up
     with serve_app(tmp_path / "app", waiting=1) as served:
-        assert served.runs.line.capacity == 2
-        result = run_load(served.url, clients=6, requests=1, explain_kwargs=slow, time_limit=60,
+        line = served.runs.line
+        assert line.capacity == 2
+        held = [line.admit(), line.admit()]       # one explanation computing, one waiting: the line is full
+        held[0].wait_turn(timeout_s=5)
+        result = run_load(served.url, clients=3, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60,
                           request_timeout=90)
         print(result.report())
-        assert result.failed == 0 and result.queue_full == 0, result.report()
-        assert result.busy >= 1 and result.ok >= 1, result.report()
-        assert result.ok + result.busy == 6
-        assert all("ahead of you, try again in a minute" in r.detail for r in result.records if r.outcome == "busy")
-        assert served.runs.line.counts()["running"] == served.runs.line.counts()["waiting"] == 0
-        after = run_load(served.url, clients=1, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
-        assert after.ok == 1, "the server serves again once the burst has passed"
+        assert result.busy == 3 and result.failed == 0 and result.queue_full == 0, result.report()
+        assert all(r.detail.endswith("Busy: 2 ahead of you, try again in a minute.") for r in result.records), \
+            result.report()
+        for ticket in held:
+            ticket.release()
+        after = run_load(served.url, clients=2, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
+        assert after.ok == 2, "the server serves again once the line has room"
+        assert line.counts() == {"running": 0, "waiting": 0, "refused": 3}
 
 
 @needs_app
