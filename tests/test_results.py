@@ -39,6 +39,7 @@ def test_a_result_is_kept_whole_and_survives_a_new_store_object(tmp_path):
     store = ResultStore(tmp_path / "store", retention_days=1)
     stored = store.put(key(), files(tmp_path / "run"), {"page": {"status": "Done in 1 s"}})
     assert stored.file("gif").read_bytes() == (tmp_path / "run" / "latentshift.gif").read_bytes()
+    assert stored.file("gif").name == "latentshift.gif"   # the downloads keep the run's file names
     assert json.loads(stored.file("summary").read_text()) == {"target": "Pneumonia"}
     again = ResultStore(tmp_path / "store", retention_days=1)  # a restart
     assert again.get(key()).record["page"]["status"] == "Done in 1 s"

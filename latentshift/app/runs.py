@@ -56,7 +56,7 @@ def _day(timestamp: float) -> str:
 
 def share_text(stored: StoredResult) -> str:
     """The link line of a stored result (a relative link, so it works behind any proxy prefix)."""
-    return (f"🔗 [Link to this result](?result={stored.id}) — kept until {_day(stored.expires)}; "
+    return (f"[Link to this result](?result={stored.id}) — kept until {_day(stored.expires)}; "
             f"anyone with the link can open it.")
 
 

@@ -223,7 +223,9 @@ class ResultStore:
         described, total = {}, 0
         for name, source in files.items():
             source = Path(source)
-            copy_name = f"{name}{source.suffix}" if source.name != RECORD_NAME else f"{name}.json"
+            copy_name = source.name  # the run's own file names, as the downloads show them
+            if copy_name == RECORD_NAME or any(entry["name"] == copy_name for entry in described.values()):
+                copy_name = f"{name}-{source.name}"
             shutil.copyfile(source, staging / copy_name)
             _fsync_file(staging / copy_name)
             size = (staging / copy_name).stat().st_size
