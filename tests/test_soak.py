@@ -35,4 +35,4 @@ def test_a_short_soak_with_a_sigkill_keeps_every_completed_result(tmp_path, caps
     endpoints = set(summary["totals"]["latency_s"])
     assert {"bad_upload", "model_switch", "link"} <= endpoints and any(e.startswith("explain") for e in endpoints)
     records = [line for line in lines if "rss_mb" in line]
-    assert len(records) >= 4 and all(r["rss_mb"] > 0 and r["open_files"] for r in records)
+    assert len(records) >= 3 and all(r["rss_mb"] > 0 and r["open_files"] for r in records)
