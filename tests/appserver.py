@@ -49,6 +49,7 @@ class AppUnderTest:
     app: ModuleType  # latentshift.app.serving (its settings)
     gradio_cache: Path
     downloads: Path
+    runs: object = None  # latentshift.app.runs.Runs (its line and store)
 
     def client(self):
         from gradio_client import Client
@@ -70,11 +71,26 @@ def _environ(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def runs_for_tests(results: Path, *, waiting: int | None = None, retention_days: float = 30.0):
+    """The app's admission line and a result store under ``results`` (kept across restarts of a test)."""
+    from latentshift.app import admission, serving
+    from latentshift.app.runs import Runs
+
+    store = serving.ResultSettings(folder=results, retention_days=retention_days).open_store()
+    line = admission.Line(serving.EXPLAIN_CONCURRENCY, serving.EXPLAIN_WAITING if waiting is None else waiting)
+    return Runs(line, store, retention_days)
+
+
 @contextlib.contextmanager
 def serve_app(folder: Path, *, queue_max_size: int | None = None,
               delete_cache: tuple[int, int] | None = None, max_file_size: str | int | None = None,
-              run_folder_max_age_s: float | None = None) -> Iterator[AppUnderTest]:
-    """Build and launch the app on a free loopback port; close it afterwards."""
+              run_folder_max_age_s: float | None = None, waiting: int | None = None,
+              results: Path | None = None, retention_days: float = 30.0) -> Iterator[AppUnderTest]:
+    """Build and launch the app on a free loopback port; close it afterwards.
+
+    waiting: places in the admission line (default the app's); results: the result store's folder
+    (default ``folder/results``).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     models = folder / "models"
@@ -102,13 +118,15 @@ def serve_app(folder: Path, *, queue_max_size: int | None = None,
             folders.max_age_s = run_folder_max_age_s
         demo = None
         try:
-            demo = layout.build_demo()
+            runs = runs_for_tests(results or folder / "results", waiting=waiting, retention_days=retention_days)
+            demo = layout.build_demo(runs)
             overrides = dict(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
                              quiet=True, share=False)
             if max_file_size is not None:
                 overrides["max_file_size"] = max_file_size
             server.launch(demo, **overrides)
-            yield AppUnderTest(url=demo.local_url, demo=demo, app=serving, gradio_cache=cache, downloads=downloads)
+            yield AppUnderTest(url=demo.local_url, demo=demo, app=serving, gradio_cache=cache, downloads=downloads,
+                               runs=runs)
         finally:
             if demo is not None:
                 demo.close(verbose=False)

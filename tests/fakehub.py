@@ -99,6 +99,8 @@ class FakeHub:
     def _answer(self, handler: BaseHTTPRequestHandler, with_body: bool) -> None:
         self.requests.append((handler.command, handler.path))
         parts = handler.path.split("?")[0].lstrip("/").split("/")
+        if parts and parts[0] == "datasets":  # a dataset repo's files: the same answers (repos are keyed by id)
+            parts = parts[1:]
         if len(parts) < 5 or parts[2] != "resolve":
             return self._reply(handler, 404, {"X-Error-Code": "RepoNotFound"}, b"", with_body)
         repo_id, revision, filename = "/".join(parts[:2]), parts[3], "/".join(parts[4:])

@@ -60,7 +60,7 @@ def gif_frame_count(path: str) -> int:
 
 def test_only_the_documented_endpoints_are_public(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/predict", "/explain", "/compare"}
+    assert set(endpoints) == {"/predict", "/explain", "/compare", "/result"}
     explain = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert explain == ["image", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
                        "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps", "frames_from"], \
@@ -141,3 +141,42 @@ def test_command_line_defaults(monkeypatch):
     assert serving.parse_args(["--offline", "--root-path", "/latentshift"]).root_path == "/latentshift"
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")     # as on Hugging Face Spaces
     assert serving.parse_args([]).host == "0.0.0.0"
+
+
+def _explain_page(client, image: Path) -> tuple[str, str, float]:
+    """The page's own streamed Explain event; (status, result id, seconds)."""
+    import re
+    import time
+
+    started = time.perf_counter()
+    outputs = client.predict(handle_file(str(image)), None, handlers.default_model_id("classifier"),
+                             handlers.default_model_id("autoencoder"), "", "both", 6, 10.0, layout.RANGE_AUTOMATIC,
+                             None, None, 50, 4, api_name="/explain_page")
+    seconds = time.perf_counter() - started
+    texts = [value for value in outputs if isinstance(value, str)]
+    status = next(t for t in texts if "Explaining" in t or "Busy:" in t or "Not explained" in t)
+    link = next((m.group(1) for t in texts if (m := re.search(r"\?result=([0-9a-f]{64})", t))), None)
+    return status, link, seconds
+
+
+def test_a_stored_result_comes_back_at_once_and_its_link_outlives_a_restart(tmp_path):
+    from appserver import serve_app
+
+    import badinputs
+
+    image = badinputs.good_png(tmp_path / "xray.png")
+    results = tmp_path / "results"
+    with serve_app(tmp_path / "first", results=results) as served:
+        client = served.client()
+        status, link, fresh_s = _explain_page(client, image)
+        assert "Done in" in status and link, status
+        again_status, again_link, stored_s = _explain_page(client, image)
+        assert again_link == link and "explained before" in again_status, again_status
+        print(f"fresh explanation {fresh_s:.2f} s, from the store {stored_s:.2f} s")
+    with serve_app(tmp_path / "second", results=results) as served:   # a restart on the same store
+        client = served.client()
+        state, summary, gif = client.predict(link, api_name="/result")
+        assert state == "ok" and json.loads(Path(summary).read_text())["target"] and gif.endswith(".gif")
+        assert served.runs.store.delete(link)
+        assert client.predict(link, api_name="/result")[0] == "deleted"
+        assert client.predict("0" * 64, api_name="/result")[0] == "unknown"

@@ -16,8 +16,8 @@ PACKAGE = REPO / "latentshift"
 #: Rooms from the bottom up; a room may import only rooms of a lower rank (and itself).
 RANKS = {
     "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
-    "pipeline": 6, "compare": 7, "batch": 7, "training": 7, "evaluation": 8, "tools": 8, "app": 9, "study": 9,
-    "cli": 10, "__main__": 11,
+    "pipeline": 6, "compare": 7, "batch": 7, "results": 7, "training": 7, "evaluation": 8, "tools": 8, "app": 9,
+    "study": 9, "cli": 10, "__main__": 11,
 }
 MAX_FUNCTION_LINES = 60
 

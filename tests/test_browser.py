@@ -4,7 +4,8 @@ At 1400×1000 and at 390×844 (a phone): the stages become visible in order (pre
 the GIF with its heatmap and plot, Integrated Gradients, the downloads) and the status line is
 never covered; the outcome is said in words; the slider names both sides; on the phone the results
 are in view after Explain; no two labels overlap; a refused upload gives one message and a retry
-stacks nothing. Screenshots go to test-artifacts/.
+stacks nothing; a ``?result=`` link opens the stored result after a restart. Screenshots go to
+test-artifacts/.
 """
 
 from __future__ import annotations
@@ -246,30 +247,81 @@ def test_page_loads_inside_an_iframe(browser, app_url):
     page.close()
 
 
-def test_a_shared_link_shows_the_same_result_in_a_fresh_browser(browser, app_url):
-    """Share via link: the deep link opened in a second, fresh browser context shows the same result."""
-    page = open_page(browser, app_url, DESKTOP)
-    example = layout.example_images()[0]
-    upload(page, example)
-    status_says(page, "Top prediction")
-    page.get_by_role("button", name="Explain", exact=True).click()
-    status_says(page, "Done in")
-    outcome = page.locator("#outcome").inner_text()
-    link = page.evaluate("""async () => {
-        const r = await fetch(`gradio_api/deep_link?session_hash=${window.__gradio_session_hash__}`);
-        return (await r.text()).replace(/^"|"$/g, ''); }""")
-    assert link, "the server saved no state for this session"
-    page.get_by_role("button", name="Share via link").click()  # the button itself works
-    page.get_by_role("button", name="Link copied").wait_for(timeout=5_000)
-    page.close()
-    context = browser.new_context(viewport=DESKTOP)  # a second person: no cookies, no session
+def test_a_shared_link_opens_the_stored_result_after_a_restart(browser, tmp_path):
+    """The ``?result=`` link, opened in a fresh browser context after the server was restarted on the same
+    store, shows the same result; a link to a deleted result says so."""
+    from appserver import runs_for_tests
+
+    results = tmp_path / "results"
+    first = _serve(runs_for_tests(results))
+    try:
+        page = open_page(browser, first[1], DESKTOP)
+        upload(page, layout.example_images()[0])
+        status_says(page, "Top prediction")
+        page.get_by_role("button", name="Explain", exact=True).click()
+        status_says(page, "Done in")
+        page.wait_for_selector("#share-link a", timeout=RUN_TIMEOUT_MS)
+        link = page.locator("#share-link a").get_attribute("href")
+        outcome = page.locator("#outcome").inner_text()
+        page.close()
+    finally:
+        first[0].close()
+    runs = runs_for_tests(results)                     # a restart: a new process state on the same store
+    second = _serve(runs)
+    context = browser.new_context(viewport=DESKTOP)   # a second person: no cookies, no session
     try:
         other = context.new_page()
-        other.goto(f"{app_url}?deep_link={link}")
-        other.wait_for_function("() => document.querySelector('#outcome')?.innerText.length > 20",
-                                timeout=RUN_TIMEOUT_MS)
+        other.goto(second[1] + link)
+        status_says(other, "Opened from a shared link")
         assert other.locator("#outcome").inner_text() == outcome
         other.wait_for_selector("#latent-shift-gif img", timeout=RUN_TIMEOUT_MS)
-        assert other.locator("#latent-shift-gif img").get_attribute("src").endswith(".gif")
+        assert animated_gif_frames(other, other.locator("#latent-shift-gif img").get_attribute("src")) > 1
+        assert runs.store.delete(link.split("=", 1)[1])
+        other.goto(second[1] + link)
+        status_says(other, "was deleted")
     finally:
         context.close()
+        second[0].close()
+
+
+def _serve(runs):
+    demo = layout.build_demo(runs)
+    _, url, _ = server.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                              quiet=True)
+    return demo, url
+
+
+def test_a_closed_tab_frees_its_run_within_a_stage(browser, tmp_path):
+    """A page closed in the middle of a run: its place in line comes back and no Explanation (with its
+    tensors) stays alive, within one stage's time; the run is not stored."""
+    import gc
+    import time
+
+    from appserver import runs_for_tests
+    from latentshift.pipeline import Explanation
+
+    runs = runs_for_tests(tmp_path / "results")
+    demo, url = _serve(runs)
+    try:
+        page = open_page(browser, url, DESKTOP)
+        frames = page.locator("#settings input[type=number]").first
+        frames.fill("32")                              # the most frames: a long Latent Shift stage
+        frames.press("Tab")
+        upload(page, layout.example_images()[0])
+        status_says(page, "Top prediction")
+        page.get_by_role("button", name="Explain", exact=True).click()
+        page.wait_for_selector("#gradcam-map img", timeout=RUN_TIMEOUT_MS)
+        assert runs.line.counts()["running"] == 1
+        page.close()                                   # the tab goes away mid-run
+        closed = time.monotonic()
+        while runs.line.counts()["running"] and time.monotonic() - closed < 120:
+            time.sleep(0.5)
+        freed_s = time.monotonic() - closed
+        gc.collect()
+        alive = [obj for obj in gc.get_objects() if isinstance(obj, Explanation)]
+        print(f"place in line given back {freed_s:.1f} s after the tab closed")
+        assert runs.line.counts() == {"running": 0, "waiting": 0, "refused": 0}, runs.line.counts()
+        assert alive == [], f"{len(alive)} explanation(s) still referenced"
+        assert runs.store.list() == []
+    finally:
+        demo.close()

@@ -1,7 +1,7 @@
 """Short CI variant of the load test (latentshift/loadtest.py) against the app on 127.0.0.1.
 
 3 clients × 2 explain requests on tiny models: zero failures, every answer complete; a
-queue of size 1 under a burst answers "Queue is full" and nothing else fails; open file
+line of 2 under a burst answers "Busy: N ahead of you" and nothing else fails; open file
 descriptors and Gradio's cache return to their baseline once the (shortened) cache
 expiry has passed. The full 8 × 5 run and its figures are in docs/limits.md.
 """
@@ -87,19 +87,23 @@ def test_concurrent_clients_complete_and_leave_no_open_files_or_cached_copies(tm
 
 
 @needs_app
-def test_full_queue_answers_clearly_and_the_rest_complete(tmp_path):
-    slow = dict(LOAD_EXPLAIN, frames=30, ig_steps=128)  # each request long enough for a burst to pile up
-    with serve_app(tmp_path / "app", queue_max_size=1) as served:
-        assert served.demo._queue.max_size == 1
-        result = run_load(served.url, clients=6, requests=1, explain_kwargs=slow, time_limit=60,
+def test_a_full_line_answers_busy_clearly_and_the_rest_complete(tmp_path):
+    with serve_app(tmp_path / "app", waiting=1) as served:
+        line = served.runs.line
+        assert line.capacity == 2
+        held = [line.admit(), line.admit()]       # one explanation computing, one waiting: the line is full
+        held[0].wait_turn(timeout_s=5)
+        result = run_load(served.url, clients=3, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60,
                           request_timeout=90)
         print(result.report())
-        assert result.failed == 0, result.report()
-        assert result.queue_full >= 1 and result.ok >= 1, result.report()
-        assert result.ok + result.queue_full == 6
-        assert all("queue is full" in r.detail.lower() for r in result.records if r.outcome == "queue_full")
-        after = run_load(served.url, clients=1, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
-        assert after.ok == 1, "the server serves again once the burst has passed"
+        assert result.busy == 3 and result.failed == 0 and result.queue_full == 0, result.report()
+        assert all(r.detail.endswith("Busy: 2 ahead of you, try again in a minute.") for r in result.records), \
+            result.report()
+        for ticket in held:
+            ticket.release()
+        after = run_load(served.url, clients=2, requests=1, explain_kwargs=LOAD_EXPLAIN, time_limit=60)
+        assert after.ok == 2, "the server serves again once the line has room"
+        assert line.counts() == {"running": 0, "waiting": 0, "refused": 3}
 
 
 @needs_app
@@ -108,6 +112,7 @@ def test_app_serving_limits_are_the_documented_ones():
 
     limits = (Path(__file__).resolve().parents[1] / "docs" / "limits.md").read_text(encoding="utf-8")
     assert f"max_size={serving.QUEUE_MAX_SIZE}" in limits
+    assert f"EXPLAIN_WAITING = {serving.EXPLAIN_WAITING}" in limits
     assert f"concurrency_limit={serving.EXPLAIN_CONCURRENCY}" in limits
     assert f"max_file_size=\"{serving.MAX_FILE_SIZE}\"" in limits
     assert f"delete_cache={tuple(serving.DELETE_CACHE)}" in limits

@@ -8,6 +8,7 @@ models were loaded in the main process, outside the GPU calls.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -28,13 +29,18 @@ def record_model_loads() -> None:
     store.load_model_with_warning = recorded
 
 
+async def _page_run(runs, example: str, options) -> list[str]:
+    """The page's streamed run (latentshift/app/runs.py): the status after each stage."""
+    return [values["status"] async for values in runs.explain(example, "", "", options) if "status" in values]
+
+
 def main(folder: Path) -> dict:
     from appserver import FAST_EXPLAIN, serve_app
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     record_model_loads()
-    from latentshift.app import gpu, handlers, stages
+    from latentshift.app import gpu, handlers
 
     example = str(Path(__file__).resolve().parents[1] / "examples" / "normal-IM-0225-0001.png")
     report = {"pid": os.getpid(), "spaces": getattr(gpu.spaces, "__file__", None), "device": gpu.device()}
@@ -50,8 +56,7 @@ def main(folder: Path) -> dict:
         except AppError as error:
             report["refusal"] = str(error)
         options = handlers.explain_options("", "both", 4, 10.0, True, -40.0, 25.0, 50, 4)
-        run_id = stages.start(example, "", "", options)
-        report["stages"] = [stages.advance(run_id, stage).get("status", "") for stage in stages.ORDER]
+        report["stages"] = asyncio.run(_page_run(app.runs, example, options))
         report["page_predict"] = handlers.predict_upload(example, "", "")["status"]
     return report
 

@@ -12,6 +12,12 @@ import os
 
 # Medical uploads: no usage statistics leave the server (set before any module here imports Gradio).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# Gradio's queue keeps a record of the last GRADIO_ANALYTICS_MAX_EVENTS events (default 10,000) and rebuilds
+# a pandas summary of all of them after every GRADIO_ANALYTICS_CACHE_FREQUENCY events (default 1): over a
+# long day that is memory growing to 10,000 records and a summary costing more with every event. The app
+# shows no such summary, so it keeps few records and summarises rarely (docs/limits.md, "Soak").
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 __all__ = ["build_demo", "launch", "main"]
 

@@ -292,7 +292,7 @@ def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0
 def refusal_values(message: str) -> dict[str, Any]:
     """A refused upload or run: the message in the status line, every result cleared, nothing raised."""
     return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "outcome": "", "warnings": "",
-            "run_id": None, "slider_frames": None, **{name: None for name in RESULT_NAMES},
+            "slider_frames": None, **{name: None for name in RESULT_NAMES},
             **slider_value(None)}
 
 
@@ -422,7 +422,7 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
     options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
                               frame_duration_ms, ig_steps, frames_from)
     load_pair(classifier, autoencoder)
-    return tuple(_file_data(name) for name in _explanation_files(path, classifier, autoencoder, options))
+    return tuple(file_data(name) for name in _explanation_files(path, classifier, autoencoder, options))
 
 
 @gpu.task(gpu.EXPLAIN_SECONDS)
@@ -480,9 +480,10 @@ def compare_api(image: FileData, target: str, classifiers: str = "", autoencoder
     path = uploaded_file(image)
     ids = [i.strip() for i in classifiers.split(",") if i.strip()]
     comparison = compare_upload(path, target, ids, autoencoder, frames, step_size)
-    return ([_file_data(str(run.gif)) for run in comparison.runs], _file_data(str(comparison.plot)),
-            _file_data(str(comparison.summary_path)), "\n".join(run.line for run in comparison.runs))
+    return ([file_data(str(run.gif)) for run in comparison.runs], file_data(str(comparison.plot)),
+            file_data(str(comparison.summary_path)), "\n".join(run.line for run in comparison.runs))
 
 
-def _file_data(path: str | None) -> FileData | None:
-    return None if path is None else FileData(path=path, orig_name=Path(path).name)
+def file_data(path: str | Path | None) -> FileData | None:
+    """A file an API endpoint returns (None stays None)."""
+    return None if path is None else FileData(path=str(path), orig_name=Path(path).name)

@@ -7,17 +7,23 @@ The API endpoints ``/predict`` and ``/explain`` are ``gr.api`` functions, not hi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from contextlib import aclosing
 import warnings
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gradio as gr
+from gradio.data_classes import FileData
 
 from ..options import DEFAULTS, DIRECTIONS, option_spec
 from ..pipeline import list_models
-from . import handlers, serving, stages
+from . import admission, handlers, serving
+from .runs import OUTPUTS as EXPLAIN_OUTPUTS
+from .runs import Runs, link_values
 from .handlers import TOP_PREDICTION, UPLOAD_FILE_TYPES
 from .serving import run_folders
 
@@ -88,11 +94,10 @@ adds to your X-ray (which stays as sharp as you uploaded it): with λ below 0 th
 λ above 0 it is exaggerated. Compare the animation with the Grad-CAM and Integrated Gradients maps.
 Paper: [Cohen et al., MIDL 2021](https://arxiv.org/abs/2102.09475).
 """
-SHARE_NOTE = ("The link reopens this result for a collaborator while the server keeps it (about an hour); "
-              "to keep a result, download its files.")
 DISCLAIMER = ("**Research and teaching demo, not for clinical use.** The default models are small "
               "models trained for this demo; do not use the predictions or images for diagnosis. "
-              "Uploads are processed on this server and deleted within about an hour.")
+              "Uploads are processed on this server; a finished explanation (with the input image) is kept "
+              "for a while so that its link can be shared, then deleted.")
 
 
 class XrayUpload(gr.Image):
@@ -154,7 +159,7 @@ def _input_column(c: dict, pipeline) -> None:
     c["examples_slot"] = gr.Column()
     with gr.Row():
         c["predict_button"] = gr.Button("Predict", variant="secondary", scale=1)
-        c["explain_button"] = gr.Button("Explain", variant="primary", scale=2)
+        c["explain_button"] = gr.Button("Explain", variant="primary", scale=2, elem_id="explain-button")
     c["target"] = gr.Dropdown(handlers.target_choices(pipeline), value=TOP_PREDICTION, label="Finding to explain",
                               info="Filled from the classifier; set to its top prediction after each prediction")
     _settings(c)
@@ -189,7 +194,6 @@ def _output_column(c: dict) -> None:
     c["outcome"] = gr.Markdown("", elem_id="outcome")  # styled on its paragraph: nothing shows while empty
     c["warnings"] = gr.Markdown("", elem_id="warnings")
     c["suggested_id"] = gr.State(None)
-    c["run_id"] = gr.State(None)
     c["slider_frames"] = gr.State(None)
     c["suggest"] = gr.Button("", visible=False, variant="secondary", size="sm", elem_id="suggest-classifier")
     c["predictions"] = gr.Label(label="Predicted probabilities", num_top_classes=8, show_heading=False,
@@ -217,18 +221,30 @@ def _output_column(c: dict) -> None:
         with gr.Column(min_width=260):
             c["downloads"] = gr.File(label="Downloads: GIF, PNGs, summary.json (with the outcome)",
                                      file_count="multiple", interactive=False, elem_id="downloads")
-            c["share"] = gr.DeepLinkButton("Share via link", copied_value="Link copied", variant="secondary",
-                                           size="md")
-            gr.Markdown(SHARE_NOTE, elem_id="share-note")
+            c["share_link"] = gr.Markdown("", elem_id="share-link")
 
 
-def build_demo() -> gr.Blocks:
-    """The app's Blocks (not launched). See :func:`latentshift.app.launch` for serving."""
+def default_runs() -> Runs:
+    """Runs whose results live with the process's run folders (gone at exit): for an app built
+    without the settings of :func:`latentshift.app.serving.parse_args`."""
+    settings = serving.ResultSettings(folder=run_folders().root / "results")
+    return Runs(admission.Line(serving.EXPLAIN_CONCURRENCY, serving.EXPLAIN_WAITING), settings.open_store(),
+                settings.retention_days)
+
+
+def build_demo(runs: Runs | None = None, delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+    """The app's Blocks (not launched). See :func:`latentshift.app.launch` for serving.
+
+    runs: the admission line and result store (default: :func:`default_runs`); delete_cache: Gradio's
+    (every s, older than s) for its copies of uploads and outputs (default ``serving.DELETE_CACHE``).
+    """
+    runs = runs or default_runs()
+    serving.check_limits(runs.line.capacity)
     pipeline = handlers.pipeline_for(None, None)
     # Lazily cached example results belong to this server process and its models only.
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(run_folders().root / "cached_examples"))
     c: dict[str, Any] = {}
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=serving.DELETE_CACHE) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=delete_cache or serving.DELETE_CACHE) as demo:
         gr.Markdown(INTRO, elem_classes="intro")
         gr.Markdown(DISCLAIMER, elem_classes="disclaimer")
         c["serving_line"] = gr.Markdown(handlers.serving_default().state().line(), elem_id="serving-line")
@@ -242,9 +258,9 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Compare classifiers", id="compare"):
                 _compare_tab(c, pipeline)
         _wire_uploads(c)
-        _wire_explain(c, pipeline)
-        _wire_compare(c)
-        _wire_api()
+        _wire_explain(c, runs)
+        _wire_compare(c, runs.line)
+        _wire_api(runs)
         captions = {"examples": example_captions(example_images()),
                     "examples-adult": example_captions(adult_example_images())}
         demo.load(None, None, None, js=ON_LOAD_JS.replace("CAPTIONS", json.dumps(captions)), queue=False,
@@ -253,7 +269,9 @@ def build_demo() -> gr.Blocks:
         demo.load(lambda: _by_component(c, handlers.serving_values()), None,
                   [c[n] for n in ("serving_line", "classifier", "autoencoder", "target")], queue=False,
                   api_visibility="private", show_progress="hidden")
+        _wire_links(demo, c, runs)
     demo.queue(max_size=serving.QUEUE_MAX_SIZE, default_concurrency_limit=serving.EXPLAIN_CONCURRENCY)
+    demo.result_paths = [str(runs.store.root)]  # served files: server.launch adds them to allowed_paths
     return demo
 
 
@@ -326,51 +344,46 @@ def _wire_uploads(c: dict) -> None:
 
 EXPLAIN_INPUTS = ("image", "file", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
                   "range_mode", "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps")
-#: Every output an explanation updates (the examples' outputs).
-EXPLAIN_OUTPUTS = tuple(dict.fromkeys(name for _, names, _, _ in stages.STAGES for name in names))
+#: The result boxes that show progress while a run computes (never the status line).
+PROGRESS_ON = ("gif", "heatmap", "prediction_plot", "integrated_gradients")
 
 
-def _start_explanation(c: dict, image_path, upload_path, classifier_id, autoencoder_id, target_name, direction,
-                       frame_count, step, mode, low, high, duration_ms, ig_step_count) -> dict:
-    """The first stage of a run from the page: checks, then the prediction; a refusal goes to the status."""
-    names = stages.STAGES[0][1]
-    try:
-        path = handlers.chosen_upload(image_path, upload_path)
-        options = handlers.explain_options(target_name, direction, frame_count, step, mode == RANGE_MANUAL,
-                                           low, high, duration_ms, ig_step_count)
-    except gr.Error as error:
-        return _only(c, names, handlers.refusal_values(error.message))
-    run_id = stages.start(path, classifier_id, autoencoder_id, options)
-    return _only(c, names, stages.advance(run_id, "predict"))
+def _wire_explain(c: dict, runs: Runs) -> None:
+    """Explain: one streamed event (:mod:`.runs`); each stage's outputs appear as the stage ends."""
 
+    async def explain_run(image_path, upload_path, classifier_id, autoencoder_id, target_name, direction,
+                          frame_count, step, mode, low, high, duration_ms, ig_step_count):
+        try:
+            path = handlers.chosen_upload(image_path, upload_path)
+            options = handlers.explain_options(target_name, direction, frame_count, step, mode == RANGE_MANUAL,
+                                               low, high, duration_ms, ig_step_count)
+        except gr.Error as error:
+            yield _only(c, EXPLAIN_OUTPUTS, {**handlers.refusal_values(error.message), "share_link": ""})
+            return
+        async with aclosing(runs.explain(path, classifier_id, autoencoder_id, options)) as updates:
+            async for values in updates:
+                yield _only(c, EXPLAIN_OUTPUTS, values)
 
-def _stage_step(c: dict, stage: str, names: tuple[str, ...], description: str):
-    """The event function of one later stage: advance the run in ``run_id`` to ``stage``."""
-    def step(run_id, progress=gr.Progress()):
-        progress(0, desc=description)
-        return _only(c, names, stages.advance(run_id, stage))
-
-    step.__name__ = f"explain_{stage}"
-    return step
-
-
-def _wire_explain(c: dict, pipeline) -> None:
-    """Explain: one chained event per stage; each shows progress only on its own outputs."""
-    events = dict(api_visibility="private", concurrency_id="explain", concurrency_limit=serving.EXPLAIN_CONCURRENCY,
-                  show_progress="full")
-    first, names, shown, description = stages.STAGES[0]
-
-    def explain_start(*values, progress=gr.Progress()):
-        progress(0, desc=description)
-        return _start_explanation(c, *values)
-
-    event = c["explain_button"].click(explain_start, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in names],
-                                      show_progress_on=[c[n] for n in shown], **events)
-    for stage, names, shown, description in stages.STAGES[1:]:
-        event = event.success(_stage_step(c, stage, names, description), c["run_id"], [c[n] for n in names],
-                              show_progress_on=[c[n] for n in shown], **events)
+    # No Gradio concurrency limit: the run waits in the admission line (which says so), not in Gradio's queue.
+    c["explain_button"].click(explain_run, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
+                              api_name="explain_page", api_visibility="undocumented", concurrency_id="explain-page",
+                              concurrency_limit=None, show_progress="minimal",
+                              show_progress_on=[c[n] for n in PROGRESS_ON])
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
     _examples(c)
+
+
+def _wire_links(demo: gr.Blocks, c: dict, runs: Runs) -> None:
+    """A page opened with ``?result=<id>`` shows that stored result, or says why it cannot."""
+
+    def open_link(request: gr.Request):
+        result_id = request.query_params.get("result") if request else None
+        if not result_id:
+            return _only(c, EXPLAIN_OUTPUTS, {})
+        return _only(c, EXPLAIN_OUTPUTS, link_values(runs.store.lookup(result_id.strip()), runs.retention_days))
+
+    demo.load(open_link, None, [c[n] for n in EXPLAIN_OUTPUTS], api_visibility="private", show_progress="hidden",
+              concurrency_id="links", concurrency_limit=4)
 
 
 def example_captions(paths: list[str]) -> list[str]:
@@ -397,7 +410,7 @@ def _examples(c: dict) -> None:
         options = handlers.explain_options(target_name, direction, frame_count, step, False, None, None,
                                            duration_ms, ig_step_count)
         for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
-            yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "run_id": None})
+            yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "share_link": ""})
 
     def example_targets(classifier_id, autoencoder_id, target_name):
         return _by_component(c, handlers.example_targets(classifier_id, autoencoder_id, target_name))
@@ -457,23 +470,68 @@ def _compare_tab(c: dict, pipeline) -> None:
             c["compare_summary"] = gr.File(label="compare.json", interactive=False)
 
 
-def _wire_compare(c: dict) -> None:
-    def on_compare(path, target, classifier_ids, autoencoder_id, frames, step, progress=gr.Progress()):
-        progress(0, desc="Running every classifier")
-        comparison = handlers.compare_upload(path, target, classifier_ids, autoencoder_id, frames, step)
-        return _by_component(c, handlers.compare_values(comparison))
+def _wire_compare(c: dict, line: admission.Line) -> None:
+    """Compare: one streamed event in the same admission line as Explain."""
+
+    async def on_compare(path, target, classifier_ids, autoencoder_id, frames, step):
+        try:
+            ticket = line.admit()
+        except admission.LineFull as full:
+            gr.Warning(str(full), duration=10)
+            yield {c["compare_lines"]: f"**{full}**"}
+            return
+        with ticket:
+            async with aclosing(ticket.turn()) as turns:
+                async for ahead in turns:
+                    yield {c["compare_lines"]: admission.waiting_text(ahead)}
+            try:
+                comparison = await anyio.to_thread.run_sync(handlers.compare_upload, path, target, classifier_ids,
+                                                            autoencoder_id, frames, step)
+            except gr.Error as error:
+                yield {c["compare_lines"]: f"⚠ **Not compared.** {error.message}"}
+                return
+        yield _by_component(c, handlers.compare_values(comparison))
 
     outputs = [c[n] for n in ("compare_gifs", "compare_plot", "compare_lines", "compare_summary")]
     c["compare_button"].click(on_compare, [c["compare_image"], c["compare_target"], c["compare_classifiers"],
                                            c["autoencoder"], c["compare_frames"], c["compare_step"]], outputs,
-                              api_visibility="private", concurrency_id="explain",
-                              concurrency_limit=serving.EXPLAIN_CONCURRENCY)
+                              api_visibility="private", concurrency_id="explain-page", concurrency_limit=None,
+                              show_progress="minimal", show_progress_on=[c["compare_gifs"], c["compare_plot"]])
 
 
-def _wire_api() -> None:
-    gr.api(handlers.compare_api, api_name="compare", concurrency_id="explain",
-           concurrency_limit=serving.EXPLAIN_CONCURRENCY)
+def admitted(line: admission.Line, function):
+    """``function`` run in its turn of the admission line; a full line raises the busy message."""
+
+    @functools.wraps(function)
+    def in_turn(*args, **kwargs):
+        try:
+            ticket = line.admit()
+        except admission.LineFull as full:
+            raise gr.Error(str(full), title="Busy", print_exception=False) from None
+        with ticket:
+            ticket.wait_turn()
+            return function(*args, **kwargs)
+
+    return in_turn
+
+
+def _wire_api(runs: Runs) -> None:
+    """The API: /predict and /result beside the line; /explain and /compare wait in it (a worker thread each)."""
+    line = runs.line
+    heavy = dict(concurrency_id="api-heavy", concurrency_limit=line.capacity)
+
+    def result(result_id: str) -> tuple[str, FileData | None, FileData | None]:
+        """A stored result by the id of its link (``?result=<id>``).
+
+        Returns (state: ok | expired | deleted | missing | unknown, summary.json, GIF); files only when ok.
+        """
+        found = runs.store.lookup((result_id or "").strip())
+        if found.result is None:
+            return found.state, None, None
+        return "ok", *(handlers.file_data(found.result.file(name)) for name in ("summary", "gif"))
+
+    gr.api(result, api_name="result", concurrency_id="links", concurrency_limit=4)
+    gr.api(admitted(line, handlers.compare_api), api_name="compare", **heavy)
     gr.api(handlers.predict, api_name="predict", concurrency_id="predict",
            concurrency_limit=serving.PREDICT_CONCURRENCY)
-    gr.api(handlers.explain, api_name="explain", concurrency_id="explain",
-           concurrency_limit=serving.EXPLAIN_CONCURRENCY)
+    gr.api(admitted(line, handlers.explain), api_name="explain", **heavy)

@@ -16,13 +16,24 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger("latentshift.app")
 
 EXPLAIN_CONCURRENCY = 1
 PREDICT_CONCURRENCY = 1
-QUEUE_MAX_SIZE = 20
+#: Explanations (page, compare and API) waiting behind the running one; the next is told "Busy".
+EXPLAIN_WAITING = 20
+#: Gradio's queue. Explanations do not wait in it (they wait in the admission line), so it only holds
+#: events for a moment; it is sized so that a burst of clicks from more pages than the line holds
+#: never meets Gradio's bare "Queue is full" (check_limits).
+QUEUE_MAX_SIZE = 64
+#: Gradio's worker slots (``launch(max_threads=)``): every admitted run holds one while it waits.
+MAX_THREADS = 64
+RESULTS_DIR_DEFAULT = Path("~/.cache/latentshift/results")
+RESULTS_DAYS_DEFAULT = 30.0
+MIRROR_EVERY_MINUTES = 10
 MAX_FILE_SIZE = "32mb"
 DELETE_CACHE = (600, 3600)        # every 10 min, delete Gradio's copies older than 1 h
 RUN_FOLDER_MAX_AGE_S = 3600       # our own output folders live as long (checked every minute)
@@ -49,7 +60,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root-path", default=os.environ.get("GRADIO_ROOT_PATH"),
                         help="URL prefix when served behind a reverse proxy, e.g. /latentshift "
                              "(default $GRADIO_ROOT_PATH)")
+    parser.add_argument("--temp-max-age", type=float, default=float(RUN_FOLDER_MAX_AGE_S), metavar="SECONDS",
+                        help=f"delete temporary files (Gradio's copies, the runs' folders) once older than this "
+                             f"(default {RUN_FOLDER_MAX_AGE_S}); stored results are kept for --results-days")
+    add_result_arguments(parser)
     return parser.parse_args(argv)
+
+
+def delete_cache_for(max_age_s: float) -> tuple[int, int]:
+    """Gradio's ``delete_cache`` for files kept ``max_age_s``: checked six times per period."""
+    return max(1, int(max_age_s // 6)), max(1, int(max_age_s))
+
+
+def add_result_arguments(parser: argparse.ArgumentParser) -> None:
+    """The result store's settings (README, "Settings")."""
+    parser.add_argument("--results-dir", default=os.environ.get("LATENTSHIFT_RESULTS_DIR", str(RESULTS_DIR_DEFAULT)),
+                        help=f"where finished explanations are kept for their links (default "
+                             f"$LATENTSHIFT_RESULTS_DIR or {RESULTS_DIR_DEFAULT})")
+    parser.add_argument("--results-days", type=float,
+                        default=float(os.environ.get("LATENTSHIFT_RESULTS_DAYS", RESULTS_DAYS_DEFAULT)),
+                        help=f"days a result (and its link) is kept (default $LATENTSHIFT_RESULTS_DAYS or "
+                             f"{RESULTS_DAYS_DEFAULT:g})")
+    parser.add_argument("--results-repo", default=os.environ.get("LATENTSHIFT_RESULTS_REPO"),
+                        help="a private Hugging Face dataset repo the store is mirrored to and restored from "
+                             "at start (default $LATENTSHIFT_RESULTS_REPO; needs $HF_TOKEN)")
+
+
+@dataclass
+class ResultSettings:
+    """Where results are kept, for how long, and where they are mirrored (read once, at the entry point)."""
+
+    folder: Path = RESULTS_DIR_DEFAULT
+    retention_days: float = RESULTS_DAYS_DEFAULT
+    mirror_repo: str | None = None
+    token: str | None = None
+    mirror_every_minutes: float = MIRROR_EVERY_MINUTES
+
+    @classmethod
+    def from_command_line(cls, command_line: argparse.Namespace) -> "ResultSettings":
+        return cls(folder=Path(command_line.results_dir).expanduser(), retention_days=command_line.results_days,
+                   mirror_repo=command_line.results_repo or None, token=os.environ.get("HF_TOKEN") or None)
+
+    def open_store(self):
+        from ..results.store import ResultStore
+
+        return ResultStore(Path(self.folder).expanduser(), self.retention_days)
 
 
 def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
@@ -118,7 +173,7 @@ def launch_options(**overrides) -> dict:
     The run folders' root is an allowed path: the API endpoints return our output files as
     they are (``gr.api`` does not copy them into Gradio's cache); each run folder has a random name.
     """
-    options = dict(max_file_size=MAX_FILE_SIZE, run_history=False, show_error=False,
+    options = dict(max_file_size=MAX_FILE_SIZE, run_history=False, show_error=False, max_threads=MAX_THREADS,
                    allowed_paths=[str(run_folders().root)])
     options.update(overrides)
     return options
@@ -130,3 +185,10 @@ def launch_messages(url: str, share_url: str | None = None) -> list[str]:
     lines.append(f"public link: {share_url}" if share_url
                  else "for a temporary public link start it with --share; --host 0.0.0.0 serves the network")
     return lines
+
+
+def check_limits(line_capacity: int) -> None:
+    """The admission line must fit in Gradio's queue and worker slots, so no event is dropped unseen."""
+    if QUEUE_MAX_SIZE < 2 * line_capacity or MAX_THREADS < line_capacity + 8:
+        raise ValueError(f"Gradio's queue ({QUEUE_MAX_SIZE}) and threads ({MAX_THREADS}) are too small for an "
+                         f"admission line of {line_capacity}")

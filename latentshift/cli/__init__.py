@@ -37,6 +37,7 @@ COMMANDS = {
     "bench": ("latentshift.cli.tools", "benchmark: ours vs the one-λ-at-a-time baseline, per stage"),
     "loadtest": ("latentshift.cli.tools", "load test of a running app (loopback addresses only)"),
     "app": ("latentshift.cli.app", "serve the web app (latentshift app --help for its options)"),
+    "results": ("latentshift.cli.results", "the result store: list, check, delete, sweep expired results"),
     "study": ("latentshift.cli.study", "reader study: create cases, serve the reading page, analyze"),
 }
 

@@ -18,6 +18,8 @@ the cache expiry has passed (``--settle S`` waits S seconds before the last meas
 
 Exit code 0 when every request succeeded with a complete answer, 1 otherwise, 2 on a
 usage error (non-loopback URL, missing image).
+
+``--soak MINUTES`` runs the soak of :mod:`latentshift.tools.soak` instead (it starts its own app).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class RequestRecord:
     client: int
     index: int
     seconds: float
-    outcome: str                  # "ok", "incomplete", "queue_full", "error", "timeout", "not_started"
+    outcome: str                  # "ok", "incomplete", "busy", "queue_full", "error", "timeout", "not_started"
     detail: str = ""
 
 
@@ -75,6 +77,11 @@ class LoadResult:
     def queue_full(self) -> int:
         return self.count("queue_full")
 
+    @property
+    def busy(self) -> int:
+        """Requests the admission line refused at once ("Busy: N ahead of you")."""
+        return self.count("busy")
+
     def latencies(self) -> list[float]:
         return sorted(r.seconds for r in self.records if r.outcome == "ok")
 
@@ -89,7 +96,7 @@ class LoadResult:
     def summary(self) -> dict:
         return {
             "requests": len(self.records), "ok": self.ok, "failed": self.failed,
-            "queue_full": self.queue_full, "not_started": self.count("not_started"),
+            "queue_full": self.queue_full, "busy": self.busy, "not_started": self.count("not_started"),
             "p50_s": self.percentile(50), "p95_s": self.percentile(95),
             "max_s": max(self.latencies(), default=None), "wall_s": round(self.wall_seconds, 3),
             "fds_before": self.fds_before, "fds_after": self.fds_after,
@@ -103,7 +110,8 @@ class LoadResult:
             return "n/a" if value is None else f"{value:.2f} s"
 
         lines = [
-            f"requests: {len(self.records)} ({self.ok} ok, {self.failed} failed, {self.queue_full} queue full, "
+            f"requests: {len(self.records)} ({self.ok} ok, {self.failed} failed, {self.busy} busy, "
+            f"{self.queue_full} queue full, "
             f"{self.count('not_started')} not started before the time limit) in {self.wall_seconds:.1f} s",
             f"latency: p50 {seconds(self.percentile(50))}, p95 {seconds(self.percentile(95))}, "
             f"max {seconds(max(self.latencies(), default=None))}",
@@ -183,10 +191,7 @@ def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwar
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    try:
-        QueueError = __import__("gradio_client.utils", fromlist=["QueueError"]).QueueError
-    except AttributeError:  # pragma: no cover - older clients
-        QueueError = ()
+    QueueError = getattr(__import__("gradio_client.utils", fromlist=["QueueError"]), "QueueError", ())
 
     def add(record: RequestRecord) -> None:
         with lock:
@@ -222,7 +227,8 @@ def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwar
                 job.cancel()
                 outcome, detail = "timeout", f"no answer within {request_timeout:g} s"
             except AppError as error:
-                outcome, detail = "error", f"AppError: {error}"
+                outcome = "busy" if "Busy:" in str(error) else "error"
+                detail = f"AppError: {error}"
             except Exception as error:  # noqa: BLE001
                 text = str(error)
                 outcome = "queue_full" if "queue is full" in text.lower() else "error"
@@ -298,11 +304,26 @@ def build_parser(prog: str = "python -m latentshift.tools.loadtest") -> argparse
     parser.add_argument("--settle", type=float, default=0.0,
                         help="seconds to wait before the final fd/size measurement (e.g. the cache expiry)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    soak = parser.add_argument_group("soak (latentshift/tools/soak.py): starts its own app, --url is not used")
+    soak.add_argument("--soak", type=float, metavar="MINUTES",
+                      help="serve the app for MINUTES to --clients clients with mixed traffic, SIGKILL it halfway")
+    soak.add_argument("--images-dir", help="X-rays to send (recursive; default the app's examples)")
+    soak.add_argument("--pool", type=int, default=24, help="how many of them (default 24; repeats hit the store)")
+    soak.add_argument("--every", type=float, default=30.0, help="seconds between records (default 30)")
+    soak.add_argument("--temp-max-age", type=float, default=300.0,
+                      help="the app's temporary-file age limit during the soak (default 300 s)")
+    soak.add_argument("--compare-target", default="Pneumonia", help="finding of the compare requests")
+    soak.add_argument("--work", help="folder for the app's files and store (default a new temporary one)")
+    soak.add_argument("--out", help="also append every record as a JSON line to this file")
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
+    if args.soak is not None:
+        from .soak import main_soak
+
+        return main_soak(args)
     explain_kwargs = {}
     if args.frames is not None:
         explain_kwargs["frames"] = args.frames

@@ -1,0 +1,183 @@
+"""One explanation from the page as ONE streamed event: an async generator that yields each stage's
+outputs as the stage finishes, behind the admission line, with finished results kept in the store.
+
+Why one event: the earlier design chained one event per stage and kept the live generators in a
+module-level registry between them. A stage that met a full queue, or whose generator had been
+pushed out of the registry, ended the run without a word, and a closed tab left its generator
+(and tensors) alive. Here the generator lives only inside its own event, so there is no state
+between events to lose; Gradio closes it when the page goes away (it checks after each yield),
+and its ``finally`` closes the pipeline's generator and gives the place in line back. Every run
+ends in exactly one of: the full result, "Busy: N ahead of you" (refused at once by
+:mod:`.admission`), or a refusal that says why, always in the status line.
+
+The pipeline's stages run in a worker thread (``anyio.to_thread.run_sync``, which lets a
+cancellation wait for the running stage), so an abandoned run frees its memory at most one
+stage after the page closed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import anyio
+import gradio as gr
+
+from ..options import ExplainOptions
+from ..pipeline import Explanation
+from ..results.store import Lookup, ResultStore, StoredResult, result_key
+from . import admission, handlers
+
+logger = logging.getLogger("latentshift.app")
+
+#: Every output a run from the page updates (by name).
+OUTPUTS = ("predictions", "target", "status", "outcome", "warnings", *handlers.RESULT_NAMES, "slider_frames",
+           "slider_caption", "slider_pair", "lambda_min", "lambda_max", "share_link")
+#: The files a stored result keeps (keys of Explanation.files).
+KEPT_FILES = handlers.DOWNLOAD_ORDER
+#: What the stored page record keeps of the final values (the rest are files).
+KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda_min", "lambda_max")
+LINK_STATES = {
+    "expired": "This shared result has expired: results are kept {days:g} days. Explain the X-ray again.",
+    "deleted": "This shared result was deleted from the server. Explain the X-ray again.",
+    "missing": "This shared result can no longer be read on this server. Explain the X-ray again.",
+    "unknown": "No result with this link is kept on this server (it may come from another server, or be "
+               "mistyped). Explain the X-ray again.",
+}
+
+
+def _day(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+def share_text(stored: StoredResult) -> str:
+    """The link line of a stored result (a relative link, so it works behind any proxy prefix)."""
+    return (f"[Link to this result](?result={stored.id}) — kept until {_day(stored.expires)}; "
+            f"anyone with the link can open it.")
+
+
+def input_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_key(path: str, classifier_id: str, autoencoder_id: str, options: ExplainOptions) -> tuple[str, str, str]:
+    """(result id, classifier id, autoencoder id) with '' resolved to the pair that answers now."""
+    pipeline = handlers.pipeline_for(classifier_id, autoencoder_id)
+    models = {"classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id}
+    return result_key(input_sha256(path), models, options.to_dict()), *models.values()
+
+
+def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
+    """The page's values for a stored result: the saved texts and the stored files."""
+    page = stored.record.get("page", {})
+    values = {name: page.get(name) for name in KEPT_VALUES if name in page}
+    for name in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot"):
+        values[name] = _path(stored.file(name))
+    captions = page.get("slider_captions") or {}
+    frames = {side: [_path(stored.file(key)), captions.get(side, side)]
+              for side, key in (("input", "input"), ("curtailed", "counterfactual"), ("exaggerated", "exaggerated"))}
+    frames = frames if all(path for path, _ in frames.values()) else None
+    values.update(slider_frames=frames, **handlers.slider_value(frames), slider_pair=handlers.SLIDER_PAIRS[0][1])
+    values["downloads"] = [_path(stored.file(key)) for key in KEPT_FILES if stored.file(key)]
+    values["status"] = f"{values.get('status', '')}\n\n{note}".strip()
+    values["share_link"] = share_text(stored)
+    return values
+
+
+def link_values(found: Lookup, retention_days: float) -> dict[str, Any]:
+    """The page's values for a ``?result=`` link: the stored result, or why there is none."""
+    if found.result is not None:
+        return stored_values(found.result, f"Opened from a shared link (explained {_day(found.result.created)}).")
+    message = LINK_STATES[found.state].format(days=retention_days)
+    return {**handlers.refusal_values(message), "status": f"⚠ {message}", "share_link": ""}
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def keep(store: ResultStore, result_id: str, explanation: Explanation, values: dict[str, Any]) -> StoredResult:
+    """Store a finished explanation's files and page texts under ``result_id``."""
+    files = {key: explanation.files[key] for key in KEPT_FILES if key in explanation.files}
+    frames = values.get("slider_frames") or {}
+    page = {name: values.get(name) for name in KEPT_VALUES}
+    page["slider_captions"] = {side: caption for side, (_, caption) in frames.items()}
+    record = {"page": page, "classifier": explanation.classifier_id, "autoencoder": explanation.autoencoder_id,
+              "target": explanation.target}
+    return store.put(result_id, files, record)
+
+
+def _next_stage(stages: Iterator[Explanation]) -> Explanation | None:
+    return next(stages, None)
+
+
+class Runs:
+    """The page's explanations: the admission line and the result store they share."""
+
+    def __init__(self, line: admission.Line, store: ResultStore, retention_days: float):
+        self.line, self.store, self.retention_days = line, store, retention_days
+
+    async def explain(self, path: str, classifier_id: str, autoencoder_id: str,
+                      options: ExplainOptions) -> AsyncIterator[dict[str, Any]]:
+        """Values by output name: from the store at once, or stage by stage, or one message."""
+        try:
+            result_id, classifier_id, autoencoder_id = await anyio.to_thread.run_sync(
+                run_key, path, classifier_id, autoencoder_id, options)
+        except gr.Error as error:
+            yield handlers.refusal_values(error.message)
+            return
+        stored = await anyio.to_thread.run_sync(self.store.get, result_id)
+        if stored is not None:
+            yield stored_values(stored, "Shown from the result store: this image was explained before with "
+                                        "the same models and settings.")
+            return
+        try:
+            ticket = self.line.admit()
+        except admission.LineFull as full:
+            gr.Warning(str(full), duration=10)
+            yield {"status": f"**{full}**"}
+            return
+        try:
+            async with aclosing(ticket.turn()) as turns:
+                async for ahead in turns:
+                    yield {"status": admission.waiting_text(ahead)}
+            stored = await anyio.to_thread.run_sync(self.store.get, result_id)  # explained while this one waited
+            if stored is not None:
+                yield stored_values(stored, "Shown from the result store: the same image was explained with the "
+                                            "same models and settings while this one waited.")
+                return
+            async with aclosing(self._stages(result_id, path, classifier_id, autoencoder_id, options)) as stages:
+                async for values in stages:
+                    yield values
+        finally:
+            ticket.release()
+
+    async def _stages(self, result_id: str, path: str, classifier_id: str, autoencoder_id: str,
+                      options: ExplainOptions) -> AsyncIterator[dict[str, Any]]:
+        stages = handlers.iter_explanation(path, classifier_id, autoencoder_id, options)
+        explanation = values = None
+        try:
+            while (stage := await anyio.to_thread.run_sync(_next_stage, stages)) is not None:
+                explanation, values = stage, handlers.result_values(stage)
+                yield {**values, "share_link": ""}
+        except gr.Error as error:
+            yield {**handlers.refusal_values(error.message), "share_link": ""}
+            return
+        finally:
+            stages.close()
+        if explanation is None or explanation.stage != "done":
+            return
+        try:
+            stored = await anyio.to_thread.run_sync(keep, self.store, result_id, explanation, values)
+        except OSError:
+            logger.exception("could not keep result %s in the store", result_id)
+            return
+        yield {**values, "share_link": share_text(stored)}
