@@ -63,7 +63,7 @@ def test_only_the_documented_endpoints_are_public(client):
     assert set(endpoints) == {"/predict", "/explain", "/compare", "/result"}
     explain = [p["parameter_name"] for p in endpoints["/explain"]["parameters"]]
     assert explain == ["image", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
-                       "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps", "frames_from"], \
+                       "lambda_min", "lambda_max", "frame_duration_ms", "ig_steps", "frames_from", "allow_non_xray"], \
         "the documented parameters"
 
 

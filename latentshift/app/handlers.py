@@ -25,6 +25,7 @@ from ..errors import LatentShiftError
 from ..options import DEFAULTS, ExplainOptions
 from ..pipeline import Explanation, Pipeline, list_models
 from ..weights import model_status
+from ..weights.choice import GROUP, choose_classifier, findings
 from . import gpu
 from .serving import run_folders
 
@@ -119,7 +120,7 @@ def example_pair(population: str, finding: str) -> tuple[str, str] | None:
 
 def model_dropdown_choices(kind: str) -> tuple[list[tuple[str, str]], str]:
     """(label, id) pairs for a dropdown, and an info line saying how many are usable here."""
-    choices = list_models(kind)
+    choices = sorted(list_models(kind), key=lambda choice: not choice.available)  # the unavailable ones last
     pairs = []
     for choice in choices:
         if not choice.available:
@@ -132,29 +133,35 @@ def model_dropdown_choices(kind: str) -> tuple[list[tuple[str, str]], str]:
     return pairs, f"{available} of {len(choices)} available here; the others say why not"
 
 
-def suggest_classifier(population: str | None, current_id: str) -> str | None:
-    """An available classifier trained on ``population`` (the embedded ones first), if the current is not."""
-    if population not in ("pediatric", "adult"):
+def suggest_classifier(population: str | None, current_id: str, finding: str) -> str | None:
+    """The classifier to offer when the current one was not trained on ``population``: one that knows
+    ``finding`` and was (:func:`latentshift.weights.choice.choose_classifier`); None if there is none."""
+    if population not in GROUP:
         return None
-    manifest = Pipeline.store().manifest
-    if manifest.get(current_id).info.get("population") == population:
+    manifest = Pipeline.store(gpu.device()).manifest
+    if current_id in manifest.entries and manifest.get(current_id).info.get("population") == population:
         return None
-    candidates = [c for c in list_models("classifier", manifest)
-                  if c.available and manifest.get(c.id).info.get("population") == population]
-    candidates.sort(key=lambda c: (manifest.get(c.id).source_type != "file", -len(manifest.get(c.id).labels), c.id))
-    return candidates[0].id if candidates else None
+    choice = choose_classifier(manifest, finding, population, current_id)
+    return choice.classifier_id if choice is not None and choice.fits_population else None
+
+
+def suggestion_label(suggested: str | None, population: str | None) -> str:
+    """The suggestion button's words."""
+    if not suggested:
+        return ""
+    return f"Use {suggested}: trained on {GROUP.get(population, 'this population')}"
 
 
 def all_findings() -> list[str]:
-    """Every finding of the classifiers available here (for the compare view)."""
-    manifest = Pipeline.store().manifest
-    names = {label for c in list_models("classifier", manifest) if c.available
-             for label in manifest.get(c.id).labels if label}
-    return sorted(names)
+    """Every finding of the classifiers available here (the finding lists of both tabs)."""
+    return findings(Pipeline.store(gpu.device()).manifest)
 
 
 def target_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
-    return [("Top prediction", TOP_PREDICTION)] + [(name, name) for name in pipeline.pathologies]
+    """"Top prediction", then every finding any available classifier knows (choosing one the current
+    classifier lacks switches to a classifier that has it); the current classifier's own are included."""
+    names = sorted(set(all_findings()) | {name for name in pipeline.pathologies if name}, key=str.lower)
+    return [("Top prediction", TOP_PREDICTION)] + [(name, name) for name in names]
 
 
 def pipeline_for(classifier_id: str | None, autoencoder_id: str | None) -> Pipeline:
@@ -202,7 +209,7 @@ def uploaded_file(value: Any) -> str:
 def explain_options(target: str | None, direction: str, frames: float, step_size: float,
                     manual_range: bool, lambda_min: float | None, lambda_max: float | None,
                     frame_duration_ms: float, ig_steps: float | None,
-                    frames_from: str = DEFAULTS.frames_from) -> ExplainOptions:
+                    frames_from: str = DEFAULTS.frames_from, allow_non_xray: bool = False) -> ExplainOptions:
     """ExplainOptions from control values (numbers arrive as floats); validated."""
     lambda_range = None
     if manual_range:
@@ -214,7 +221,7 @@ def explain_options(target: str | None, direction: str, frames: float, step_size
             target=target or None, step_size=float(step_size), lambda_range=lambda_range,
             frames=int(frames), direction=direction, frame_duration_ms=int(frame_duration_ms),
             ig_steps=DEFAULTS.ig_steps if ig_steps is None else int(ig_steps),
-            frames_from=frames_from or DEFAULTS.frames_from).validate()
+            frames_from=frames_from or DEFAULTS.frames_from, allow_non_xray=bool(allow_non_xray)).validate()
 
 
 # ---------------------------------------------------------------- what the page says
@@ -256,8 +263,28 @@ def describe_outcome(explanation: Explanation) -> str:
 
 
 def describe_warnings(explanation: Explanation) -> str:
-    """The run's warnings, each once (the input notes go into summary.json only)."""
-    return "\n\n".join(f"⚠ {w['message']}" for w in explanation.warnings if w["code"] != "input_note")
+    """The run's warnings, each once (the input notes go into summary.json only; "not a chest X-ray"
+    has the banner)."""
+    return "\n\n".join(f"⚠ {w['message']}" for w in explanation.warnings
+                        if w["code"] not in ("input_note", "not_a_chest_xray"))
+
+
+def not_xray(domain: dict | None) -> bool:
+    """Whether the domain check (its summary) says the image is not a chest X-ray."""
+    return any(w["code"] == "not_a_chest_xray" for w in (domain or {}).get("warnings", []))
+
+
+def not_xray_banner(domain: dict | None, explained: bool) -> str:
+    """The banner where the result would be, for an image the domain check calls not a chest X-ray."""
+    if not not_xray(domain):
+        return ""
+    p = domain["probabilities"].get("not_cxr", 0.0)
+    head = (f"**This does not look like a chest X-ray** (domain check: {p:.0%} 'not a chest X-ray'). "
+            "The classifier only knows frontal chest X-rays, so its answer would mean nothing")
+    if explained:
+        return f"{head}. **Explained anyway, on request: nothing below is a finding.**"
+    return (f"{head}: no probabilities, outcome or maps are shown. **Explain anyway** runs it only to show "
+            "what the models do with such an image.")
 
 
 def slider_frames(explanation: Explanation) -> dict[str, list[str]] | None:
@@ -292,18 +319,30 @@ def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0
 def refusal_values(message: str) -> dict[str, Any]:
     """A refused upload or run: the message in the status line, every result cleared, nothing raised."""
     return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "outcome": "", "warnings": "",
-            "slider_frames": None, **{name: None for name in RESULT_NAMES},
+            "slider_frames": None, "banner": "", "explain_anyway": False, **{name: None for name in RESULT_NAMES},
             **slider_value(None)}
+
+
+def held_back_values(explanation: Explanation) -> dict[str, Any]:
+    """An explanation the domain check held back: the banner and its button, no result."""
+    return {**refusal_values(""), "target": explanation.target,
+            "status": "⚠ **Not explained: not a chest X-ray.** See the banner.",
+            "banner": not_xray_banner(explanation.domain, explained=False), "explain_anyway": True,
+            "downloads": [str(explanation.files[key]) for key in DOWNLOAD_ORDER if key in explanation.files]
+            if explanation.stage == "done" else None}
 
 
 def result_values(explanation: Explanation) -> dict[str, Any]:
     """Output name -> value for the page after any stage of an explanation."""
+    if explanation.held_back:
+        return held_back_values(explanation)
     done = explanation.stage == "done"
     frames = slider_frames(explanation)
     values = {
         "predictions": explanation.predictions, "target": explanation.target,
         "status": describe_progress(explanation), "outcome": describe_outcome(explanation),
         "warnings": describe_warnings(explanation),
+        "banner": not_xray_banner(explanation.domain, explained=True), "explain_anyway": False,
         **{key: file_path(explanation, key)
            for key in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot")},
         "slider_frames": frames, **slider_value(frames), "slider_pair": SLIDER_PAIRS[0][1],
@@ -338,17 +377,23 @@ def _predict_upload(path: str, classifier_id: str, autoencoder_id: str) -> dict[
     with errors_for_people("reading the image and predicting"):
         pipeline = pipeline_for(classifier_id, autoencoder_id)
         image = pipeline.load_image(path)
-        probabilities = pipeline.predict(image)
         domain, warnings = pipeline.check_domain(image)
+        if not_xray(domain):
+            return {"predictions": None, "target": TOP_PREDICTION, **_cleared(), "suggestion": None,
+                    "banner": not_xray_banner(domain, explained=False), "explain_anyway": True,
+                    "status": "⚠ **Not a chest X-ray: no prediction shown.** See the banner."}
+        probabilities = pipeline.predict(image)
     top = max(probabilities, key=probabilities.get)
     notes = "".join(f"\n\nInput: {note}." for note in image.notes)
-    alerts = "".join(f"\n\n⚠ {w['message']}" for w in warnings)
     suggestion = None
     if any(w["code"] == "out_of_domain" for w in warnings):
-        suggestion = suggest_classifier(domain["population"], pipeline.classifier_id)
+        suggestion = suggest_classifier(domain["population"], pipeline.classifier_id, top)
     return {"predictions": probabilities, "target": top, **_cleared(), "suggestion": suggestion,
+            "suggestion_label": suggestion_label(suggestion, (domain or {}).get("population")),
+            "banner": "", "explain_anyway": False,
+            "warnings": "\n\n".join(f"⚠ {w['message']}" for w in warnings),
             "status": f"Top prediction **{top}** (p = {probabilities[top]:.2f}, classifier "
-                      f"`{pipeline.classifier_id}`). Press **Explain** for the GIF and the maps.{alerts}{notes}"}
+                      f"`{pipeline.classifier_id}`). Press **Explain** for the GIF and the maps.{notes}"}
 
 
 def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | None) -> dict[str, Any]:
@@ -362,6 +407,18 @@ def change_models(classifier_id: str, autoencoder_id: str, upload_path: str | No
     if upload_path:
         values.update(predict_upload(upload_path, pipeline.classifier_id, pipeline.autoencoder_id))
     return values
+
+
+def choose_finding(finding: str, classifier_id: str, autoencoder_id: str, upload_path: str | None) -> dict[str, Any]:
+    """A finding chosen on the page: the classifier that knows it and fits the upload's population
+    answers (switched to, and the upload predicted again, when it is another); a line says which and why."""
+    if not finding:
+        return {"answering": ""}
+    choice = classifier_for_finding(upload_path, finding, autoencoder_id, classifier_id)
+    values: dict[str, Any] = {}
+    if choice.classifier_id != classifier_id:
+        values = change_models(choice.classifier_id, autoencoder_id, upload_path)
+    return {**values, "target": choice.finding, "answering": choice.reason}
 
 
 def iter_explanation(path: str, classifier_id: str, autoencoder_id: str,
@@ -384,22 +441,40 @@ def _explanation_stages(path: str, classifier_id: str, autoencoder_id: str,
 # ---------------------------------------------------------------- API endpoints
 # Their parameter names are the API's parameter names (gradio_client keywords).
 
-def predict(image: FileData, classifier: str = "") -> dict[str, float]:
-    """Probability of each finding for one chest X-ray.
+def predict(image: FileData, classifier: str = "", allow_non_xray: bool = False, details: bool = False) -> dict:
+    """Probability of each finding for one chest X-ray, after the domain check.
 
-    image: PNG, JPEG, TIFF or DICOM file; classifier: model id ('' = the serving default).
-    Returns {finding: probability}.
+    image: PNG, JPEG, TIFF or DICOM file; classifier: model id ('' = the serving default);
+    allow_non_xray: predict an image the domain check calls not a chest X-ray (otherwise refused with
+    the reason); details: return the domain check and warnings too.
+    Returns {finding: probability}, or with details {"predictions", "classifier", "domain", "warnings",
+    "held_back"} (predictions null when held back).
     """
     path = uploaded_file(image)
     load_pair(classifier, None)
-    return _probabilities(path, classifier)
+    record = _checked_probabilities(path, classifier, bool(allow_non_xray))
+    if details:
+        return record
+    if record["held_back"]:
+        raise gr.Error(record["held_back"], title="Not a chest X-ray", print_exception=False)
+    return record["predictions"]
 
 
 @gpu.task(gpu.PREDICT_SECONDS)
-def _probabilities(path: str, classifier: str) -> dict[str, float]:
+def _checked_probabilities(path: str, classifier: str, allow_non_xray: bool) -> dict[str, Any]:
     with errors_for_people("reading the image and predicting"):
         pipeline = pipeline_for(classifier, None)
-        return pipeline.predict(pipeline.load_image(path))
+        image = pipeline.load_image(path)
+        domain, warnings = pipeline.check_domain(image)
+        held = not_xray(domain) and not allow_non_xray
+        return {"predictions": None if held else pipeline.predict(image), "classifier": pipeline.classifier_id,
+                "domain": domain, "warnings": warnings,
+                "held_back": NOT_XRAY_API.format(p=domain["probabilities"].get("not_cxr", 0.0)) if held else None}
+
+
+#: What /predict and /explain say when they hold an image back.
+NOT_XRAY_API = ("The domain check says this is not a frontal chest X-ray (p = {p:.0%} for 'not a chest X-ray'), "
+                "so it is not predicted or explained; pass allow_non_xray=True to run the models on it anyway.")
 
 
 def explain(image: FileData, classifier: str = "", autoencoder: str = "", target: str = "",
@@ -408,11 +483,15 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
             lambda_min: float | None = None, lambda_max: float | None = None,
             frame_duration_ms: int = DEFAULTS.frame_duration_ms,
             ig_steps: int = DEFAULTS.ig_steps,
-            frames_from: str = DEFAULTS.frames_from) -> tuple[FileData, FileData, FileData, FileData, FileData,
-                                                              FileData, FileData]:
+            frames_from: str = DEFAULTS.frames_from,
+            allow_non_xray: bool = False) -> tuple[FileData, FileData, FileData, FileData, FileData,
+                                                   FileData, FileData]:
     """Latent Shift explanation of one chest X-ray, with Grad-CAM and Integrated Gradients.
 
-    frames_from: "input" (frames keep the X-ray's detail; the default) or "reconstruction" (the paper's).
+    classifier: '' = the classifier that knows ``target`` and fits the image's population (the domain
+    check's), or the serving default when no target is given. frames_from: "input" (frames keep the
+    X-ray's detail; the default) or "reconstruction" (the paper's). allow_non_xray: explain an image the
+    domain check calls not a chest X-ray (otherwise refused with the reason).
 
     Returns files: (GIF, Latent Shift heatmap PNG, Grad-CAM PNG, Integrated Gradients PNG,
     prediction-vs-λ plot PNG, counterfactual PNG, summary.json).
@@ -420,7 +499,9 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
     path = uploaded_file(image)
     manual = lambda_min is not None or lambda_max is not None
     options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
-                              frame_duration_ms, ig_steps, frames_from)
+                              frame_duration_ms, ig_steps, frames_from, allow_non_xray)
+    if target and not classifier:
+        classifier = classifier_for_finding(path, target, autoencoder).classifier_id
     load_pair(classifier, autoencoder)
     return tuple(file_data(name) for name in _explanation_files(path, classifier, autoencoder, options))
 
@@ -431,7 +512,26 @@ def _explanation_files(path: str, classifier: str, autoencoder: str, options: Ex
     with errors_for_people("explaining the image"):
         pipeline = pipeline_for(classifier, autoencoder)
         explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
+    if explanation.held_back:
+        raise gr.Error(NOT_XRAY_API.format(p=explanation.domain["probabilities"].get("not_cxr", 0.0)),
+                       title="Not a chest X-ray", print_exception=False)
     return [file_path(explanation, key) for key in EXPLAIN_API_FILES]
+
+
+def classifier_for_finding(path: str | None, finding: str, autoencoder: str | None = None,
+                           current: str | None = None):
+    """The :class:`~latentshift.weights.choice.ClassifierChoice` for ``finding`` on the upload at
+    ``path`` (its population from the domain check; None: unknown); ``current``: the classifier
+    answering now (default: the serving default's), kept on a tie."""
+    with errors_for_people("choosing the classifier"):
+        current = current or default_model_id("classifier")
+        if not path:
+            choice = choose_classifier(Pipeline.store(gpu.device()).manifest, finding, None, current)
+            if choice is None:
+                raise LatentShiftError(f"no classifier available here knows {finding!r}")
+            return choice
+        image = pipeline_for(None, autoencoder).load_image(path)
+        return Pipeline.for_finding(finding, image, autoencoder or None, current, device=gpu.device())[1]
 
 
 def compare_upload(path: str | None, target: str, classifier_ids: list[str] | None, autoencoder_id: str,

@@ -8,6 +8,7 @@ The API endpoints ``/predict`` and ``/explain`` are ``gr.api`` functions, not hi
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 from contextlib import aclosing
@@ -47,8 +48,20 @@ CSS = """
 #status { min-height: 2.5em; }
 #outcome p { border-left: 4px solid #2563eb; background: #eff6ff; padding: 8px 14px; border-radius: 6px;
              font-size: 1.05em; margin: 0; }
-#warnings p { margin: 2px 0; }
-#warnings { color: #92400e; }
+/* Warnings (e.g. another population than the classifier's) as prominent as the outcome. */
+#warnings p { border-left: 4px solid #d97706; background: #fffbeb; color: #78350f; padding: 8px 14px;
+              border-radius: 6px; font-size: 1.05em; margin: 4px 0; }
+/* "Not a chest X-ray": a red banner where the result would be. */
+#banner p { border-left: 6px solid #b91c1c; background: #fef2f2; color: #7f1d1d; padding: 12px 16px;
+            border-radius: 6px; font-size: 1.1em; margin: 0; }
+#answering p { margin: 2px 0 6px; font-size: 0.92em; color: #374151; }
+/* Label chips of the slider and the compare view sit above their content, not on it. */
+#before-after .image-container { padding-top: 40px; }
+#before-after .icon-button-wrapper.top-panel { top: 2px; }
+#compare-plot .image-container, #compare-plot .image-frame { padding-top: 34px; }
+/* Download names in full (they wrap) rather than cut with an ellipsis. */
+#downloads td.filename, #downloads td.filename .stem { white-space: normal; overflow: visible;
+  overflow-wrap: anywhere; text-overflow: clip; max-width: none; }
 /* Output images: room above the picture for the label, so it never covers the PNG's own title. */
 .result-image .image-container, .result-image .image-frame { padding-top: 34px; }
 .result-image .empty { min-height: 120px; }
@@ -81,6 +94,30 @@ ON_LOAD_JS = """() => { const rows = CAPTIONS;
       if (captions[i]) { item.dataset.caption = captions[i]; item.title = captions[i];
                          item.querySelector('img')?.setAttribute('alt', captions[i]); } }));
   caption(); setTimeout(caption, 500); setTimeout(caption, 2000);
+  /* A DICOM or TIFF given to the image box (dropped or picked) goes to the file box, which reads it. */
+  const notForTheImageBox = /\.(dcm|dicom|tif|tiff)$/i;
+  const deliver = (file, tries) => {
+    const fileInput = document.querySelector('#file-upload input[type=file]');
+    if (!fileInput) {  /* the file box lives in a closed accordion: open it, then try again */
+      if (tries === 0) document.querySelector('#file-accordion .label-wrap')?.click();
+      if (tries < 20) setTimeout(() => deliver(file, tries + 1), 150);
+      return; }
+    const moved = new DataTransfer(); moved.items.add(file);
+    fileInput.files = moved.files; fileInput.dispatchEvent(new Event('change', {bubbles: true})); };
+  const handOver = (files, event) => {
+    const file = (files && files[0]) || null;
+    if (!file || !notForTheImageBox.test(file.name)) return false;
+    event.preventDefault(); event.stopImmediatePropagation();
+    deliver(file, 0);
+    return true; };
+  const box = document.querySelector('#xray-upload');
+  if (box) {
+    box.addEventListener('drop', (e) => handOver(e.dataTransfer && e.dataTransfer.files, e), true);
+    box.addEventListener('change', (e) => {
+      if (e.target.matches('input[type=file]') && handOver(e.target.files, e)) e.target.value = ''; }, true);
+    box.querySelectorAll('input[type=file]').forEach((input) => {
+      input.accept = 'image/*,.dcm,.dicom,.tif,.tiff'; });
+  }
   if (window.innerWidth < 768) {
     const toggle = document.querySelector('#settings > button.label-wrap, #settings .label-wrap');
     if (toggle && toggle.classList.contains('open')) toggle.click();
@@ -138,20 +175,22 @@ def _slider(name: str, label: str) -> gr.Slider:
 
 def _by_component(c: dict[str, Any], values: dict[str, Any]) -> dict:
     """Handler values by output name -> Gradio updates by component."""
-    updates = {c[name]: value for name, value in values.items() if name in c and name != "suggestion"}
+    updates = {c[name]: value for name, value in values.items()
+               if name in c and name not in ("suggestion", "explain_anyway")}
     if "target_choices" in values:
         updates[c["target"]] = gr.update(choices=values["target_choices"], value=values.get("target"))
     if "suggestion" in values:
         suggested = values["suggestion"]
         updates[c["suggested_id"]] = suggested
-        updates[c["suggest"]] = gr.update(visible=suggested is not None,
-                                          value=f"Use {suggested}, trained on this population" if suggested else "")
+        updates[c["suggest"]] = gr.update(visible=suggested is not None, value=values.get("suggestion_label") or "")
+    if "explain_anyway" in values and not isinstance(values["explain_anyway"], dict):
+        updates[c["explain_anyway"]] = gr.update(visible=bool(values["explain_anyway"]))
     return updates
 
 
 def _input_column(c: dict, pipeline) -> None:
     c["image"] = XrayUpload(
-        label="Chest X-ray (PNG, JPEG)", type="filepath", elem_id="xray-upload",
+        label="Chest X-ray (PNG, JPEG, DICOM, TIFF)", type="filepath", elem_id="xray-upload",
         image_mode=None, sources=["upload", "clipboard"], height=300, buttons=["fullscreen"])
     with gr.Accordion("…or a DICOM / TIFF file", open=False, elem_id="file-accordion"):
         c["file"] = gr.File(label="DICOM, TIFF or any X-ray file (16-bit PNGs keep their depth)",
@@ -161,13 +200,15 @@ def _input_column(c: dict, pipeline) -> None:
         c["predict_button"] = gr.Button("Predict", variant="secondary", scale=1)
         c["explain_button"] = gr.Button("Explain", variant="primary", scale=2, elem_id="explain-button")
     c["target"] = gr.Dropdown(handlers.target_choices(pipeline), value=TOP_PREDICTION, label="Finding to explain",
-                              info="Filled from the classifier; set to its top prediction after each prediction")
+                              info="Every finding a classifier here knows; choosing one picks the classifier "
+                                   "that knows it and fits the image")
+    classifier_choices, classifier_info = handlers.model_dropdown_choices("classifier")
+    c["classifier"] = gr.Dropdown(classifier_choices, value=pipeline.classifier_id, label="Classifier",
+                                  info=classifier_info, elem_id="classifier")
+    c["answering"] = gr.Markdown("", elem_id="answering")
     _settings(c)
-    with gr.Accordion("Models", open=False):
-        classifier_choices, classifier_info = handlers.model_dropdown_choices("classifier")
+    with gr.Accordion("Autoencoder", open=False):
         autoencoder_choices, autoencoder_info = handlers.model_dropdown_choices("autoencoder")
-        c["classifier"] = gr.Dropdown(classifier_choices, value=pipeline.classifier_id, label="Classifier",
-                                      info=classifier_info)
         c["autoencoder"] = gr.Dropdown(autoencoder_choices, value=pipeline.autoencoder_id, label="Autoencoder",
                                        info=autoencoder_info)
 
@@ -191,11 +232,15 @@ def _settings(c: dict) -> None:
 
 def _output_column(c: dict) -> None:
     c["status"] = gr.Markdown(handlers.READY_TEXT, elem_id="status")
-    c["outcome"] = gr.Markdown("", elem_id="outcome")  # styled on its paragraph: nothing shows while empty
+    c["banner"] = gr.Markdown("", elem_id="banner")  # styled on its paragraph: nothing shows while empty
+    c["explain_anyway"] = gr.Button("Explain anyway: run the models on an image that is not a chest X-ray "
+                                    "(the result will mean nothing)", visible=False, variant="stop",
+                                    elem_id="explain-anyway")
+    c["outcome"] = gr.Markdown("", elem_id="outcome")
     c["warnings"] = gr.Markdown("", elem_id="warnings")
     c["suggested_id"] = gr.State(None)
     c["slider_frames"] = gr.State(None)
-    c["suggest"] = gr.Button("", visible=False, variant="secondary", size="sm", elem_id="suggest-classifier")
+    c["suggest"] = gr.Button("", visible=False, variant="primary", elem_id="suggest-classifier")
     c["predictions"] = gr.Label(label="Predicted probabilities", num_top_classes=8, show_heading=False,
                                 elem_id="predictions")
     with gr.Row(equal_height=False):
@@ -255,7 +300,7 @@ def build_demo(runs: Runs | None = None, delete_cache: tuple[int, int] | None = 
                         _input_column(c, pipeline)
                     with gr.Column(scale=3, min_width=420):
                         _output_column(c)
-            with gr.Tab("Compare classifiers", id="compare"):
+            with gr.Tab("Compare classifiers", id="compare") as c["compare_tab"]:
                 _compare_tab(c, pipeline)
         _wire_uploads(c)
         _wire_explain(c, runs)
@@ -278,13 +323,13 @@ def build_demo(runs: Runs | None = None, delete_cache: tuple[int, int] | None = 
 #: What an upload, the Predict button or a model change updates.
 UPLOAD_OUTPUTS = ("image", "file", "predictions", "target", "status", "outcome", "warnings",
                   *handlers.RESULT_NAMES, "slider_caption",
-                  "slider_frames", "suggest", "suggested_id")
+                  "slider_frames", "suggest", "suggested_id", "banner", "explain_anyway")
 
 
 def _only(c: dict, names, values: dict[str, Any]) -> dict:
     """Updates of exactly ``names`` (what a handler did not set is skipped)."""
     chosen = {name: values.get(name, gr.skip()) for name in names if name not in ("suggest", "suggested_id")}
-    for special in ("suggestion", "target_choices"):
+    for special in ("suggestion", "suggestion_label", "target_choices"):
         if special in values:
             chosen[special] = values[special]
     return _by_component(c, chosen)
@@ -335,6 +380,14 @@ def _wire_uploads(c: dict) -> None:
     c["suggest"].click(lambda suggested: suggested or gr.skip(), c["suggested_id"], c["classifier"], queue=False,
                        api_visibility="private", show_progress="hidden").then(
         on_models, [*models, c["image"], c["file"]], [*models, *outputs], **events)
+    def on_finding(finding, classifier_id, autoencoder_id, image_path, upload_path):
+        values = _predicted(handlers.choose_finding, finding, classifier_id, autoencoder_id, image_path or upload_path)
+        for warning in values.pop("model_warnings", []):
+            gr.Warning(warning)
+        return _only(c, ("classifier", "autoencoder", "answering", *UPLOAD_OUTPUTS), values)
+
+    c["target"].input(on_finding, [c["target"], *models, c["image"], c["file"]],
+                      [*models, c["answering"], *outputs], **events)
     c["range_mode"].change(lambda mode: gr.update(visible=mode == RANGE_MANUAL), c["range_mode"],
                            c["manual_range_row"], queue=False, api_visibility="private", show_progress="hidden")
     c["slider_pair"].change(lambda frames, pair: _by_component(c, handlers.slider_value(frames, pair)),
@@ -352,11 +405,11 @@ def _wire_explain(c: dict, runs: Runs) -> None:
     """Explain: one streamed event (:mod:`.runs`); each stage's outputs appear as the stage ends."""
 
     async def explain_run(image_path, upload_path, classifier_id, autoencoder_id, target_name, direction,
-                          frame_count, step, mode, low, high, duration_ms, ig_step_count):
+                          frame_count, step, mode, low, high, duration_ms, ig_step_count, allow_non_xray=False):
         try:
             path = handlers.chosen_upload(image_path, upload_path)
             options = handlers.explain_options(target_name, direction, frame_count, step, mode == RANGE_MANUAL,
-                                               low, high, duration_ms, ig_step_count)
+                                               low, high, duration_ms, ig_step_count, allow_non_xray=allow_non_xray)
         except gr.Error as error:
             yield _only(c, EXPLAIN_OUTPUTS, {**handlers.refusal_values(error.message), "share_link": ""})
             return
@@ -370,7 +423,20 @@ def _wire_explain(c: dict, runs: Runs) -> None:
                               concurrency_limit=None, show_progress="minimal",
                               show_progress_on=[c[n] for n in PROGRESS_ON])
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
+
+    async def explain_anyway(*inputs):
+        async with aclosing(explain_run(*inputs, allow_non_xray=True)) as updates:
+            async for update in updates:
+                yield update
+
+    c["explain_anyway"].click(explain_anyway, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
+                              api_visibility="private", concurrency_id="explain-page", concurrency_limit=None,
+                              show_progress="minimal", show_progress_on=[c[n] for n in PROGRESS_ON])
     _examples(c)
+
+
+#: What a shared link sets besides the result: the input and the models, so it can be run again.
+LINK_INPUTS = ("image", "classifier", "autoencoder")
 
 
 def _wire_links(demo: gr.Blocks, c: dict, runs: Runs) -> None:
@@ -379,11 +445,12 @@ def _wire_links(demo: gr.Blocks, c: dict, runs: Runs) -> None:
     def open_link(request: gr.Request):
         result_id = request.query_params.get("result") if request else None
         if not result_id:
-            return _only(c, EXPLAIN_OUTPUTS, {})
-        return _only(c, EXPLAIN_OUTPUTS, link_values(runs.store.lookup(result_id.strip()), runs.retention_days))
+            return _only(c, (*EXPLAIN_OUTPUTS, *LINK_INPUTS), {})
+        return _only(c, (*EXPLAIN_OUTPUTS, *LINK_INPUTS),
+                     link_values(runs.store.lookup(result_id.strip()), runs.retention_days))
 
-    demo.load(open_link, None, [c[n] for n in EXPLAIN_OUTPUTS], api_visibility="private", show_progress="hidden",
-              concurrency_id="links", concurrency_limit=4)
+    demo.load(open_link, None, [c[n] for n in (*EXPLAIN_OUTPUTS, *LINK_INPUTS)], api_visibility="private",
+              show_progress="hidden", concurrency_id="links", concurrency_limit=4)
 
 
 def example_captions(paths: list[str]) -> list[str]:
@@ -464,14 +531,34 @@ def _compare_tab(c: dict, pipeline) -> None:
         with gr.Column(scale=3, min_width=400):
             c["compare_lines"] = gr.Markdown("Choose a finding and press **Compare**.", elem_id="compare-lines")
             c["compare_gifs"] = gr.Gallery(label="Latent Shift GIF per classifier", columns=2, height="auto",
-                                           object_fit="contain", elem_id="compare-gifs")
+                                           object_fit="contain", allow_preview=True, elem_id="compare-gifs")
             c["compare_plot"] = gr.Image(label="Prediction vs λ, every classifier", type="filepath",
-                                         interactive=False, buttons=["fullscreen"])
+                                         interactive=False, buttons=["fullscreen"], elem_id="compare-plot",
+                                         elem_classes="result-image")
             c["compare_summary"] = gr.File(label="compare.json", interactive=False)
 
 
+def _top_finding(predictions) -> str | None:
+    """The top label of the predictions box's value (None when empty)."""
+    if isinstance(predictions, dict) and "label" in predictions:
+        return predictions.get("label")
+    if isinstance(predictions, dict) and predictions:
+        return max(predictions, key=predictions.get)
+    return None
+
+
 def _wire_compare(c: dict, line: admission.Line) -> None:
-    """Compare: one streamed event in the same admission line as Explain."""
+    """Compare: one streamed event in the same admission line as Explain, starting from the Explain
+    tab's image and finding."""
+
+    def from_explain_tab(image_path, target, predictions):
+        finding = target or _top_finding(predictions)
+        return {c["compare_image"]: image_path or gr.skip(),
+                c["compare_target"]: finding if finding in handlers.all_findings() else gr.skip()}
+
+    c["compare_tab"].select(from_explain_tab, [c["image"], c["target"], c["predictions"]],
+                            [c["compare_image"], c["compare_target"]], queue=False, api_visibility="private",
+                            show_progress="hidden")
 
     async def on_compare(path, target, classifier_ids, autoencoder_id, frames, step):
         try:
@@ -499,6 +586,13 @@ def _wire_compare(c: dict, line: admission.Line) -> None:
                               show_progress="minimal", show_progress_on=[c["compare_gifs"], c["compare_plot"]])
 
 
+def typed(function):
+    """``function`` with its annotations evaluated: ``gr.api`` reads its parameters and outputs from the
+    signature, and postponed (string) annotations would make every output "Any"."""
+    function.__signature__ = inspect.signature(function, eval_str=True)
+    return function
+
+
 def admitted(line: admission.Line, function):
     """``function`` run in its turn of the admission line; a full line raises the busy message."""
 
@@ -512,7 +606,7 @@ def admitted(line: admission.Line, function):
             ticket.wait_turn()
             return function(*args, **kwargs)
 
-    return in_turn
+    return typed(in_turn)
 
 
 def _wire_api(runs: Runs) -> None:
@@ -530,8 +624,22 @@ def _wire_api(runs: Runs) -> None:
             return found.state, None, None
         return "ok", *(handlers.file_data(found.result.file(name)) for name in ("summary", "gif"))
 
-    gr.api(result, api_name="result", concurrency_id="links", concurrency_limit=4)
+    gr.api(typed(result), api_name="result", concurrency_id="links", concurrency_limit=4)
     gr.api(admitted(line, handlers.compare_api), api_name="compare", **heavy)
-    gr.api(handlers.predict, api_name="predict", concurrency_id="predict",
+    gr.api(typed(handlers.predict), api_name="predict", concurrency_id="predict",
            concurrency_limit=serving.PREDICT_CONCURRENCY)
     gr.api(admitted(line, handlers.explain), api_name="explain", **heavy)
+    name_outputs("explain", handlers.EXPLAIN_API_FILES)
+    name_outputs("compare", ("gifs", "plot", "compare_json", "lines"))
+    name_outputs("result", ("state", "summary", "gif"))
+    name_outputs("predict", ("probabilities",))
+
+
+def name_outputs(api_name: str, names) -> None:
+    """Name a ``gr.api`` endpoint's outputs (its API info says "1st", "2nd", … otherwise)."""
+    blocks = gr.context.Context.root_block
+    function = next(f for f in blocks.fns.values() if f.api_name == api_name)
+    if len(function.outputs) != len(names):
+        raise ValueError(f"/{api_name} has {len(function.outputs)} outputs, not {len(names)}")
+    for component, name in zip(function.outputs, names):
+        component.label = name

@@ -36,11 +36,12 @@ logger = logging.getLogger("latentshift.app")
 
 #: Every output a run from the page updates (by name).
 OUTPUTS = ("predictions", "target", "status", "outcome", "warnings", *handlers.RESULT_NAMES, "slider_frames",
-           "slider_caption", "slider_pair", "lambda_min", "lambda_max", "share_link")
+           "slider_caption", "slider_pair", "lambda_min", "lambda_max", "share_link", "banner", "explain_anyway")
 #: The files a stored result keeps (keys of Explanation.files).
 KEPT_FILES = handlers.DOWNLOAD_ORDER
 #: What the stored page record keeps of the final values (the rest are files).
-KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda_min", "lambda_max")
+KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda_min", "lambda_max", "banner",
+               "explain_anyway")
 LINK_STATES = {
     "expired": "This shared result has expired: results are kept {days:g} days. Explain the X-ray again.",
     "deleted": "This shared result was deleted from the server. Explain the X-ray again.",
@@ -89,6 +90,11 @@ def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
     values["downloads"] = [_path(stored.file(key)) for key in KEPT_FILES if stored.file(key)]
     values["status"] = f"{values.get('status', '')}\n\n{note}".strip()
     values["share_link"] = share_text(stored)
+    # the input and the models too, so the person who opens the link can run it again with other settings
+    values["image"] = _path(stored.file("input"))
+    for kind in ("classifier", "autoencoder"):
+        if stored.record.get(kind):
+            values[kind] = stored.record[kind]
     return values
 
 

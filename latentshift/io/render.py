@@ -108,6 +108,10 @@ def _prepare_path(path: str | os.PathLike) -> Path:
     return path
 
 
+#: Colour-bar labels and footer of a map overlay, in px per unit of its ``scale``.
+OVERLAY_TEXT_PX = 12
+
+
 @functools.lru_cache(maxsize=32)
 def text_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans bundled with matplotlib (it has Greek λ); else Pillow's default font."""
@@ -511,10 +515,12 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
         overlay = overlay.resize((w * scale, h * scale), Image.Resampling.BILINEAR)
     ow, oh = overlay.size
 
-    # Type sizes for the size the app shows a map at (about 0.47× on a 1400 px desktop): ≥ 9 px there.
-    pad, title_h, bar_h, label_size, footer_size = 14, 34 * scale // 2, 16, 10 * scale, 9 * scale
+    # Type sizes for the size the app shows a map at (186 of 476 px, 0.39×, on a 1400 px desktop):
+    # OVERLAY_TEXT_PX × scale × 0.39 ≥ 9 px there.
+    pad, title_h, bar_h = 14, 34 * scale // 2, 16
+    label_size = footer_size = OVERLAY_TEXT_PX * scale
     width = max(ow, 240) + 2 * pad
-    height = pad + title_h + oh + 12 + bar_h + label_size + 10 + footer_size + 8 + pad
+    height = pad + title_h + oh + 12 + bar_h + 2 * (label_size + 6) + 10 + footer_size + 8 + pad
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     f_title, f_small = text_font(13 * scale, bold=True), text_font(label_size)
@@ -536,8 +542,8 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     draw.text((bx + bar_w - hw, by + bar_h + 4), "high", font=f_small, fill=(60, 60, 60))
     kind = "|attribution|" if absolute else "positive attribution"
     kw, _ = _text_size(draw, kind, f_small)
-    draw.text(((width - kw) // 2, by + bar_h + 4), kind, font=f_small, fill=(110, 110, 110))
-    _draw_footer(canvas, by + bar_h + label_size + 10, footer_size)
+    draw.text(((width - kw) // 2, by + bar_h + label_size + 10), kind, font=f_small, fill=(110, 110, 110))
+    _draw_footer(canvas, by + bar_h + 2 * (label_size + 6) + 10, footer_size)
 
     path = _prepare_path(path)
     canvas.save(path, format="PNG", compress_level=6)  # optimize=True costs ~0.3 s per map
@@ -599,7 +605,7 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
     ax.set_title(f"{target_name}: prediction along the latent shift", fontsize=10)
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="best", framealpha=0.85)
-    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=7, color="0.55")
+    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
 
     path = _prepare_path(path)
@@ -641,7 +647,7 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
     ax.set_title(title, fontsize=11)
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
-    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=7, color="0.55")
+    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = _prepare_path(path)
     fig.savefig(path, format="png")
