@@ -178,7 +178,7 @@ class Pipeline:
         population = checked.population if checked is not None and checked.is_chest_xray else None
         choice = choose_classifier(store.manifest, finding, population, current)
         if choice is None:
-            raise OptionsError(f"no classifier available here knows {finding!r}; the findings they know: "
+            raise OptionsError(f"no classifier available here knows {finding!r}; choose one of: "
                                + ", ".join(findings(store.manifest)))
         return cls.from_store(store, choice.classifier_id, autoencoder_id), choice
 

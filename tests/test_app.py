@@ -180,3 +180,40 @@ def test_a_stored_result_comes_back_at_once_and_its_link_outlives_a_restart(tmp_
         assert served.runs.store.delete(link)
         assert client.predict(link, api_name="/result")[0] == "deleted"
         assert client.predict("0" * 64, api_name="/result")[0] == "unknown"
+
+
+@pytest.fixture(scope="module")
+def noise_png(tmp_path_factory) -> str:
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("noise") / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_predict_refuses_noise_with_the_reason_unless_asked(client, noise_png, example_image):
+    with pytest.raises(AppError, match="not a frontal chest X-ray"):
+        client.predict(handle_file(noise_png), api_name="/predict")
+    record = client.predict(handle_file(noise_png), details=True, api_name="/predict")
+    assert record["predictions"] is None and "allow_non_xray" in record["held_back"]
+    assert "not_a_chest_xray" in [w["code"] for w in record["domain"]["warnings"]]
+    assert client.predict(handle_file(noise_png), allow_non_xray=True, api_name="/predict")
+    checked = client.predict(handle_file(example_image), details=True, api_name="/predict")
+    assert checked["held_back"] is None and checked["predictions"] and checked["domain"]["population"] == "pediatric"
+
+
+def test_explain_refuses_noise_and_picks_the_classifier_by_target(client, noise_png):
+    with pytest.raises(AppError, match="not a frontal chest X-ray"):
+        client.predict(handle_file(noise_png), **FAST, api_name="/explain")
+    adult = sorted(Path(layout.ADULT_EXAMPLES_DIR).glob("cardiomegaly-*.png"))[0]
+    *_, summary_path = client.predict(handle_file(str(adult)), target="Cardiomegaly", lambda_min=-20.0,
+                                      lambda_max=20.0, **FAST, api_name="/explain")
+    summary = json.loads(Path(summary_path).read_text(encoding="utf-8"))
+    assert summary["classifier"] == "demo-adult-cardiomegaly" and summary["target"] == "Cardiomegaly"
+
+
+def test_the_api_info_names_the_outputs(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert [r["label"] for r in endpoints["/explain"]["returns"]] == list(handlers.EXPLAIN_API_FILES)
+    assert all(r["python_type"]["type"] == "filepath" for r in endpoints["/explain"]["returns"])
+    assert [r["label"] for r in endpoints["/compare"]["returns"]] == ["gifs", "plot", "compare_json", "lines"]

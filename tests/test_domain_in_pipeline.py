@@ -57,7 +57,7 @@ def test_the_adult_classifier_explains_effusion_without_that_warning(adult_effus
 def test_the_app_offers_the_adult_classifier_in_one_click(adult_effusion):
     values = handlers.predict_upload(str(adult_effusion), "demo-pneumonia-classifier", "")
     assert values["suggestion"] == "demo-adult-classifier"
-    assert "adult" in values["status"] and "children" in values["status"]
+    assert "adult" in values["warnings"] and "children" in values["warnings"]
     assert handlers.predict_upload(str(adult_effusion), "demo-adult-classifier", "")["suggestion"] is None
 
 

@@ -528,7 +528,8 @@ def classifier_for_finding(path: str | None, finding: str, autoencoder: str | No
         if not path:
             choice = choose_classifier(Pipeline.store(gpu.device()).manifest, finding, None, current)
             if choice is None:
-                raise LatentShiftError(f"no classifier available here knows {finding!r}")
+                raise LatentShiftError(f"no classifier available here knows {finding!r}; choose one of: "
+                                       + ", ".join(all_findings()))
             return choice
         image = pipeline_for(None, autoencoder).load_image(path)
         return Pipeline.for_finding(finding, image, autoencoder or None, current, device=gpu.device())[1]

@@ -95,7 +95,7 @@ ON_LOAD_JS = """() => { const rows = CAPTIONS;
                          item.querySelector('img')?.setAttribute('alt', captions[i]); } }));
   caption(); setTimeout(caption, 500); setTimeout(caption, 2000);
   /* A DICOM or TIFF given to the image box (dropped or picked) goes to the file box, which reads it. */
-  const notForTheImageBox = /\.(dcm|dicom|tif|tiff)$/i;
+  const notForTheImageBox = /\\.(dcm|dicom|tif|tiff)$/i;
   const deliver = (file, tries) => {
     const fileInput = document.querySelector('#file-upload input[type=file]');
     if (!fileInput) {  /* the file box lives in a closed accordion: open it, then try again */
@@ -190,7 +190,7 @@ def _by_component(c: dict[str, Any], values: dict[str, Any]) -> dict:
 
 def _input_column(c: dict, pipeline) -> None:
     c["image"] = XrayUpload(
-        label="Chest X-ray (PNG, JPEG, DICOM, TIFF)", type="filepath", elem_id="xray-upload",
+        label="X-ray (PNG, JPEG, DICOM)", type="filepath", elem_id="xray-upload",
         image_mode=None, sources=["upload", "clipboard"], height=300, buttons=["fullscreen"])
     with gr.Accordion("…or a DICOM / TIFF file", open=False, elem_id="file-accordion"):
         c["file"] = gr.File(label="DICOM, TIFF or any X-ray file (16-bit PNGs keep their depth)",
@@ -254,7 +254,7 @@ def _output_column(c: dict) -> None:
         for name, elem_id, label in (("heatmap", "heatmap-map", "Latent Shift heatmap"),
                                      ("gradcam", "gradcam-map", "Grad-CAM"),
                                      ("integrated_gradients", "integrated-gradients-map", "Integrated Gradients")):
-            c[name] = gr.Image(label=label, type="filepath", interactive=False, height=300, min_width=160,
+            c[name] = gr.Image(label=label, type="filepath", interactive=False, height=330, min_width=160,
                                buttons=["fullscreen"], elem_id=elem_id, elem_classes="result-image")
     with gr.Row(equal_height=False):
         with gr.Column(min_width=260):
@@ -520,7 +520,8 @@ def _compare_tab(c: dict, pipeline) -> None:
                                             sources=["upload", "clipboard"], height=260, buttons=["fullscreen"])
             findings = handlers.all_findings()
             c["compare_target"] = gr.Dropdown(findings, value="Pneumonia" if "Pneumonia" in findings else None,
-                                              label="Finding", info="every available classifier with it is run")
+                                              label="Finding", info="every available classifier with it is run",
+                                              elem_id="compare-target")
             c["compare_classifiers"] = gr.CheckboxGroup(classifier_choices, value=available, label="Classifiers",
                                                         info="unavailable ones say why; those without the "
                                                              "finding are skipped with the reason")

@@ -109,7 +109,7 @@ def _prepare_path(path: str | os.PathLike) -> Path:
 
 
 #: Colour-bar labels and footer of a map overlay, in px per unit of its ``scale``.
-OVERLAY_TEXT_PX = 12
+OVERLAY_TEXT_PX = 13
 
 
 @functools.lru_cache(maxsize=32)
@@ -515,7 +515,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
         overlay = overlay.resize((w * scale, h * scale), Image.Resampling.BILINEAR)
     ow, oh = overlay.size
 
-    # Type sizes for the size the app shows a map at (186 of 476 px, 0.39×, on a 1400 px desktop):
+    # Type sizes for the size the app shows a map at (about 0.37×, 186 of 502 px, on a 1400 px desktop):
     # OVERLAY_TEXT_PX × scale × 0.39 ≥ 9 px there.
     pad, title_h, bar_h = 14, 34 * scale // 2, 16
     label_size = footer_size = OVERLAY_TEXT_PX * scale
