@@ -1,7 +1,7 @@
-"""``latentshift bench`` and ``latentshift loadtest``: the tools, with their own flags.
+"""``python -m latentshift_research bench`` and ``python -m latentshift_research loadtest``: the tools, with their own flags.
 
-Each forwards everything after its name to the tool's own parser (``latentshift bench
---help`` lists the benchmark's flags); ``python -m latentshift.tools.bench`` is the same.
+Each forwards everything after its name to the tool's own parser (``python -m latentshift_research bench
+--help`` lists the benchmark's flags); ``python -m latentshift_research.tools.bench`` is the same.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-TOOLS = {"bench": "latentshift.tools.bench", "loadtest": "latentshift.tools.loadtest"}
+TOOLS = {"bench": "latentshift_research.tools.bench", "loadtest": "latentshift_research.tools.loadtest"}
 
 
 def add_cli(subparsers) -> None:
@@ -21,4 +21,4 @@ def add_cli(subparsers) -> None:
 
 def _run(module: str, name: str, argv: list[str]) -> int:
     tool = importlib.import_module(module)
-    return int(tool.main(list(argv), prog=f"latentshift {name}") or 0)
+    return int(tool.main(list(argv), prog=f"python -m latentshift_research {name}") or 0)
