@@ -1,4 +1,7 @@
-"""The package's layout as a rule: rooms are layers, imports go one way, functions stay short.
+"""The packages' layout as a rule: rooms are layers, imports go one way, functions stay short.
+
+Two packages: the runtime ``latentshift`` (the wheel) and the research code beside it
+(``research/latentshift_research``), which imports the runtime; the runtime never imports it.
 
 Read from the source with ``ast`` (nothing is imported), so a new module is checked the day
 it is added.
@@ -12,24 +15,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "latentshift"
-#: Rooms from the bottom up; a room may import only rooms of a lower rank (and itself).
+#: Package -> its folder.
+PACKAGES = {"latentshift": REPO / "latentshift", "latentshift_research": REPO / "research" / "latentshift_research"}
+#: Rooms of each package from the bottom up; a room may import only rooms of a lower rank (and itself).
 RANKS = {
-    "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
-    "pipeline": 6, "compare": 7, "batch": 7, "results": 7, "training": 7, "evaluation": 8, "tools": 8, "app": 9,
-    "study": 9, "cli": 10, "__main__": 11,
+    "latentshift": {
+        "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
+        "pipeline": 6, "compare": 7, "batch": 7, "results": 7, "app": 9, "study": 9, "cli": 10, "__main__": 11,
+    },
+    "latentshift_research": {"training": 0, "evaluation": 1, "tools": 1, "cli": 2, "__main__": 3},
 }
 MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+    """Dotted module name -> file, for every module of both packages."""
     found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = list(path.relative_to(REPO).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        found[".".join(parts)] = path
+    for folder in PACKAGES.values():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder.parent).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
     return found
 
 
@@ -54,8 +61,12 @@ def imported_modules(name: str, path: Path, *, top_level_only: bool = False) -> 
             candidates = [alias.name for alias in node.names]
         else:
             continue
-        result.update(c for c in candidates if c == "latentshift" or c.startswith("latentshift."))
+        result.update(c for c in candidates if c.split(".")[0] in PACKAGES)
     return {c for c in result if c in known and c != name}
+
+
+def package(module: str) -> str:
+    return module.split(".")[0]
 
 
 def room(module: str) -> str:
@@ -64,8 +75,17 @@ def room(module: str) -> str:
 
 
 def test_every_room_has_a_rank():
-    rooms = {room(name) for name in modules()} - {"__init__"}
-    assert rooms <= set(RANKS), f"rooms without a rank: {sorted(rooms - set(RANKS))}"
+    for name in modules():
+        assert room(name) == "__init__" or room(name) in RANKS[package(name)], f"{name}: its room has no rank"
+
+
+def test_the_runtime_never_imports_the_research_package():
+    offences = [f"{name} imports {target}" for name, path in modules().items() if package(name) == "latentshift"
+                for target in imported_modules(name, path) if package(target) != "latentshift"]
+    named = [f"{path.relative_to(REPO)}:{node.lineno}" for name, path in modules().items() if package(name) == "latentshift"
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and str(node.value).startswith("latentshift_research")]
+    assert not offences and not named, "\n".join(offences + [f"{p} names a research module" for p in named])
 
 
 def test_imports_go_one_way():
@@ -73,10 +93,13 @@ def test_imports_go_one_way():
     for name, path in modules().items():
         if room(name) == "__init__":
             continue  # the package's front door re-exports (lazily for the pipeline)
+        ranks = RANKS[package(name)]
         for target in imported_modules(name, path):
+            if package(target) != package(name):
+                continue  # research -> runtime is the one way allowed (the other way: the test above)
             if room(target) == "__init__":
                 offences.append(f"{name} imports the package front door {target}")
-            elif room(target) != room(name) and RANKS[room(target)] >= RANKS[room(name)]:
+            elif room(target) != room(name) and ranks[room(target)] >= ranks[room(name)]:
                 offences.append(f"{name} ({room(name)}) imports {target} ({room(target)})")
     assert not offences, "\n".join(offences)
 

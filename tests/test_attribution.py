@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from latentshift import cli
+from latentshift_research import cli as research_cli
 from latentshift.core.attribution import DEFAULT_IG_STEPS, GradCAM, IntegratedGradientsMap, find_gradcam_layer
 from latentshift.core.maps import normalize_map
 from latentshift.errors import OptionsError
-from latentshift.evaluation.maps import (build_methods, evaluate, format_table, iou_at_mask_area,
+from latentshift_research.evaluation.maps import (build_methods, evaluate, format_table, iou_at_mask_area,
                                     match_target, pointing_game_hit, select_boxed_images, summarize,
                                     top_k_selection)
 
@@ -429,7 +429,7 @@ def test_evaluate_maps_command_writes_table_and_csv(tmp_path, monkeypatch, capsy
     write_dataset(tmp_path / "data")
     fake_models(monkeypatch, ["Pneumonia"])
     out = tmp_path / "rows.csv"
-    code = cli.main(["evaluate-maps", "--data", str(tmp_path / "data"), "--split", "test", "--csv", str(out),
+    code = research_cli.main(["evaluate-maps", "--data", str(tmp_path / "data"), "--split", "test", "--csv", str(out),
                      "--methods", "grad-cam,integrated-gradients", "--ig-steps", "4"])
     assert code == 0
     printed = capsys.readouterr().out
@@ -442,7 +442,7 @@ def test_evaluate_maps_command_writes_table_and_csv(tmp_path, monkeypatch, capsy
 def test_evaluate_maps_command_without_any_target_says_why(tmp_path, monkeypatch, capsys):
     write_dataset(tmp_path / "data")
     fake_models(monkeypatch, ["Cardiomegaly"])
-    code = cli.main(["evaluate-maps", "--data", str(tmp_path / "data"), "--methods", "grad-cam"])
+    code = research_cli.main(["evaluate-maps", "--data", str(tmp_path / "data"), "--methods", "grad-cam"])
     assert code == 2
     message = capsys.readouterr().err
     assert "no image of split 'test'" in message and "Cardiomegaly" in message and "Mass" in message

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentshift.tools import bench
+from latentshift_research.tools import bench
 from latentshift.core.shift import LatentShift, ShiftOptions
 from tiny_models import LinearAutoencoder, LinearClassifier, write_tiny_manifest
 

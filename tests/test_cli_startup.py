@@ -45,3 +45,14 @@ def test_every_command_module_registers_what_the_registry_lists():
     listed = cli.build_parser(["--help"])
     [only] = [action for action in listed._actions if action.dest == "command"]
     assert set(only.choices) == set(cli.COMMANDS)
+
+
+def test_the_research_command_line_lists_its_commands_without_importing_torch():
+    from latentshift_research import cli as research_cli
+
+    probe = RUN.replace('"latentshift"', '"latentshift_research"')
+    done = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True, timeout=300)
+    assert done.stderr.splitlines()[-1] == "exit 0 False", done.stderr
+    for name in research_cli.COMMANDS:
+        assert name in done.stdout, name
+    assert not set(research_cli.COMMANDS) & set(cli.COMMANDS)  # each command has one home

@@ -134,7 +134,7 @@ def test_a_crossing_smaller_than_the_margin_is_told_as_touching_the_threshold():
 
 
 def test_prediction_jitter_of_a_classifier_that_ignores_the_image_is_zero():
-    from latentshift.tools.prediction_jitter import jitter, variants
+    from latentshift_research.tools.prediction_jitter import jitter, variants
     from tiny_models import ConstantClassifier
 
     images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32), dtype=np.uint8)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from latentshift.cli import main
+from latentshift_research.cli import main
 from latentshift.core.shift import ShiftResult
-from latentshift.evaluation import counterfactuals as cf
+from latentshift_research.evaluation import counterfactuals as cf
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr"
 

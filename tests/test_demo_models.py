@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentshift.cli import training as training_cli
-from latentshift.training import data, metrics, train
+from latentshift_research.cli import training as training_cli
+from latentshift_research.training import data, metrics, train
 from latentshift.weights import Manifest, load_model, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,20 +78,22 @@ def test_latent_gradient_reaches_the_latent(manifest):
 
 
 def test_cli_registers_the_training_commands():
-    from latentshift import cli
+    from latentshift import cli as runtime_cli
+    from latentshift_research import cli
 
-    assert {cli.COMMANDS[name][0] for name in ("train", "evaluate-models")} == {"latentshift.cli.training"}
+    assert {cli.COMMANDS[name][0] for name in ("train", "evaluate-models")} == {"latentshift_research.cli.training"}
+    assert not {"train", "evaluate-models"} & set(runtime_cli.COMMANDS)  # not in the runtime's command line
 
 
 def test_training_commands_log_progress_by_default():
     import logging
 
-    from latentshift import cli
+    from latentshift_research import cli
 
     parser = cli.build_parser()
-    for argv in (["train", "classifier"], ["train", "autoencoder"], ["evaluate-models"]):
+    for argv in (["train", "classifier", "--out", "o"], ["train", "autoencoder", "--out", "o"], ["evaluate-models"]):
         assert parser.parse_args(argv).default_log_level == logging.INFO  # loss per epoch without -v
-    assert not hasattr(parser.parse_args(["explain", "x.png", "--out", "out"]), "default_log_level")  # one-line errors stay quiet
+    assert not hasattr(parser.parse_args(["evaluate-maps", "--data", "d"]), "default_log_level")  # one-line errors stay quiet
 
 
 def test_metrics_helpers():
@@ -170,7 +172,7 @@ def test_tiny_training_run_end_to_end(tmp_path, kind):
 @pytest.mark.skipif(not (DATA / "labels.csv").is_file(),
                     reason=f"chest X-ray data folder not found at {DATA} (checkout beside shared/)")
 def test_evaluate_models_includes_the_latent_shift_figures():
-    from latentshift.evaluation.demo_models import evaluate_models
+    from latentshift_research.evaluation.demo_models import evaluate_models
 
     results = evaluate_models(DATA, limit=6, shift_subset=2)
     shift = results["latent_shift"]

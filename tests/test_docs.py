@@ -1,6 +1,6 @@
 """Docs that run: every command in the fenced ``bash`` blocks of README.md and docs/*.md is
 checked the cheap way — its ``--help`` (the console script's sub-command path, a module's
-``python -m`` entry, ``python app.py``) must exit 0 — so a renamed command or module breaks a test.
+``python -m`` entry with its sub-command, e.g. ``python -m latentshift_research bench``, ``python app.py``) must exit 0 — so a renamed command or module breaks a test.
 Install lines (``python3 -m venv …``, ``pip install``) are left to CI, which runs the README's own.
 """
 
@@ -38,18 +38,23 @@ def help_call(command: str) -> tuple[str, list[str]] | None:
     None for install lines."""
     words = shlex.split(command.replace("<", "").replace(">", ""))
     if words and words[0].endswith("latentshift"):
-        path = []
-        for word in words[1:]:
-            if word.startswith("-") or any(c in word for c in "/.[]"):
-                break
-            path.append(word)
-        return "cli", [*path, "--help"]
+        return "cli", [*sub_command(words[1:]), "--help"]
     if len(words) >= 3 and words[0].endswith(("python", "python3")) and words[1] == "-m" \
-            and words[2].startswith("latentshift"):
-        return "python", ["-m", words[2], "--help"]
+            and words[2].startswith("latentshift"):  # the runtime's modules and the research package's
+        return "python", ["-m", words[2], *sub_command(words[3:]), "--help"]
     if len(words) >= 2 and words[0].endswith(("python", "python3")) and words[1] == "app.py":
         return "python", ["app.py", "--help"]
     return None
+
+
+def sub_command(words: list[str]) -> list[str]:
+    """The leading words of a command line that name (sub-)commands, up to the first flag or path."""
+    path = []
+    for word in words:
+        if word.startswith("-") or any(c in word for c in "/.[]"):
+            break
+        path.append(word)
+    return path
 
 
 COMMANDS = doc_commands()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-import synthetic_cases as cases
+from latentshift_research.training import synthetic_cases as cases
 from latentshift.core.guard import DomainGuard, GuardResult
 from latentshift.io.imaging import XrayImage, load_xray
 from latentshift.pipeline import Pipeline

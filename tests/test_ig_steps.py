@@ -1,4 +1,4 @@
-"""The IG step-count study (latentshift.tools.ig_steps) on maps and a model whose answers are known."""
+"""The IG step-count study (latentshift_research.tools.ig_steps) on maps and a model whose answers are known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from latentshift.options import DEFAULTS
-from latentshift.tools.ig_steps import map_agreement, measure_image, rules_to_compare, summarize
+from latentshift_research.tools.ig_steps import map_agreement, measure_image, rules_to_compare, summarize
 
 
 class SquaredMean(nn.Module):

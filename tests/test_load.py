@@ -19,7 +19,7 @@ from torch import nn
 import badinputs
 
 from appserver import FAST_EXPLAIN, app_committed, serve_app
-from latentshift.tools.loadtest import check_loopback, folder_bytes, main as loadtest_main, open_fds, run_load
+from latentshift_research.tools.loadtest import check_loopback, folder_bytes, main as loadtest_main, open_fds, run_load
 from latentshift.pipeline import Pipeline
 from tiny_models import write_tiny_manifest
 

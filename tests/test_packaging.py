@@ -1,5 +1,5 @@
-"""The installable package: a wheel carries the manifest, the embedded weights and their cards,
-and the console script explains an image from a folder outside the checkout."""
+"""The installable package: a wheel carries the runtime only (the manifest, the embedded weights and
+their cards; no research code), and the console script explains an image from a folder outside the checkout."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def test_the_wheel_carries_the_manifest_and_every_embedded_file(wheel):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     with zipfile.ZipFile(wheel) as archive:
         assert "latentshift = latentshift.cli:entry" in archive.read(entry_points).decode()
+
+
+def test_the_wheel_ships_the_runtime_only(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"latentshift"}, sorted(tops)
+    research = [n for n in names if n.split("/")[1:2] in (["training"], ["evaluation"], ["tools"])
+                or "latentshift_research" in n or n.endswith(("cli/training.py", "cli/evaluation.py", "cli/tools.py"))]
+    assert not research, research
 
 
 def test_the_console_script_explains_an_example_from_another_folder(tmp_path):

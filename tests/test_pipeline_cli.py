@@ -142,7 +142,13 @@ def test_every_command_prints_its_help():
     for name, parser in _all_parsers(cli.build_parser()):
         assert "usage:" in parser.format_help(), name
         names.append(name)
-    assert {"latentshift explain", "latentshift batch", "latentshift bench"} <= set(names)
+    assert {"latentshift explain", "latentshift batch"} <= set(names)
+    assert not {"latentshift bench", "latentshift train"} & set(names)  # research commands: latentshift_research
+    from latentshift_research import cli as research_cli
+
+    research = [name for name, parser in _all_parsers(research_cli.build_parser(), "python -m latentshift_research")
+                if "usage:" in parser.format_help()]
+    assert {"python -m latentshift_research bench", "python -m latentshift_research train"} <= set(research)
 
 
 @pytest.mark.parametrize("frames_from", ["input", "reconstruction"])

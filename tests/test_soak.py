@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from latentshift.tools.loadtest import main as loadtest_main
+from latentshift_research.tools.loadtest import main as loadtest_main
 
 pytestmark = pytest.mark.soak
 

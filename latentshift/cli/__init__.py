@@ -26,16 +26,6 @@ COMMANDS = {
     "batch": ("latentshift.cli.batch",
               "explain every image of a folder or CSV: results.csv and a static gallery (index.html)"),
     "weights": ("latentshift.cli.weights", "list, download and verify model weights"),
-    "train": ("latentshift.cli.training", "train a demo model on the chest X-ray folder"),
-    "train-adult": ("latentshift.cli.training", "train the adult multi-label classifier (demo-adult-classifier)"),
-    "train-adult-cardiomegaly": ("latentshift.cli.training", "train the box-supervised adult Cardiomegaly "
-                                                             "classifier (demo-adult-cardiomegaly)"),
-    "evaluate-models": ("latentshift.cli.training", "recompute the demo models' figures from the shipped weights"),
-    "evaluate-maps": ("latentshift.cli.evaluation", "IoU and pointing game of the attribution maps on NIH boxes"),
-    "evaluate-counterfactuals": ("latentshift.cli.evaluation",
-                                 "the Latent Shift frames judged as counterfactuals, per frame mode"),
-    "bench": ("latentshift.cli.tools", "benchmark: ours vs the one-λ-at-a-time baseline, per stage"),
-    "loadtest": ("latentshift.cli.tools", "load test of a running app (loopback addresses only)"),
     "app": ("latentshift.cli.app", "serve the web app (latentshift app --help for its options)"),
     "results": ("latentshift.cli.results", "the result store: list, check, delete, sweep expired results"),
     "study": ("latentshift.cli.study", "reader study: create cases, serve the reading page, analyze"),
@@ -65,8 +55,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="latentshift",
         description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log progress (-v) or debug messages (-vv); by default only warnings "
-                             "(train and evaluate-models log progress by default)")
+                        help="log progress (-v) or debug messages (-vv); by default only warnings")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
     for module in dict.fromkeys(module for name, (module, _) in COMMANDS.items() if argv is None or name == named):

@@ -55,7 +55,7 @@ __all__ = [
 
 #: Integration steps of Integrated Gradients (Gauss-Legendre nodes) at the first try, and
 #: the tolerance on its convergence delta that decides whether they suffice. Measured with
-#: ``python -m latentshift.tools.ig_steps`` against 128-step maps (docs/benchmark.md): the
+#: ``python -m latentshift_research.tools.ig_steps`` against 128-step maps (docs/benchmark.md): the
 #: demo pneumonia classifier on the 151 Kermany test images has |delta| / |logit change| of
 #: median 0.46 %, max 1.81 % at 16 steps (32: 0.18 %, 0.77 %) and 16-step maps correlate at
 #: >= 0.998 with the reference; the adult cardiomegaly classifier on the 81 NIH test images

@@ -10,7 +10,7 @@ population and a list of warnings (dicts with ``code`` and ``message``):
   features lie far from those of every training chest X-ray (squared Mahalanobis distance
   at or above its threshold: this catches images unlike both the X-rays and the synthetic
   negatives the model was trained on). Both thresholds are set on validation chest X-rays
-  by :mod:`latentshift.training.guard`. The explanation of such an image means nothing.
+  by :mod:`latentshift_research.training.guard`. The explanation of such an image means nothing.
 * ``"out_of_domain"``: a population was given (the population the classifier was trained
   on) and the image more probably belongs to the other one, e.g. an adult X-ray shown to a
   classifier trained on children.

@@ -22,7 +22,7 @@ from ..options import stop_words
 #: How far past the threshold a frame's prediction must go to be told as a flip. Near the threshold the
 #: embedded classifiers' predictions move by up to 0.04-0.07 (95th percentile) under changes that carry
 #: no finding at all (JPEG re-encoding, a 2-pixel shift, ±3 % contrast; measured on the test split with
-#: ``python -m latentshift.tools.prediction_jitter``), so a smaller crossing is not told as a flip.
+#: ``python -m latentshift_research.tools.prediction_jitter``), so a smaller crossing is not told as a flip.
 CROSSING_MARGIN = 0.05
 
 

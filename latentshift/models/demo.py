@@ -1,4 +1,4 @@
-"""Architectures of the embedded demo models (trained by :mod:`latentshift.training`).
+"""Architectures of the embedded demo models (trained by :mod:`latentshift_research.training`).
 
 Both follow the torchxrayvision conventions of :mod:`latentshift.models.conventions`: input
 (N, 1, 224, 224) float32 in [-1024, 1024].
@@ -15,7 +15,7 @@ Both follow the torchxrayvision conventions of :mod:`latentshift.models.conventi
   neighbouring cells, so a step in z changes lung regions smoothly, not single pixels.
 * :class:`DomainGuardNet` -- a tiny CNN of the same design (fewer channels) returning
   logits (N, 3) for :data:`GUARD_CLASSES` ("pediatric" / "adult" frontal chest X-ray,
-  "not_cxr"); used by :mod:`latentshift.core.guard`, trained by :mod:`latentshift.training.guard`.
+  "not_cxr"); used by :mod:`latentshift.core.guard`, trained by :mod:`latentshift_research.training.guard`.
 * :class:`DemoClassifier` -- a small CNN (five strided conv blocks with BatchNorm,
   global average pooling, linear) returning logits (N, 1) for "Pneumonia".
 """
@@ -384,7 +384,7 @@ class DomainGuardNet(nn.Module):
     :meth:`feature_distance` gives the squared Mahalanobis distance (N,) of those features
     to the nearer of the two chest X-ray class means (buffers ``feature_means`` (2, F) and
     ``feature_precision`` (F, F), fitted on training X-rays by
-    :func:`latentshift.training.guard.fit_feature_stats`): a second, class-free novelty score.
+    :func:`latentshift_research.training.guard.fit_feature_stats`): a second, class-free novelty score.
     """
 
     def __init__(self, classes: Sequence[str] = GUARD_CLASSES,

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.imaging import to_display_uint8
-from ..io.render import write_gif
+from latentshift.io.imaging import to_display_uint8
+from latentshift.io.render import write_gif
 
 from .data import CXRData, blur, from_model_range, to_model_range
 
@@ -134,7 +134,7 @@ def latent_shift_report(classifier, autoencoder, data: CXRData, ids, labels, pro
     """Share of the true positives among ``ids`` (images of one split, with their ``labels``
     and predicted ``probs``) that the curtail search brings below the threshold, and of the
     true negatives the exaggerate search lifts above it, within a 5 % pixel budget."""
-    from ..core.shift import LatentShift, ShiftOptions
+    from latentshift.core.shift import LatentShift, ShiftOptions
 
     explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
     tps = [i for i, y, p in zip(ids, labels, probs) if y == 1 and p >= threshold]

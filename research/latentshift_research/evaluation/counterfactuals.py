@@ -1,4 +1,4 @@
-"""``latentshift evaluate-counterfactuals``: the Latent Shift frames judged as counterfactuals, per frame mode.
+"""``python -m latentshift_research evaluate-counterfactuals``: the Latent Shift frames judged as counterfactuals, per frame mode.
 
 For each embedded classifier and finding of :data:`TASKS`, every image of a split (default: test) of the
 shared chest X-ray data is explained with the default options in each frame mode (``frames_from``:
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from scipy import linalg, ndimage
 
-from ..core.shift import ShiftOptions
-from ..options import FRAME_SOURCES, ExplainOptions
-from ..pipeline import Pipeline
+from latentshift.core.shift import ShiftOptions
+from latentshift.options import FRAME_SOURCES, ExplainOptions
+from latentshift.pipeline import Pipeline
 from ..training.data import CXRData, load_data, resolve_data_dir, to_model_range
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
-"""``latentshift evaluate-maps`` (IoU and pointing game of the attribution maps on NIH boxes) and
-``latentshift evaluate-counterfactuals`` (the Latent Shift frames judged as counterfactuals, per frame mode)."""
+"""``python -m latentshift_research evaluate-maps`` (IoU and pointing game of the attribution maps on NIH boxes) and
+``python -m latentshift_research evaluate-counterfactuals`` (the Latent Shift frames judged as counterfactuals, per frame mode)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..evaluation.maps import METHODS, run_evaluate_maps
 from ..evaluation import counterfactuals, maps
-from ..options import FRAME_SOURCES
+from latentshift.options import FRAME_SOURCES
 
 
 def add_cli(subparsers) -> None:
@@ -42,7 +42,7 @@ def add_cli(subparsers) -> None:
 
 
 def run_evaluate_counterfactuals(args: argparse.Namespace) -> int:
-    from ..errors import OptionsError
+    from latentshift.errors import OptionsError
     from ..evaluation.counterfactual_report import markdown_table, write_report
 
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]

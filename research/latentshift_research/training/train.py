@@ -2,9 +2,9 @@
 
 Commands (registered in :mod:`latentshift.cli`)::
 
-    python -m latentshift train autoencoder --data ../shared/data/cxr --out weights
-    python -m latentshift train classifier  --data ../shared/data/cxr --out weights
-    python -m latentshift evaluate-models [--data ../shared/data/cxr]
+    python -m latentshift_research train autoencoder --data ../shared/data/cxr --out weights
+    python -m latentshift_research train classifier  --data ../shared/data/cxr --out weights
+    python -m latentshift_research evaluate-models [--data ../shared/data/cxr]
 
 Data: the chest X-ray folder described in ``shared/data/README-cxr.md`` (224×224 8-bit
 PNGs and ``labels.csv`` with a patient-level ``split`` column). Images are preloaded
@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import LatentShiftError
+from latentshift.errors import LatentShiftError
 
 from .data import (CXRData, augment_autoencoder, augment_classifier, from_model_range, limit_indices, mixup_batch)
 from .metrics import (latent_shift_report, model_range_batches, binary_report, predict_probs, reconstruction_report, roc_auc, ssim_torch, youden_threshold)
@@ -115,7 +115,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
                       crop: int = 128, z_noise: float = 0.05, ssim_weight: float = 0.5,
                       architecture: dict | None = None) -> dict:
     """Train the demo autoencoder on every train-split image (see the module docstring); save it to ``out_dir``."""
-    from ..models.demo import DemoAutoencoder
+    from latentshift.models.demo import DemoAutoencoder
 
     arch = dict(architecture or AE_KWARGS)
 
@@ -230,8 +230,8 @@ def load_demo_autoencoder(path: str | os.PathLike) -> nn.Module:
     (its architecture arguments are in the file's metadata)."""
     from safetensors import safe_open
 
-    from ..models import build_architecture
-    from ..weights import read_state_dict
+    from latentshift.models import build_architecture
+    from latentshift.weights import read_state_dict
 
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
@@ -246,7 +246,7 @@ def _fit_classifier(data: CXRData, train_idx: list[int], train_y: list[int], val
                     batch_size: int, lr: float, weight_decay: float, recon_prob: float,
                     mixup: float) -> tuple[nn.Module, list[dict], int, float]:
     """One seeded training run; returns (model at its best-val-AUC epoch, history, best epoch, seconds)."""
-    from ..models.demo import DemoClassifier
+    from latentshift.models.demo import DemoClassifier
 
     gen = _seed_everything(seed)
     n_pos, n_neg = sum(train_y), len(train_y) - sum(train_y)

@@ -1,6 +1,6 @@
 """How far the bisect search's λ ends are from the reference ladder's, over a data split.
 
-``python -m latentshift.tools.search_ends [--data DIR] [--source kermany] [--split test]``
+``python -m latentshift_research.tools.search_ends [--data DIR] [--source kermany] [--split test]``
 runs both searches of :meth:`LatentShift.attribute` with the pipeline's models (the demo
 pair by default) on every image of the split, explaining the top prediction, and logs the
 median and 95th percentile of ``|λ_bisect − λ_ladder| / |λ_ladder|`` per direction and the
@@ -33,7 +33,7 @@ def split_images(data: Path, source: str, split: str) -> list[Path]:
 
 def measure(pipeline, paths: list[Path]) -> list[dict]:
     """Per image: target, both modes' (λ_min, λ_max), stop reasons, evaluations and seconds."""
-    from ..io.imaging import load_xray
+    from latentshift.io.imaging import load_xray
 
     rows = []
     for path in paths:
@@ -73,11 +73,11 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..core.shift import ShiftOptions
-    from ..pipeline import Pipeline
+    from latentshift.core.shift import ShiftOptions
+    from latentshift.pipeline import Pipeline
     from ..training.data import default_data_dir
 
-    parser = argparse.ArgumentParser(prog="python -m latentshift.tools.search_ends", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m latentshift_research.tools.search_ends", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="data folder with labels.csv (default: the shared CXR data)")
     parser.add_argument("--source", default="kermany")
     parser.add_argument("--split", default="test")

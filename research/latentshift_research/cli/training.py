@@ -1,4 +1,4 @@
-"""``latentshift train`` and ``latentshift evaluate-models``: the command-line face of training."""
+"""``python -m latentshift_research train`` and ``python -m latentshift_research evaluate-models``: the command-line face of training."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LatentShiftError
-from ..weights.manifest import PACKAGE_ROOT
+from latentshift.errors import LatentShiftError
+from latentshift.weights.manifest import PACKAGE_ROOT
 
 from ..training.data import (DATA_ENV, load_data)
 from ..training.train import (AE_ID, DEFAULT_CANDIDATES, DEFAULT_EPOCHS, DEFAULT_MIXUP, load_demo_autoencoder, train_autoencoder, train_classifier)
@@ -62,10 +62,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Adult classifier recipes with their own flags (``latentshift train-adult --help``): command -> module.
+#: Adult classifier recipes with their own flags (``python -m latentshift_research train-adult --help``): command -> module.
 ADULT_RECIPES = {
-    "train-adult": "latentshift.training.adult",
-    "train-adult-cardiomegaly": "latentshift.training.adult_cardiomegaly",
+    "train-adult": "latentshift_research.training.adult",
+    "train-adult-cardiomegaly": "latentshift_research.training.adult_cardiomegaly",
 }
 
 
@@ -87,7 +87,7 @@ def add_cli(subparsers) -> None:
                    help="autoencoder, pneumonia classifier, or the domain guard (pediatric / adult / not a CXR)")
     p.add_argument("--data", default=None, help=f"chest X-ray folder with labels.csv (default: ${DATA_ENV} "
                                                 f"or shared/data/cxr in this folder or above it)")
-    p.add_argument("--out", default="weights", help="output folder for <id>.safetensors and <id>.metrics.json")
+    p.add_argument("--out", required=True, help="output folder for <id>.safetensors and <id>.metrics.json")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"epochs (default: {DEFAULT_EPOCHS['autoencoder']} autoencoder, "
                         f"{DEFAULT_EPOCHS['classifier']} classifier)")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.imaging import to_display_uint8
-from ..io.render import text_font
+from latentshift.io.imaging import to_display_uint8
+from latentshift.io.render import text_font
 from .counterfactuals import TaskRun, frechet_distance
 
 COLUMNS = ("input", "λ = 0", "curtailed", "exaggerated", "difference × 4")

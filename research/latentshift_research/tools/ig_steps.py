@@ -1,6 +1,6 @@
 """How many Integrated-Gradients steps a classifier needs: convergence delta and map agreement.
 
-``python -m latentshift.tools.ig_steps [--classifier ID] [--source kermany] [--split test]
+``python -m latentshift_research.tools.ig_steps [--classifier ID] [--source kermany] [--split test]
 [--limit N]`` computes, on every image of the split, Integrated Gradients of the top
 prediction (or ``--target``) with fixed step counts, with the default convergence-checked
 rule (``DEFAULTS.ig_steps`` first, doubled while the delta exceeds ``DEFAULTS.ig_tolerance``)
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..options import DEFAULTS
+from latentshift.options import DEFAULTS
 from .search_ends import split_images
 
 logger = logging.getLogger("latentshift.ig_steps")
@@ -44,7 +44,7 @@ def map_agreement(candidate: np.ndarray, reference: np.ndarray, top_fraction: fl
 
 def measure_image(classifier, x: torch.Tensor, target: int, rules: dict[str, dict], reference_steps: int) -> dict:
     """{rule: {relative_delta, correlation, top_kept, steps, seconds}} for one image."""
-    from ..core.attribution import IntegratedGradientsMap
+    from latentshift.core.attribution import IntegratedGradientsMap
 
     reference = IntegratedGradientsMap(classifier, n_steps=reference_steps, tolerance=0).attribute(x, target).map
     row = {}
@@ -98,11 +98,11 @@ def rules_to_compare() -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..io.imaging import load_xray
-    from ..pipeline import Pipeline
+    from latentshift.io.imaging import load_xray
+    from latentshift.pipeline import Pipeline
     from ..training.data import default_data_dir
 
-    parser = argparse.ArgumentParser(prog="python -m latentshift.tools.ig_steps", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m latentshift_research.tools.ig_steps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--classifier", default=None, help="classifier id (default: the embedded default)")
     parser.add_argument("--data", default=None, help="data folder with labels.csv (default: the shared CXR data)")
     parser.add_argument("--source", default="kermany")

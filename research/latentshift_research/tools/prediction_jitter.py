@@ -1,6 +1,6 @@
 """How much a classifier's prediction moves under changes that carry no finding.
 
-``python -m latentshift.tools.prediction_jitter [--data DIR] [--split test]`` re-encodes every image of
+``python -m latentshift_research.tools.prediction_jitter [--data DIR] [--split test]`` re-encodes every image of
 the split as JPEG (quality 90), shifts it by 2 pixels and changes its contrast by ±3 %, and prints the
 median and 95th percentile of |Δp| for each embedded classifier and finding, over all images and over
 those whose prediction lies within 0.15 of the threshold. The outcome sentence's crossing margin
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from ..pipeline import Pipeline
+from latentshift.pipeline import Pipeline
 from ..training.data import load_data, to_model_range
 
 TASKS = (("demo-pneumonia-classifier", "kermany", "Pneumonia"),
@@ -49,7 +49,7 @@ def jitter(classifier, images: np.ndarray, target: int) -> tuple[np.ndarray, np.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m latentshift.tools.prediction_jitter", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m latentshift_research.tools.prediction_jitter", description=__doc__)
     parser.add_argument("--data", default=None, help="the chest X-ray folder (default: shared/data/cxr)")
     parser.add_argument("--split", default="test")
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    latentshift train-adult --data ../shared/data/cxr --out weights --epochs 14 --seeds 0 1 2
+    python -m latentshift_research train-adult --data ../shared/data/cxr --out weights --epochs 14 --seeds 0 1 2
 
 Data: the NIH rows (``source == "nih"``) of the chest X-ray folder described in
 ``shared/data/README-cxr.md``; the pediatric Kermany images are never read into the
@@ -10,7 +10,7 @@ training, so "child vs adult" cannot stand in for a finding. Targets come from t
 ``finding`` column (NIH ``Finding Labels``, split on ``|``); the negatives of a finding
 are the NIH images without it. ``"Mass/Nodule"`` is positive when either is listed.
 
-Recipe (reusing :mod:`latentshift.training.train`): class-weighted BCE per output
+Recipe (reusing :mod:`latentshift_research.training.train`): class-weighted BCE per output
 (pos_weight = n_negative / n_positive), the pediatric classifier's augmentation, optional
 mixup, optional demo-autoencoder reconstructions in place of training images, and
 optionally an encoder stem initialised from the shared demo autoencoder
@@ -36,19 +36,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.shift import LatentShift, ShiftOptions
-from ..errors import LatentShiftError
-from ..io.imaging import to_display_uint8
-from ..io.render import write_gif
-from ..models.demo import DemoClassifier, DemoEncoderClassifier
-from ..weights.manifest import PACKAGE_ROOT
+from latentshift.core.shift import LatentShift, ShiftOptions
+from latentshift.errors import LatentShiftError
+from latentshift.io.imaging import to_display_uint8
+from latentshift.io.render import write_gif
+from latentshift.models.demo import DemoClassifier, DemoEncoderClassifier
+from latentshift.weights.manifest import PACKAGE_ROOT
 from .data import CXRData, augment_classifier, load_data, mixup_batch, to_model_range
 from .metrics import binary_report, roc_auc, youden_threshold
 from .train import (AE_ID, _batches, _optimizer_step, _seed_everything, load_demo_autoencoder, reconstruct_uint8,
                     save_model)
 
-#: The checkout (its top-level weights_manifest.json) and the embedded weights' folder.
-CHECKOUT, EMBEDDED = PACKAGE_ROOT.parent, PACKAGE_ROOT / "embedded"
+#: The installed runtime's embedded weights (read only: the demo autoencoder).
+EMBEDDED = PACKAGE_ROOT / "embedded"
 
 logger = logging.getLogger(__name__)
 
@@ -407,8 +407,8 @@ def load_adult_classifier(weights_path) -> nn.Module:
     """The saved classifier, rebuilt from the safetensors metadata (architecture kwargs, labels, thresholds)."""
     from safetensors import safe_open
 
-    from ..models import build_architecture
-    from ..weights import read_state_dict
+    from latentshift.models import build_architecture
+    from latentshift.weights import read_state_dict
 
     with safe_open(str(weights_path), "pt") as handle:
         meta = {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
@@ -441,7 +441,7 @@ def evaluate_adult_weights(weights_path, data_dir=None, *, device: str = "cpu", 
 
 def manifest_entry(metrics: dict, weights_path: Path, model_id: str = ADULT_ID) -> dict:
     """The ``weights_manifest.json`` entry of the saved classifier (sha256 and size of the file)."""
-    from ..weights import sha256_of
+    from latentshift.weights import sha256_of
 
     test = metrics.get("test", {})
     return {
@@ -468,10 +468,10 @@ def manifest_entry(metrics: dict, weights_path: Path, model_id: str = ADULT_ID) 
     }
 
 
-def write_manifest_entry(metrics: dict, out_dir: Path, manifest_path: Path | None = None,
+def write_manifest_entry(metrics: dict, out_dir: Path, manifest_path: Path,
                          model_id: str = ADULT_ID) -> dict:
-    """Add (or replace) the classifier's entry in the checkout's manifest; returns the entry."""
-    manifest_path = Path(manifest_path or CHECKOUT / "weights_manifest.json")
+    """Add (or replace) the classifier's entry in the manifest at ``manifest_path``; returns the entry."""
+    manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     entry = manifest_entry(metrics, Path(out_dir) / f"{model_id}.safetensors", model_id)
     manifest["models"] = [m for m in manifest["models"] if m["id"] != model_id] + [entry]
@@ -487,14 +487,16 @@ def add_recipe_flags(p) -> None:
     p.add_argument("--no-save", action="store_true", help="write only the metrics JSON")
     p.add_argument("--gifs", default=None)
     p.add_argument("--n-gifs", type=int, default=6)
-    p.add_argument("--manifest", action="store_true", help="also add the entry to weights_manifest.json")
+    p.add_argument("--manifest", type=Path, default=None, metavar="FILE",
+                   help="also add (or replace) the model's entry in this manifest, e.g. weights_manifest.json "
+                        "of a checkout (default: no manifest is written)")
 
 
 def main(argv=None) -> int:
-    """Command line: ``latentshift train-adult [options]``."""
+    """Command line: ``python -m latentshift_research train-adult [options]``."""
     p = argparse.ArgumentParser(description="Train the adult multi-label demo classifier (NIH only).")
     p.add_argument("--data", default=None)
-    p.add_argument("--out", default=str(EMBEDDED))
+    p.add_argument("--out", required=True, help="folder for the weights, metrics and model card")
     p.add_argument("--epochs", type=int, default=14)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="encoder")
@@ -510,7 +512,7 @@ def main(argv=None) -> int:
                            encoder_init=not a.no_encoder_init, recon_prob=a.recon_prob, mixup=a.mixup,
                            evaluate_test=not a.no_test, save=not a.no_save, gif_dir=a.gifs, n_gifs=a.n_gifs)
     if a.manifest and not a.no_save:
-        write_manifest_entry(metrics, Path(a.out))
+        write_manifest_entry(metrics, Path(a.out), a.manifest)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Benchmark of the explanation stages against a paper-style baseline doing the same work.
 
-Run ``latentshift bench [--device cpu|cuda] [--models demo|xrv|both]
+Run ``python -m latentshift_research bench [--device cpu|cuda] [--models demo|xrv|both]
 [--repeats N] [--frames 20] [--json out.json]``. For each model pair (the embedded demo
 models when the manifest lists them, and the torchxrayvision-size DenseNet121 +
 ResNetAE-101 with seeded untrained weights) and each λ mode (a fixed range, and the
@@ -48,10 +48,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..core.shift import ShiftOptions, sweep_lambdas
-from ..models.placement import memory_format_of
-from ..options import DEFAULTS, FRAME_SOURCES
-from ..runtime import set_allocator_tunables
+from latentshift.core.shift import ShiftOptions, sweep_lambdas
+from latentshift.models.placement import memory_format_of
+from latentshift.options import DEFAULTS, FRAME_SOURCES
+from latentshift.runtime import set_allocator_tunables
 from ..training.data import default_data_dir
 
 logger = logging.getLogger("latentshift.bench")
@@ -186,7 +186,7 @@ class SideReport:
 def seed_image(resolution: int, path: str | None = None) -> np.ndarray:
     """The benchmark image (R, R) in [-1024, 1024]: ``path``, the shared seed image, or a
     seeded synthetic chest-like image when neither exists."""
-    from ..io.imaging import load_xray
+    from latentshift.io.imaging import load_xray
 
     candidate = Path(path) if path else default_data_dir() / SEED_IMAGE_IN_DATA
     if candidate.is_file():
@@ -232,8 +232,8 @@ def write_xrv_manifest(folder: Path, seed: int = 0, image_path: str | None = Non
     import torchxrayvision as xrv
     from safetensors.torch import save_file
 
-    from ..models import XRVDenseNetClassifier, XRVResNetAE
-    from ..weights import sha256_of
+    from latentshift.models import XRVDenseNetClassifier, XRVResNetAE
+    from latentshift.weights import sha256_of
 
     torch.manual_seed(seed)
     pathologies = list(xrv.datasets.default_pathologies)
@@ -261,7 +261,7 @@ def write_xrv_manifest(folder: Path, seed: int = 0, image_path: str | None = Non
 
 def demo_model_source() -> ModelSource | None:
     """The demo models of the repository's manifest, or None when it lists none yet."""
-    from ..weights import Manifest, model_status
+    from latentshift.weights import Manifest, model_status
 
     manifest = Manifest.load()
     picked = {}
@@ -425,7 +425,7 @@ def run_baseline_request(classifier, autoencoder, x: torch.Tensor, input_pixels:
     """One request the paper-style way (see :class:`PaperStyleLatentShift`)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
-    from ..core.attribution import find_gradcam_layer
+    from latentshift.core.attribution import find_gradcam_layer
 
     clock = StageClock(device)
     explainer = PaperStyleLatentShift(classifier, autoencoder)
@@ -501,9 +501,9 @@ def run_our_request(classifier, autoencoder, x: torch.Tensor, input_pixels: np.n
                     target: str | None, settings: ShiftSettings, out_dir: Path,
                     device: torch.device) -> RequestOutcome:
     """One request through the project's modules, in the pipeline's order."""
-    from ..io import render
-    from ..core.attribution import GradCAM, IntegratedGradientsMap
-    from ..core.shift import LatentShift
+    from latentshift.io import render
+    from latentshift.core.attribution import GradCAM, IntegratedGradientsMap
+    from latentshift.core.shift import LatentShift
 
     clock = StageClock(device)
     started = time.perf_counter()
@@ -546,7 +546,7 @@ def measure_floor(classifier, autoencoder, x: torch.Tensor, target_index: int, l
                   device: torch.device, batch_size: int = 8) -> dict[str, float]:
     """The least any implementation needs: one gradient pass (encode, decode, classify,
     backward) and one batched decode+classify of the sweep's frames."""
-    from ..core.shift import LatentShift
+    from latentshift.core.shift import LatentShift
 
     explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True, batch_size=batch_size)
     _synchronize(device)
@@ -616,7 +616,7 @@ def measure_opt_in(path: str, classifier, autoencoder, x: torch.Tensor, referenc
     """One opt-in path against our fp32 answer ``reference``: seconds of a search request
     (encode+gradient+search+sweep; the first, cold call timed apart), max |Δp| at the same
     λs (fixed range = the reference's) and whether the search stops elsewhere."""
-    from ..core.shift import LatentShift
+    from latentshift.core.shift import LatentShift
 
     searching = settings.shift_options(lambda_range=None)
     fixed = (float(reference.lambdas[0]), float(reference.lambdas[-1]))
@@ -679,7 +679,7 @@ def warm_up(classifier, autoencoder, x: torch.Tensor, batch_sizes=(1, 8)) -> Non
 
 def run_side(job: SideJob) -> SideReport:
     """Load the models, warm up, run ``job.repeats`` requests of one side; report."""
-    from ..weights import Manifest, load_model
+    from latentshift.weights import Manifest, load_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if job.threads:
@@ -952,8 +952,8 @@ def app_timings(source: ModelSource, repeats: int, frames: int, image_path: str 
                 device: str = "cpu", frames_from: str = DEFAULTS.frames_from) -> str:
     """The pipeline's own stage timings (what the app shows) for ``source``'s models and one
     frame mode, median of ``repeats``, against :data:`APP_GOALS`."""
-    from ..io.imaging import XrayImage, to_display_uint8
-    from ..pipeline import ExplainOptions, Pipeline
+    from latentshift.io.imaging import XrayImage, to_display_uint8
+    from latentshift.pipeline import ExplainOptions, Pipeline
 
     started = time.perf_counter()
     pipeline = Pipeline.get(source.classifier_id, source.autoencoder_id, device=device,
@@ -988,7 +988,7 @@ def app_timings(source: ModelSource, repeats: int, frames: int, image_path: str 
 # ------------------------------------------------------------------------- command line
 
 
-def build_parser(prog: str = "python -m latentshift.tools.bench") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m latentshift_research.tools.bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--models", default="both", choices=("demo", "xrv", "both"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..errors import LatentShiftError
+from latentshift.errors import LatentShiftError
 
 logger = logging.getLogger(__name__)
 

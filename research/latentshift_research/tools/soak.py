@@ -1,6 +1,6 @@
 """Soak: the app served for MINUTES to 8 clients with mixed traffic, a record every 30 s, a SIGKILL halfway.
 
-    latentshift loadtest --soak 30 --images /path/to/xrays --out soak.jsonl
+    python -m latentshift_research loadtest --soak 30 --images /path/to/xrays --out soak.jsonl
 
 The tool starts the app itself (``python -m latentshift app`` on a free loopback port, its temporary
 files and result store in a work folder) so that it can kill it. Each client loops over weighted
@@ -137,7 +137,7 @@ def population(path: Path) -> str:
 
 def classifiers_by_population() -> dict[str, list[str]]:
     """The available classifiers here, by the population they were trained on."""
-    from ..pipeline import Pipeline, list_models
+    from latentshift.pipeline import Pipeline, list_models
 
     manifest = Pipeline.store().manifest
     found: dict[str, list[str]] = {}
@@ -149,7 +149,7 @@ def classifiers_by_population() -> dict[str, list[str]]:
 
 def default_autoencoder() -> str:
     """The page's autoencoder dropdown wants an id: the manifest's default autoencoder."""
-    from ..pipeline import Pipeline
+    from latentshift.pipeline import Pipeline
 
     return Pipeline.store().manifest.default("autoencoder").id
 
@@ -219,7 +219,7 @@ class Traffic:
     def _explain(self, client, rng) -> tuple[str, str | None]:
         from gradio_client import handle_file
 
-        from ..io.render import gif_frame_count
+        from latentshift.io.render import gif_frame_count
 
         image, classifier = self._image(rng)
         s = self.settings
@@ -304,7 +304,7 @@ def kill_and_restart(server: Server, traffic: Traffic, retention_days: float) ->
     """SIGKILL the server, restart it on the same store, and check every result completed before."""
     from gradio_client import Client
 
-    from ..results.store import ResultStore
+    from latentshift.results.store import ResultStore
 
     with traffic.lock:
         before = dict(traffic.completed)
@@ -358,8 +358,10 @@ def goals(records: list[dict], kill: dict, total: Tally, kill_t: float, minutes:
 
 
 def default_images() -> list[Path]:
-    """The app's own examples (pediatric and adult), found by path (the tools sit below the app)."""
-    examples = Path(__file__).resolve().parents[1] / "app" / "examples"
+    """The app's own examples (pediatric and adult), the data files of the installed runtime."""
+    from latentshift.weights.manifest import PACKAGE_ROOT
+
+    examples = PACKAGE_ROOT / "app" / "examples"
     return sorted(examples.glob("*.png")) + sorted((examples / "adult").glob("*.png"))
 
 
@@ -427,7 +429,7 @@ def _write(out: Path | None, line: dict) -> None:
 
 
 def main_soak(args) -> int:
-    """``latentshift loadtest --soak MINUTES`` (arguments parsed by the load test's parser)."""
+    """``python -m latentshift_research loadtest --soak MINUTES`` (arguments parsed by the load test's parser)."""
     work = Path(args.work or tempfile.mkdtemp(prefix="latentshift-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     settings = {"frames": args.frames or 8, "ig_steps": args.ig_steps or 8, "step_size": 10.0,

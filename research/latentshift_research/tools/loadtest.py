@@ -19,7 +19,7 @@ the cache expiry has passed (``--settle S`` waits S seconds before the last meas
 Exit code 0 when every request succeeded with a complete answer, 1 otherwise, 2 on a
 usage error (non-loopback URL, missing image).
 
-``--soak MINUTES`` runs the soak of :mod:`latentshift.tools.soak` instead (it starts its own app).
+``--soak MINUTES`` runs the soak of :mod:`latentshift_research.tools.soak` instead (it starts its own app).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def synthetic_xray(path: Path, side: int = 256) -> Path:
 
 def check_answer(answer) -> str:
     """'' if the /explain answer is complete, else what is missing."""
-    from ..io.render import gif_frame_count
+    from latentshift.io.render import gif_frame_count
 
     if not isinstance(answer, (tuple, list)) or len(answer) < 2:
         return f"unexpected answer {answer!r:.120}"
@@ -286,7 +286,7 @@ def run_load(url: str, *, clients: int = 8, requests: int = 5, image: str | os.P
     return result
 
 
-def build_parser(prog: str = "python -m latentshift.tools.loadtest") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m latentshift_research.tools.loadtest") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7860", help="app address (loopback only)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")

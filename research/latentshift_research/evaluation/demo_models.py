@@ -1,4 +1,4 @@
-"""``latentshift evaluate-models``: recompute the shipped demo models' figures from their weights."""
+"""``python -m latentshift_research evaluate-models``: recompute the shipped demo models' figures from their weights."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def evaluate_models(data_dir=None, device: str = "cpu", limit: int | None = None
                     shift_subset: int | None = None, gif_dir: Path | None = None, n_gifs: int = 12,
                     skip_shift: bool = False) -> dict:
     """Recompute the figures of both shipped demo models from the repository's weights."""
-    from ..weights import Manifest, load_model
+    from latentshift.weights import Manifest, load_model
 
     manifest = Manifest.load()
     ae = load_model(manifest.get(AE_ID, "autoencoder"), device)

@@ -1,4 +1,4 @@
-"""``python -m latentshift evaluate-maps``: how well each attribution map finds NIH boxes.
+"""``python -m latentshift_research evaluate-maps``: how well each attribution map finds NIH boxes.
 
 The measurement of the paper (Cohen et al., "Gifsplanation via Latent Shift",
 MIDL 2021): for images with a radiologist's bounding box of a finding that the
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import LatentShiftError, OptionsError
+from latentshift.errors import LatentShiftError, OptionsError
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +180,14 @@ MapMethod = Callable[[torch.Tensor, int], MapOutcome]
 def build_methods(classifier: nn.Module, autoencoder: nn.Module | None, names: Iterable[str],
                   ig_steps: int) -> dict[str, MapMethod]:
     """The requested methods as callables ``(x, target_index) -> MapOutcome``."""
-    from ..core.attribution import GradCAM, IntegratedGradientsMap
+    from latentshift.core.attribution import GradCAM, IntegratedGradientsMap
 
     methods: dict[str, MapMethod] = {}
     for name in names:
         if name == "latent-shift":
             if autoencoder is None:
                 raise OptionsError("the latent-shift method needs an autoencoder")
-            from ..core.shift import LatentShift, ShiftOptions
+            from latentshift.core.shift import LatentShift, ShiftOptions
 
             explainer = LatentShift(classifier, autoencoder, apply_sigmoid=True)
             # the paper's frames, as the documented map figures were measured
@@ -302,9 +302,9 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
 # -- command -------------------------------------------------------------------------
 
 def run_evaluate_maps(args: argparse.Namespace) -> int:
-    from ..core.attribution import DEFAULT_IG_STEPS
-    from ..io.imaging import load_xray
-    from ..weights import Manifest, load_model
+    from latentshift.core.attribution import DEFAULT_IG_STEPS
+    from latentshift.io.imaging import load_xray
+    from latentshift.weights import Manifest, load_model
 
     method_names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in method_names if m not in METHODS]

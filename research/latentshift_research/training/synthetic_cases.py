@@ -2,7 +2,7 @@
 
 Plain functions of a seed returning uint8 arrays, (H, W) grey or (H, W, 3) RGB. They
 are built *differently* from the training negatives of
-:mod:`latentshift.training.guard` (other noise spectra, other fonts and page layouts,
+:mod:`latentshift_research.training.guard` (other noise spectra, other fonts and page layouts,
 polygon-built anatomy), so a guard that passes them has not only memorised its own
 generators. ``skimage_photos`` adds the real photographs, scans and micrographs that
 scikit-image bundles (never used in training).

@@ -2,11 +2,11 @@
 
 Usage (the shipped recipe; see ``latentshift/embedded/demo-adult-cardiomegaly.md``)::
 
-    latentshift train-adult-cardiomegaly --data ../shared/data/cxr --out latentshift/embedded --seeds 0 1 2 3 \
+    python -m latentshift_research train-adult-cardiomegaly --data ../shared/data/cxr --out latentshift/embedded --seeds 0 1 2 3 \
         --epochs 24 --workers 2 --findings Cardiomegaly Effusion --box-weight '{"Cardiomegaly": 3, "Effusion": 3}' --manifest
 
 Data: NIH rows only (``source == "nih"``, adults), targets from the ``finding`` column as in
-:mod:`latentshift.training.adult`. Model: :class:`~latentshift.models.demo.DemoAEHeadClassifier`,
+:mod:`latentshift_research.training.adult`. Model: :class:`~latentshift.models.demo.DemoAEHeadClassifier`,
 the demo autoencoder's encoder (copied, **frozen**: 64 channels at 28×28) followed by a small
 conv head that outputs a 14×14 logit map per finding, pooled by log-mean-exp.
 
@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import LatentShiftError
-from ..models.demo import DemoAEHeadClassifier
-from .adult import (CHECKOUT, EMBEDDED, _split, add_recipe_flags, auc_table, evaluate_adult, predict_multi, select_outputs,
+from latentshift.errors import LatentShiftError
+from latentshift.models.demo import DemoAEHeadClassifier
+from .adult import (EMBEDDED, _split, add_recipe_flags, auc_table, evaluate_adult, predict_multi, select_outputs,
                     write_manifest_entry)
 from .data import CXRData, intensity_jitter, load_data, random_affine
 from .data import blur as _blur
@@ -273,8 +273,8 @@ def load_adult2_classifier(weights_path) -> DemoAEHeadClassifier:
     """The saved classifier, rebuilt from its safetensors metadata (kwargs, labels, thresholds)."""
     from safetensors import safe_open
 
-    from ..models import build_architecture
-    from ..weights import read_state_dict
+    from latentshift.models import build_architecture
+    from latentshift.weights import read_state_dict
 
     with safe_open(str(weights_path), "pt") as handle:
         meta = {k: json.loads(v) for k, v in (handle.metadata() or {}).items()}
@@ -304,10 +304,10 @@ def evaluate_saved(out_dir, data_dir=None, *, n_boot: int = 2000, gif_dir=None, 
     return merged
 
 
-def write_manifest(metrics: dict, out_dir) -> dict:
-    """:func:`latentshift.training.adult.write_manifest_entry` with this recipe's description; returns the entry."""
-    entry = write_manifest_entry(metrics, Path(out_dir), model_id=ADULT_ID)
-    path = CHECKOUT / "weights_manifest.json"
+def write_manifest(metrics: dict, out_dir, manifest_path: Path) -> dict:
+    """:func:`latentshift_research.training.adult.write_manifest_entry` with this recipe's description; returns the entry."""
+    entry = write_manifest_entry(metrics, Path(out_dir), manifest_path, model_id=ADULT_ID)
+    path = Path(manifest_path)
     manifest = json.loads(path.read_text(encoding="utf-8"))
     entry["description"] = (
         f"Adult frontal chest X-ray classifier ({metrics['parameters']} parameters): the demo autoencoder's encoder "
@@ -320,10 +320,10 @@ def write_manifest(metrics: dict, out_dir) -> dict:
 
 
 def main(argv=None) -> int:
-    """Command line: ``latentshift train-adult-cardiomegaly [options]``."""
+    """Command line: ``python -m latentshift_research train-adult-cardiomegaly [options]``."""
     p = argparse.ArgumentParser(description="Adult classifier: frozen AE encoder + box-supervised heads (NIH only).")
     p.add_argument("--data", default=None)
-    p.add_argument("--out", default=str(EMBEDDED))
+    p.add_argument("--out", required=True, help="folder for the weights, metrics and model card")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--findings", nargs="+", default=list(FINDINGS))
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     if a.evaluate_only:
         metrics = evaluate_saved(a.out, a.data, gif_dir=a.gifs, n_gifs=a.n_gifs)
         if a.manifest:
-            write_manifest(metrics, a.out)
+            write_manifest(metrics, a.out, a.manifest)
         return 0
     metrics = train_adult2_classifier(a.data, a.out, seeds=tuple(a.seeds), epochs=a.epochs, findings=a.findings,
                                       box_weight=json.loads(a.box_weight), head_width=a.head_width, lse_r=a.lse_r, lr=a.lr,
@@ -353,7 +353,7 @@ def main(argv=None) -> int:
                                       workers=a.workers, evaluate_test=not a.no_test,
                                       save=not a.no_save, gif_dir=a.gifs, n_gifs=a.n_gifs)
     if a.manifest and not a.no_save:
-        write_manifest(metrics, a.out)
+        write_manifest(metrics, a.out, a.manifest)
     return 0
 
 

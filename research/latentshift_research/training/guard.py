@@ -2,7 +2,7 @@
 
 Command::
 
-    latentshift train guard --data ../shared/data/cxr --out latentshift/embedded
+    python -m latentshift_research train guard --data ../shared/data/cxr --out latentshift/embedded
 
 The model (:class:`latentshift.models.demo.DomainGuardNet`) has three outputs:
 "pediatric" (Kermany, ages 1-5), "adult" (NIH ChestX-ray14) frontal chest X-ray and
@@ -17,7 +17,7 @@ of the pooled features of the un-augmented *train* X-rays, for the Mahalanobis
 feature distance) and sets both warning thresholds on the *validation* chest X-rays:
 p(not_cxr) ≥ max(0.5, the value that at most 0.5 % of val X-rays reach)
 (:func:`choose_threshold`), and feature distance ≥ 1.5 × the largest val distance
-(:func:`choose_distance_threshold`). The held-out cases of ``tests/synthetic_cases.py``
+(:func:`choose_distance_threshold`). The held-out cases of :mod:`.synthetic_cases`
 and the test split decide nothing; they are only reported (``evaluate``), next to the
 old reconstruction-error check of the demo autoencoder.
 
@@ -42,16 +42,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch.nn import functional as F
 
-from ..io.imaging import load_xray
-from ..models.demo import GUARD_CLASSES, DomainGuardNet
-from ..weights import Manifest, load_model, sha256_of
-from ..weights.manifest import PACKAGE_ROOT
+from latentshift.io.imaging import load_xray
+from latentshift.models.demo import GUARD_CLASSES, DomainGuardNet
+from latentshift.weights import Manifest, load_model, sha256_of
+from latentshift.weights.manifest import PACKAGE_ROOT
 from .data import CXRData, blur, from_model_range, intensity_jitter, load_data, random_affine, to_model_range
 from .metrics import roc_auc
 from .train import save_model
 
 #: The checkout this recipe runs in (held-out test generators live in its tests/ folder).
-CHECKOUT = PACKAGE_ROOT.parent
 
 logger = logging.getLogger(__name__)
 
@@ -454,18 +453,15 @@ def cue_report(model: DomainGuardNet, x: torch.Tensor, is_adult: np.ndarray) -> 
     return out
 
 
-def load_heldout_cases(tests_dir: Path = CHECKOUT / "tests", seeds: int = 30) -> dict[str, list[np.ndarray]]:
-    """The held-out non-X-ray cases of ``tests/synthetic_cases.py``: kind -> uint8 images.
+def load_heldout_cases(seeds: int = 30) -> dict[str, list[np.ndarray]]:
+    """The held-out non-X-ray cases of :mod:`latentshift_research.training.synthetic_cases`: kind -> uint8 images.
 
     Noise kinds ("noise/<name>") get ``seeds`` seeds each, generated kinds ``seeds`` seeds;
     every scikit-image picture ("skimage/<kind>") counts three times: as is, mirrored, and
     its central 70 %.
     """
-    import importlib.util
+    from . import synthetic_cases as cases
 
-    spec = importlib.util.spec_from_file_location("synthetic_cases", tests_dir / "synthetic_cases.py")
-    cases = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cases)
     out: dict[str, list[np.ndarray]] = {}
     for name, make in cases.NOISE_CASES.items():
         out[f"noise/{name}"] = [make(seed) for seed in range(seeds)]
