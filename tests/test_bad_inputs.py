@@ -253,7 +253,7 @@ def test_ui_upload_box_lets_the_imaging_message_through(served, corpus):
     from gradio.components.image import ImageData
 
     [upload_box] = [block for block in served.demo.blocks.values()
-                    if isinstance(block, gr.Image) and str(block.label).startswith("Chest X-ray (")]
+                    if isinstance(block, gr.Image) and str(block.label).startswith("X-ray (")]
     escaped = {}
     for case in APP_CASES:
         path = case.path(corpus)

@@ -22,7 +22,7 @@ from latentshift.app import gpu, handlers
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 #: Every GPU-bound function of the app and the duration it asks for.
-GPU_CALLS = {"_predict_upload": gpu.PREDICT_SECONDS, "_probabilities": gpu.PREDICT_SECONDS,
+GPU_CALLS = {"_predict_upload": gpu.PREDICT_SECONDS, "_checked_probabilities": gpu.PREDICT_SECONDS,
              "_explanation_stages": gpu.EXPLAIN_SECONDS, "_explanation_files": gpu.EXPLAIN_SECONDS,
              "_comparison": gpu.COMPARE_SECONDS}
 

@@ -52,7 +52,8 @@ def main(folder: Path) -> dict:
         gifs, _, _, lines = client.predict(handle_file(example), "Pneumonia", frames=4, api_name="/compare")
         report["compare_lines"] = lines
         try:
-            client.predict(handle_file(example), target="NoSuchFinding", api_name="/explain")
+            client.predict(handle_file(example), classifier="demo-pneumonia-classifier", target="NoSuchFinding",
+                           api_name="/explain")  # a named classifier: the refusal comes from the worker
         except AppError as error:
             report["refusal"] = str(error)
         options = handlers.explain_options("", "both", 4, 10.0, True, -40.0, 25.0, 50, 4)

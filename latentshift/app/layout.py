@@ -463,8 +463,9 @@ def example_captions(paths: list[str]) -> list[str]:
 EXAMPLE_INPUTS = ("image", "classifier", "autoencoder", "example_target", "direction", "frames", "step_size",
                   "range_mode", "frame_duration_ms", "ig_steps")
 #: What an example's (cached) run shows: an explanation's outputs but the target dropdown, whose choices
-#: follow the example's classifier in the event after it (a cached result cannot update choices).
-EXAMPLE_OUTPUTS = tuple(name for name in EXPLAIN_OUTPUTS if name != "target")
+#: follow the example's classifier in the event after it (a cached result cannot update choices), and the
+#: "Explain anyway" button (the examples are chest X-rays; a cached result cannot update a button either).
+EXAMPLE_OUTPUTS = tuple(name for name in EXPLAIN_OUTPUTS if name not in ("target", "explain_anyway"))
 
 
 def _examples(c: dict) -> None:
