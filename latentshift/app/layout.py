@@ -58,7 +58,12 @@ CSS = """
 /* Label chips of the slider and the compare view sit above their content, not on it. */
 #before-after .image-container { padding-top: 40px; }
 #before-after .icon-button-wrapper.top-panel { top: 2px; }
-#compare-plot .image-container, #compare-plot .image-frame { padding-top: 34px; }
+/* Compare: each GIF whole (its prediction bar, λ scrubber and caption), not cropped to a fixed-height grid. */
+#compare-gifs .grid-wrap { height: auto !important; max-height: none !important; overflow: visible !important;
+                          padding-top: 34px; }
+#compare-gifs .caption-label { position: static !important; display: block; margin: 4px auto 0; }
+#compare-gifs .thumbnail-item { height: auto !important; aspect-ratio: auto !important; }
+#compare-gifs .thumbnail-item img { height: auto !important; width: 100%; object-fit: contain !important; }
 /* Download names in full (they wrap) rather than cut with an ellipsis. */
 #downloads td.filename, #downloads td.filename .stem { white-space: normal; overflow: visible;
   overflow-wrap: anywhere; text-overflow: clip; max-width: none; }
@@ -536,7 +541,7 @@ def _compare_tab(c: dict, pipeline) -> None:
                                            object_fit="contain", allow_preview=True, elem_id="compare-gifs")
             c["compare_plot"] = gr.Image(label="Prediction vs λ, every classifier", type="filepath",
                                          interactive=False, buttons=["fullscreen"], elem_id="compare-plot",
-                                         elem_classes="result-image")
+                                         elem_classes="result-image", height=420)
             c["compare_summary"] = gr.File(label="compare.json", interactive=False)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -644,7 +645,7 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(x_label, fontsize=10)
     ax.set_ylabel("prediction", fontsize=10)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(textwrap.fill(title, 64), fontsize=11)  # a long title wraps rather than leaving the figure
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
