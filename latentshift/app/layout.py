@@ -65,8 +65,9 @@ CSS = """
 #compare-gifs .thumbnail-item { height: auto !important; aspect-ratio: auto !important; }
 #compare-gifs .thumbnail-item img { height: auto !important; width: 100%; object-fit: contain !important; }
 /* Download names in full (they wrap) rather than cut with an ellipsis. */
-#downloads td.filename, #downloads td.filename .stem { white-space: normal; overflow: visible;
-  overflow-wrap: anywhere; text-overflow: clip; max-width: none; }
+#downloads td.filename { display: table-cell !important; white-space: normal; overflow-wrap: anywhere; }
+#downloads td.filename .stem, #downloads td.filename .ext { display: inline; overflow: visible; max-width: none;
+                                                            text-overflow: clip; white-space: normal; }
 /* Output images: room above the picture for the label, so it never covers the PNG's own title. */
 .result-image .image-container, .result-image .image-frame { padding-top: 34px; }
 .result-image .empty { min-height: 120px; }
