@@ -25,7 +25,8 @@ RANKS = {
     },
     "latentshift_research": {"training": 0, "evaluation": 1, "tools": 1, "cli": 2, "__main__": 3},
 }
-MAX_FUNCTION_LINES = 60
+#: The longest function body allowed: the runtime's, and the research code's (training loops not yet split).
+MAX_FUNCTION_LINES = {"latentshift": 50, "latentshift_research": 60}
 
 
 def modules() -> dict[str, Path]:
@@ -130,11 +131,12 @@ def _body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
     return 0 if not body else body[-1].end_lineno - body[0].lineno + 1
 
 
-def test_no_function_over_sixty_lines():
+def test_no_function_over_the_limit():
     long = []
-    for path in [*modules().values(), REPO / "app.py"]:
+    for name, path in [*modules().items(), ("latentshift", REPO / "app.py")]:
+        limit = MAX_FUNCTION_LINES[name.split(".")[0]]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > MAX_FUNCTION_LINES:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _body_lines(node) > limit:
                 long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {_body_lines(node)} lines")
     assert not long, "\n".join(long)
 

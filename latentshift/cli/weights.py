@@ -46,6 +46,18 @@ def add_cli(subparsers) -> None:
     verify_parser = commands.add_parser("verify", help="recompute the sha256 of local copies")
     verify_parser.add_argument("ids", nargs="*", metavar="ID")
     verify_parser.set_defaults(func=run_verify)
+    _add_manifest_editors(commands)
+
+    store_parser = commands.add_parser(
+        "store-check", help="load every loadable model through the model store; print loads and peak memory")
+    store_parser.add_argument("--max-models", type=int, default=None,
+                              help="store bound (default $LATENTSHIFT_MAX_MODELS or 6)")
+    store_parser.add_argument("--rounds", type=int, default=2, help="passes over the models (default 2)")
+    store_parser.set_defaults(func=run_store_check)
+
+
+def _add_manifest_editors(commands) -> None:
+    """``weights pin`` and ``weights add``: the actions that write a manifest."""
 
     pin_parser = commands.add_parser(
         "pin", help="download a model once and record its sha256 and size (e.g. resnetae-101-elastic)")
@@ -68,14 +80,6 @@ def add_cli(subparsers) -> None:
                             help="your manifest to add it to, created if missing (default: --manifest, "
                                  "else my_models.json here)")
     add_parser.set_defaults(func=run_add)
-
-    store_parser = commands.add_parser(
-        "store-check", help="load every loadable model through the model store; print loads and peak memory")
-    store_parser.add_argument("--max-models", type=int, default=None,
-                              help="store bound (default $LATENTSHIFT_MAX_MODELS or 6)")
-    store_parser.add_argument("--rounds", type=int, default=2, help="passes over the models (default 2)")
-    store_parser.set_defaults(func=run_store_check)
-
 
 def describe_source(entry: ModelEntry) -> str:
     """Short text for the SOURCE column."""

@@ -434,20 +434,26 @@ _DICOM_IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "Rows", "PixelData", "FloatP
                          "DoubleFloatPixelData")
 
 
-def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
+def _read_dicom(data: bytes, label: str, has_preamble: bool):
+    """The pydicom dataset of ``data``, or an ImageInputError naming ``label``."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import get_decoder
 
-    label = limits.label
-    has_preamble = data[128:132] == b"DICM"
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+        return pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
     except InvalidDicomError:
         raise ImageInputError(f"{label} is not a DICOM file or image") from None
     except Exception as error:  # noqa: BLE001
         raise ImageInputError(f"could not decode {label} (DICOM): "
                               f"{_short_reason(error)}") from None
+
+
+def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
+    from pydicom.pixels import get_decoder
+
+    label = limits.label
+    has_preamble = data[128:132] == b"DICM"
+    dataset = _read_dicom(data, label, has_preamble)
     if not any(keyword in dataset for keyword in _DICOM_IMAGE_KEYWORDS):
         if has_preamble:
             raise ImageInputError(f"{label} starts like a DICOM file but its content is "

@@ -531,19 +531,8 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     oy = pad + title_h
     canvas.paste(overlay, (ox, oy))
 
-    # colour scale: the colormap as blended over mid-gray would be misleading; show it pure
-    bar_w = min(max(ow, 240), 320)
-    bx, by = (width - bar_w) // 2, oy + oh + 12
-    lut = _colormap_lut(cmap)
-    strip = lut[np.linspace(0, 255, bar_w).round().astype(np.int64)]
-    canvas.paste(Image.fromarray(np.repeat(strip[None], bar_h, axis=0)), (bx, by))
-    draw.rectangle((bx - 1, by - 1, bx + bar_w, by + bar_h), outline=(120, 120, 120))
-    draw.text((bx, by + bar_h + 4), "low", font=f_small, fill=(60, 60, 60))
-    hw, _ = _text_size(draw, "high", f_small)
-    draw.text((bx + bar_w - hw, by + bar_h + 4), "high", font=f_small, fill=(60, 60, 60))
-    kind = "|attribution|" if absolute else "positive attribution"
-    kw, _ = _text_size(draw, kind, f_small)
-    draw.text(((width - kw) // 2, by + bar_h + label_size + 10), kind, font=f_small, fill=(110, 110, 110))
+    by = oy + oh + 12
+    _draw_colour_scale(canvas, draw, cmap, min(max(ow, 240), 320), by, bar_h, f_small, absolute)
     _draw_footer(canvas, by + bar_h + 2 * (label_size + 6) + 10, footer_size)
 
     path = _prepare_path(path)
@@ -552,7 +541,37 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     return path
 
 
+def _draw_colour_scale(canvas: Image.Image, draw: ImageDraw.ImageDraw, cmap: str, bar_w: int, by: int, bar_h: int,
+                       font, absolute: bool) -> None:
+    """The colour scale under a map, centred at height ``by``: the colormap pure (blended over mid-grey
+    it would mislead), "low"/"high" under its ends and what it measures on the line below."""
+    width = canvas.width
+    bx = (width - bar_w) // 2
+    strip = _colormap_lut(cmap)[np.linspace(0, 255, bar_w).round().astype(np.int64)]
+    canvas.paste(Image.fromarray(np.repeat(strip[None], bar_h, axis=0)), (bx, by))
+    draw.rectangle((bx - 1, by - 1, bx + bar_w, by + bar_h), outline=(120, 120, 120))
+    draw.text((bx, by + bar_h + 4), "low", font=font, fill=(60, 60, 60))
+    hw, _ = _text_size(draw, "high", font)
+    draw.text((bx + bar_w - hw, by + bar_h + 4), "high", font=font, fill=(60, 60, 60))
+    kind = "|attribution|" if absolute else "positive attribution"
+    kw, _ = _text_size(draw, kind, font)
+    draw.text(((width - kw) // 2, by + bar_h + font.size + 10), kind, font=font, fill=(110, 110, 110))
+
+
 # ---------------------------------------------------------------------------- plot & PNG
+
+
+def _checked_plot_inputs(lambdas, preds, target_name, threshold, initial_pred) -> tuple:
+    """(λs, predictions, threshold, initial prediction) of :func:`write_prediction_plot`, checked."""
+    lam = _as_vector(lambdas, "lambdas")
+    if lam.shape[0] < 1:
+        raise ValueError("lambdas must not be empty")
+    p = _as_vector(preds, "preds", lam.shape[0])
+    if np.any(np.diff(lam) < 0):
+        raise ValueError("lambdas must be sorted ascending")
+    if not isinstance(target_name, str) or not target_name.strip():
+        raise ValueError("target_name must be a non-empty string")
+    return lam, p, _check_probability(threshold, "threshold"), _check_probability(initial_pred, "initial_pred")
 
 
 def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, target_name: str,
@@ -571,17 +590,7 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    lam = _as_vector(lambdas, "lambdas")
-    if lam.shape[0] < 1:
-        raise ValueError("lambdas must not be empty")
-    p = _as_vector(preds, "preds", lam.shape[0])
-    if np.any(np.diff(lam) < 0):
-        raise ValueError("lambdas must be sorted ascending")
-    threshold = _check_probability(threshold, "threshold")
-    initial_pred = _check_probability(initial_pred, "initial_pred")
-    if not isinstance(target_name, str) or not target_name.strip():
-        raise ValueError("target_name must be a non-empty string")
-
+    lam, p, threshold, initial_pred = _checked_plot_inputs(lambdas, preds, target_name, threshold, initial_pred)
     fig = Figure(figsize=(5, 3.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
