@@ -36,16 +36,27 @@ logger = logging.getLogger("latentshift")
 
 class _Commands:
     """The sub-parsers as a command module sees them: ``add_parser(name, ...)`` with the help
-    line of :data:`COMMANDS` (so the registry is its one source)."""
+    line of its registry (so the registry is its one source)."""
 
-    def __init__(self, subparsers):
-        self.subparsers = subparsers
+    def __init__(self, subparsers, commands: dict[str, tuple[str, str]]):
+        self.subparsers, self.commands = subparsers, commands
 
     def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
-        if name not in COMMANDS:
-            raise KeyError(f"command {name!r} is not in latentshift.cli.COMMANDS")
-        kwargs.setdefault("help", COMMANDS[name][1])
+        if name not in self.commands:
+            raise KeyError(f"command {name!r} is not in its command registry")
+        kwargs.setdefault("help", self.commands[name][1])
         return self.subparsers.add_parser(name, **kwargs)
+
+
+def add_commands(subparsers, commands: dict[str, tuple[str, str]], argv: list[str] | None) -> None:
+    """Add the sub-parsers of a registry like :data:`COMMANDS`: with ``argv``, the full sub-parser of the
+    command it names only (its module alone imported; the others listed by name and help line)."""
+    named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
+    for module in dict.fromkeys(module for name, (module, _) in commands.items() if argv is None or name == named):
+        importlib.import_module(module).add_cli(_Commands(subparsers, commands))
+    for name, (_, help_line) in commands.items():
+        if name not in subparsers.choices:  # listed only: its module is not loaded
+            subparsers.add_parser(name, help=help_line)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -56,13 +67,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Latent Shift explanations of chest X-ray classifiers (research demo, not for clinical use).")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress (-v) or debug messages (-vv); by default only warnings")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
-    for module in dict.fromkeys(module for name, (module, _) in COMMANDS.items() if argv is None or name == named):
-        importlib.import_module(module).add_cli(_Commands(subparsers))
-    for name, (_, help_line) in COMMANDS.items():
-        if name not in subparsers.choices:  # listed only: its module is not loaded
-            subparsers.add_parser(name, help=help_line)
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), COMMANDS, argv)
     return parser
 
 

@@ -11,10 +11,10 @@ unless a command is told to.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from latentshift.cli import add_commands
 from latentshift.errors import LatentShiftError
 from latentshift.runtime import set_allocator_tunables
 
@@ -39,20 +39,6 @@ COMMANDS = {
 }
 
 
-class _Commands:
-    """The sub-parsers as a command module sees them: ``add_parser(name, ...)`` with the help line of
-    :data:`COMMANDS` (so the registry is its one source)."""
-
-    def __init__(self, subparsers):
-        self.subparsers = subparsers
-
-    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
-        if name not in COMMANDS:
-            raise KeyError(f"command {name!r} is not in latentshift_research.cli.COMMANDS")
-        kwargs.setdefault("help", COMMANDS[name][1])
-        return self.subparsers.add_parser(name, **kwargs)
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser: with ``argv``, the full sub-parser of the command it names only; without, every command's."""
     parser = argparse.ArgumentParser(
@@ -61,13 +47,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log progress (-v) or debug messages (-vv); by default only warnings "
                              "(training and evaluation log progress by default)")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    named = next((word for word in argv if not word.startswith("-")), None) if argv is not None else None
-    for module in dict.fromkeys(module for name, (module, _) in COMMANDS.items() if argv is None or name == named):
-        importlib.import_module(module).add_cli(_Commands(subparsers))
-    for name, (_, help_line) in COMMANDS.items():
-        if name not in subparsers.choices:  # listed only: its module is not loaded
-            subparsers.add_parser(name, help=help_line)
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), COMMANDS, argv)
     return parser
 
 
