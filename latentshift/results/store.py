@@ -59,6 +59,18 @@ def valid_id(result_id: str | None) -> bool:
     return bool(result_id) and len(result_id) == 64 and all(c in "0123456789abcdef" for c in result_id)
 
 
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Total size of the regular files under ``folder`` (0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 @dataclass
 class StoredResult:
     """A result in the store: its folder, its files by name, and the record written with it."""
@@ -179,14 +191,7 @@ class ResultStore:
                           "ORDER BY created DESC", *wanted)
 
     def size_bytes(self) -> int:
-        total = 0
-        for root, _, files in os.walk(self.root):
-            for name in files:
-                try:
-                    total += os.lstat(os.path.join(root, name)).st_size
-                except OSError:
-                    pass
-        return total
+        return folder_bytes(self.root)
 
     # ------------------------------------------------------------ writing
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from latentshift.results.store import folder_bytes
+
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 MAX_TOTAL_REQUESTS = 1000
 
@@ -137,18 +139,6 @@ def open_fds(pid: int | str = "self") -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def folder_bytes(folder: str | os.PathLike) -> int:
-    """Total size of the regular files under ``folder`` (0 if it does not exist)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def synthetic_xray(path: Path, side: int = 256) -> Path:
