@@ -213,9 +213,10 @@ def page_line(url: str) -> str | None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.wait_for_function("document.querySelector('#serving-line')?.innerText.includes('Answering')",
-                                   timeout=60_000)
-            page.wait_for_timeout(1000)  # the page-load event sets the current line
+            settled = "document.querySelector('#serving-line')?.innerText.trim().startsWith('Answering')"
+            page.wait_for_function(settled, timeout=60_000)
+            page.wait_for_timeout(1000)  # the page-load event sets the current line ...
+            page.wait_for_function(settled, timeout=60_000)  # ... and its timer ("0.1s") is gone again
             return page.locator("#serving-line").inner_text().strip()
         finally:
             browser.close()
