@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 
 import pytest
@@ -95,3 +96,26 @@ def test_computing_blocks_worker_threads_one_at_a_time():
     for thread in threads:
         thread.join(timeout=30)
     assert most[0] == 1 and line.counts() == {"running": 0, "waiting": 0, "refused": 0}
+
+
+def test_an_example_row_runs_in_its_turn_and_a_full_line_refuses_it(tmp_path):
+    """The examples' (lazily cached) explanation waits in the same line as the page's runs."""
+    import gradio as gr
+    from appserver import serve_app
+
+    with serve_app(tmp_path / "app", waiting=1) as served:
+        examples = [inspect.getclosurevars(fn.fn).nonlocals["self"] for fn in served.demo.fns.values()
+                    if getattr(fn.fn, "__name__", "") == "load_example_output"]
+        assert examples, "the page has no cached example rows"
+        gallery, line = examples[0], served.runs.line
+        row = gallery.non_none_examples[0]
+        running = []
+        for _ in gallery.fn(*row):
+            running.append(line.counts()["running"])
+        assert running and set(running) == {1}, running
+        assert line.counts() == {"running": 0, "waiting": 0, "refused": 0}
+        held = [line.admit() for _ in range(line.capacity)]
+        with pytest.raises(gr.Error, match="Busy: 2 ahead of you"):
+            next(gallery.fn(*row))
+        for ticket in held:
+            ticket.release()

@@ -6,6 +6,7 @@ Small settings (6 frames, 4 Integrated-Gradients steps) keep each explanation to
 from __future__ import annotations
 
 import json
+import time
 import socket
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from latentshift.app import handlers, layout, server, serving
 from latentshift.errors import ImageInputError
+from latentshift.options import ExplainOptions
 from latentshift.pipeline import Pipeline
 
 FAST = dict(frames=6, ig_steps=4)
@@ -180,6 +182,31 @@ def test_a_stored_result_comes_back_at_once_and_its_link_outlives_a_restart(tmp_
         assert served.runs.store.delete(link)
         assert client.predict(link, api_name="/result")[0] == "deleted"
         assert client.predict("0" * 64, api_name="/result")[0] == "unknown"
+
+
+def test_the_explain_api_keeps_its_result_and_answers_a_repeat_from_the_store(tmp_path):
+    from appserver import serve_app
+
+    import badinputs
+    from latentshift.app import runs
+
+    image = badinputs.good_png(tmp_path / "xray.png")
+    with serve_app(tmp_path / "app") as served:
+        client = served.client()
+        started = time.perf_counter()
+        first = client.predict(handle_file(str(image)), **FAST, api_name="/explain")
+        fresh_s, started = time.perf_counter() - started, time.perf_counter()
+        folders = sorted(served.app.run_folders().root.glob("run-*"))
+        second = client.predict(handle_file(str(image)), **FAST, api_name="/explain")
+        stored_s = time.perf_counter() - started
+        assert sorted(served.app.run_folders().root.glob("run-*")) == folders, "the repeat ran the models again"
+        assert [Path(f).read_bytes() for f in first] == [Path(f).read_bytes() for f in second]
+        options = ExplainOptions(**FAST).validate()
+        result_id = runs.run_key(str(image), "", "", options)[0]
+        assert served.runs.store.get(result_id) is not None, "the API's result is not in the store"
+        state, summary, _ = client.predict(result_id, api_name="/result")
+        assert state == "ok" and Path(summary).read_bytes() == Path(first[-1]).read_bytes()
+        print(f"/explain fresh {fresh_s:.2f} s, from the store {stored_s:.2f} s")
 
 
 @pytest.fixture(scope="module")

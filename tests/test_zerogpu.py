@@ -23,7 +23,7 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 #: Every GPU-bound function of the app and the duration it asks for.
 GPU_CALLS = {"_predict_upload": gpu.PREDICT_SECONDS, "_checked_probabilities": gpu.PREDICT_SECONDS,
-             "_explanation_stages": gpu.EXPLAIN_SECONDS, "_explanation_files": gpu.EXPLAIN_SECONDS,
+             "_explanation_stages": gpu.EXPLAIN_SECONDS, "_explained": gpu.EXPLAIN_SECONDS,
              "_comparison": gpu.COMPARE_SECONDS}
 
 

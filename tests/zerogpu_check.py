@@ -56,7 +56,8 @@ def main(folder: Path) -> dict:
                            api_name="/explain")  # a named classifier: the refusal comes from the worker
         except AppError as error:
             report["refusal"] = str(error)
-        options = handlers.explain_options("", "both", 4, 10.0, True, -40.0, 25.0, 50, 4)
+        # other settings than the /explain call above, which the store would answer at once
+        options = handlers.explain_options("", "both", 5, 10.0, True, -40.0, 25.0, 50, 4)
         report["stages"] = asyncio.run(_page_run(app.runs, example, options))
         report["page_predict"] = handlers.predict_upload(example, "", "")["status"]
     return report

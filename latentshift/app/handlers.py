@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,6 +49,10 @@ EXPLAIN_API_FILES = ("gif", "heatmap", "gradcam", "integrated_gradients", "predi
                      "summary")
 DOWNLOAD_ORDER = ("gif", "summary", "counterfactual", "exaggerated", "heatmap", "gradcam",
                   "integrated_gradients", "prediction_plot", "other_findings_plot", "input")
+#: What the result store keeps: these files (keys of Explanation.files) and the page's final values.
+KEPT_FILES = DOWNLOAD_ORDER
+KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda_min", "lambda_max", "banner",
+               "explain_anyway")
 #: The before/after slider's pairs: (choice label, "left|right").
 SLIDER_PAIRS = [("curtailed ↔ exaggerated", "curtailed|exaggerated"), ("input ↔ curtailed", "input|curtailed"),
                 ("input ↔ exaggerated", "input|exaggerated")]
@@ -491,31 +496,76 @@ def explain(image: FileData, classifier: str = "", autoencoder: str = "", target
     classifier: '' = the classifier that knows ``target`` and fits the image's population (the domain
     check's), or the serving default when no target is given. frames_from: "input" (frames keep the
     X-ray's detail; the default) or "reconstruction" (the paper's). allow_non_xray: explain an image the
-    domain check calls not a chest X-ray (otherwise refused with the reason).
+    domain check calls not a chest X-ray (otherwise refused with the reason). The same image, models
+    and settings explained before come back from the result store at once.
 
     Returns files: (GIF, Latent Shift heatmap PNG, Grad-CAM PNG, Integrated Gradients PNG,
     prediction-vs-λ plot PNG, counterfactual PNG, summary.json).
     """
+    request = explain_request(image, classifier, autoencoder, target, direction, frames, step_size, lambda_min,
+                              lambda_max, frame_duration_ms, ig_steps, frames_from, allow_non_xray)
+    files, _ = explained(request)
+    return api_files(files)
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """One /explain call, checked: the upload's path, the models ('' = the serving default's) and options."""
+
+    path: str
+    classifier: str
+    autoencoder: str
+    options: ExplainOptions
+
+
+def explain_request(image: FileData, classifier: str = "", autoencoder: str = "", target: str = "",
+                    direction: str = DEFAULTS.direction, frames: int = DEFAULTS.frames,
+                    step_size: float = DEFAULTS.step_size, lambda_min: float | None = None,
+                    lambda_max: float | None = None, frame_duration_ms: int = DEFAULTS.frame_duration_ms,
+                    ig_steps: int = DEFAULTS.ig_steps, frames_from: str = DEFAULTS.frames_from,
+                    allow_non_xray: bool = False) -> ExplainRequest:
+    """:func:`explain`'s arguments checked (a clear ``gr.Error`` otherwise), the classifier chosen by target."""
     path = uploaded_file(image)
     manual = lambda_min is not None or lambda_max is not None
     options = explain_options(target, direction, frames, step_size, manual, lambda_min, lambda_max,
                               frame_duration_ms, ig_steps, frames_from, allow_non_xray)
     if target and not classifier:
         classifier = classifier_for_finding(path, target, autoencoder).classifier_id
-    load_pair(classifier, autoencoder)
-    return tuple(file_data(name) for name in _explanation_files(path, classifier, autoencoder, options))
+    return ExplainRequest(path, classifier, autoencoder, options)
+
+
+def explained(request: ExplainRequest) -> tuple[dict[str, Path], dict[str, Any]]:
+    """One API explanation: :func:`kept_record`'s (files by key, record)."""
+    load_pair(request.classifier, request.autoencoder)
+    return _explained(request.path, request.classifier, request.autoencoder, request.options)
 
 
 @gpu.task(gpu.EXPLAIN_SECONDS)
-def _explanation_files(path: str, classifier: str, autoencoder: str, options: ExplainOptions) -> list[str | None]:
-    """The files of /explain, in :data:`EXPLAIN_API_FILES` order."""
+def _explained(path: str, classifier: str, autoencoder: str,
+               options: ExplainOptions) -> tuple[dict[str, Path], dict[str, Any]]:
     with errors_for_people("explaining the image"):
         pipeline = pipeline_for(classifier, autoencoder)
         explanation = pipeline.explain(pipeline.load_image(path), options, run_folders().new())
     if explanation.held_back:
         raise gr.Error(NOT_XRAY_API.format(p=explanation.domain["probabilities"].get("not_cxr", 0.0)),
                        title="Not a chest X-ray", print_exception=False)
-    return [file_path(explanation, key) for key in EXPLAIN_API_FILES]
+    return kept_record(explanation, result_values(explanation))
+
+
+def api_files(files: dict[str, Path | None]) -> tuple[FileData | None, ...]:
+    """The files of /explain, in :data:`EXPLAIN_API_FILES` order."""
+    return tuple(file_data(files.get(key)) for key in EXPLAIN_API_FILES)
+
+
+def kept_record(explanation: Explanation, values: dict[str, Any]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """What the result store keeps of a finished explanation: (its files by key, a record holding the
+    models, the target and the page's final texts; ``values``: :func:`result_values`)."""
+    files = {key: explanation.files[key] for key in KEPT_FILES if key in explanation.files}
+    frames = values.get("slider_frames") or {}
+    page = {name: values.get(name) for name in KEPT_VALUES}
+    page["slider_captions"] = {side: caption for side, (_, caption) in frames.items()}
+    return files, {"page": page, "classifier": explanation.classifier_id,
+                   "autoencoder": explanation.autoencoder_id, "target": explanation.target}
 
 
 def classifier_for_finding(path: str | None, finding: str, autoencoder: str | None = None,

@@ -24,7 +24,7 @@ from ..options import DEFAULTS, DIRECTIONS, option_spec
 from ..pipeline import list_models
 from . import admission, handlers, serving
 from .runs import OUTPUTS as EXPLAIN_OUTPUTS
-from .runs import Runs, link_values
+from .runs import Runs, explain_endpoint, link_values
 from .handlers import TOP_PREDICTION, UPLOAD_FILE_TYPES
 from .serving import run_folders
 
@@ -438,7 +438,7 @@ def _wire_explain(c: dict, runs: Runs) -> None:
     c["explain_anyway"].click(explain_anyway, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
                               api_visibility="private", concurrency_id="explain-page", concurrency_limit=None,
                               show_progress="minimal", show_progress_on=[c[n] for n in PROGRESS_ON])
-    _examples(c)
+    _examples(c, runs.line)
 
 
 #: What a shared link sets besides the result: the input and the models, so it can be run again.
@@ -474,17 +474,23 @@ EXAMPLE_INPUTS = ("image", "classifier", "autoencoder", "example_target", "direc
 EXAMPLE_OUTPUTS = tuple(name for name in EXPLAIN_OUTPUTS if name not in ("target", "explain_anyway"))
 
 
-def _examples(c: dict) -> None:
+def _examples(c: dict, line: admission.Line) -> None:
     """Two labelled rows of examples, each explained by the pair trained on its population: children
     (Kermany) with the embedded pediatric pair, adults (NIH) for Cardiomegaly with the best adult pair."""
 
     def explain_example(image_path, classifier_id, autoencoder_id, target_name, direction, frame_count, step,
                         mode, duration_ms, ig_step_count):
-        """An example with the default settings (every input column needs a value to be cached)."""
+        """An example with the default settings (every input column needs a value to be cached), run in
+        its turn of the admission line like any explanation; a full line refuses it with the busy message
+        (an error is not cached, so the next click tries again)."""
         options = handlers.explain_options(target_name, direction, frame_count, step, False, None, None,
                                            duration_ms, ig_step_count)
-        for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
-            yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "share_link": ""})
+        try:
+            with admission.computing(line):
+                for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
+                    yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "share_link": ""})
+        except admission.LineFull as full:
+            raise gr.Error(str(full), title="Busy", print_exception=False) from None
 
     def example_targets(classifier_id, autoencoder_id, target_name):
         return _by_component(c, handlers.example_targets(classifier_id, autoencoder_id, target_name))
@@ -636,7 +642,7 @@ def _wire_api(runs: Runs) -> None:
     gr.api(admitted(line, handlers.compare_api), api_name="compare", **heavy)
     gr.api(typed(handlers.predict), api_name="predict", concurrency_id="predict",
            concurrency_limit=serving.PREDICT_CONCURRENCY)
-    gr.api(admitted(line, handlers.explain), api_name="explain", **heavy)
+    gr.api(typed(explain_endpoint(runs)), api_name="explain", **heavy)
     name_outputs("explain", handlers.EXPLAIN_API_FILES)
     name_outputs("compare", ("gifs", "plot", "compare_json", "lines"))
     name_outputs("result", ("state", "summary", "gif"))

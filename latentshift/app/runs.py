@@ -18,6 +18,7 @@ stage after the page closed.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import logging
 from contextlib import aclosing
@@ -37,11 +38,6 @@ logger = logging.getLogger("latentshift.app")
 #: Every output a run from the page updates (by name).
 OUTPUTS = ("predictions", "target", "status", "outcome", "warnings", *handlers.RESULT_NAMES, "slider_frames",
            "slider_caption", "slider_pair", "lambda_min", "lambda_max", "share_link", "banner", "explain_anyway")
-#: The files a stored result keeps (keys of Explanation.files).
-KEPT_FILES = handlers.DOWNLOAD_ORDER
-#: What the stored page record keeps of the final values (the rest are files).
-KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda_min", "lambda_max", "banner",
-               "explain_anyway")
 LINK_STATES = {
     "expired": "This shared result has expired: results are kept {days:g} days. Explain the X-ray again.",
     "deleted": "This shared result was deleted from the server. Explain the X-ray again.",
@@ -79,7 +75,7 @@ def run_key(path: str, classifier_id: str, autoencoder_id: str, options: Explain
 def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
     """The page's values for a stored result: the saved texts and the stored files."""
     page = stored.record.get("page", {})
-    values = {name: page.get(name) for name in KEPT_VALUES if name in page}
+    values = {name: page.get(name) for name in handlers.KEPT_VALUES if name in page}
     for name in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot"):
         values[name] = _path(stored.file(name))
     captions = page.get("slider_captions") or {}
@@ -87,7 +83,7 @@ def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
               for side, key in (("input", "input"), ("curtailed", "counterfactual"), ("exaggerated", "exaggerated"))}
     frames = frames if all(path for path, _ in frames.values()) else None
     values.update(slider_frames=frames, **handlers.slider_value(frames), slider_pair=handlers.SLIDER_PAIRS[0][1])
-    values["downloads"] = [_path(stored.file(key)) for key in KEPT_FILES if stored.file(key)]
+    values["downloads"] = [_path(stored.file(key)) for key in handlers.KEPT_FILES if stored.file(key)]
     values["status"] = f"{values.get('status', '')}\n\n{note}".strip()
     values["share_link"] = share_text(stored)
     # the input and the models too, so the person who opens the link can run it again with other settings
@@ -112,13 +108,7 @@ def _path(path: Path | None) -> str | None:
 
 def keep(store: ResultStore, result_id: str, explanation: Explanation, values: dict[str, Any]) -> StoredResult:
     """Store a finished explanation's files and page texts under ``result_id``."""
-    files = {key: explanation.files[key] for key in KEPT_FILES if key in explanation.files}
-    frames = values.get("slider_frames") or {}
-    page = {name: values.get(name) for name in KEPT_VALUES}
-    page["slider_captions"] = {side: caption for side, (_, caption) in frames.items()}
-    record = {"page": page, "classifier": explanation.classifier_id, "autoencoder": explanation.autoencoder_id,
-              "target": explanation.target}
-    return store.put(result_id, files, record)
+    return store.put(result_id, *handlers.kept_record(explanation, values))
 
 
 def _next_stage(stages: Iterator[Explanation]) -> Explanation | None:
@@ -187,3 +177,42 @@ class Runs:
             logger.exception("could not keep result %s in the store", result_id)
             return
         yield {**values, "share_link": share_text(stored)}
+
+
+def explain_endpoint(runs: Runs):
+    """The ``/explain`` API (:func:`.handlers.explain`'s signature and docs) on the page's store and line:
+    a stored result comes back at once; otherwise the call waits its turn, or is refused as busy."""
+
+    @functools.wraps(handlers.explain)
+    def explain(*args, **kwargs):
+        request = handlers.explain_request(*args, **kwargs)
+        result_id = run_key(request.path, request.classifier, request.autoencoder, request.options)[0]
+        stored = runs.store.get(result_id)
+        files = _files_of(stored) if stored is not None else _explained_in_turn(runs, result_id, request)
+        return handlers.api_files(files)
+
+    return explain
+
+
+def _files_of(stored: StoredResult) -> dict[str, Path | None]:
+    return {key: stored.file(key) for key in handlers.EXPLAIN_API_FILES}
+
+
+def _explained_in_turn(runs: Runs, result_id: str, request: handlers.ExplainRequest) -> dict[str, Path | None]:
+    """Explain in the admission line's turn and keep the result (or take it from the store if the same
+    explanation finished while this one waited)."""
+    try:
+        ticket = runs.line.admit()
+    except admission.LineFull as full:
+        raise gr.Error(str(full), title="Busy", print_exception=False) from None
+    with ticket:
+        ticket.wait_turn()
+        stored = runs.store.get(result_id)
+        if stored is not None:
+            return _files_of(stored)
+        files, record = handlers.explained(request)
+        try:
+            return _files_of(runs.store.put(result_id, files, record))
+        except OSError:
+            logger.exception("could not keep result %s in the store", result_id)
+            return dict(files)
