@@ -1,10 +1,11 @@
 """Process start-up settings: glibc's allocator knobs, set in-process (bottom layer).
 
 :func:`set_allocator_tunables` calls glibc's ``mallopt`` through ctypes so that large blocks
-come from the heap (never ``mmap``) and freed memory is never trimmed back to the system:
+come from the heap (never ``mmap``), freed memory is never trimmed back to the system, and threads
+share at most two heaps:
 the decoder's large activations (hundreds of MiB per batch of 8 with the xrv-size models) are
 then reused rather than page-faulted in on every call (measured: the batch-8 cost halves on 2
-CPU cores). These are the two knobs of :data:`ALLOCATOR_TUNABLES` (the same settings as the
+CPU cores). These are the three knobs of :data:`ALLOCATOR_TUNABLES` (the same settings as the
 environment variable ``GLIBC_TUNABLES``, which glibc reads only when a process starts):
 
 =================================  ==========================  ==========================
@@ -14,7 +15,14 @@ environment variable ``GLIBC_TUNABLES``, which glibc reads only when a process s
 ``glibc.malloc.trim_threshold``    ``M_TRIM_THRESHOLD`` (-1)    -1: never trim (the
                                                                 tunable's 16 GiB, more than
                                                                 any heap here)
+``glibc.malloc.arena_max``         ``M_ARENA_MAX`` (-8)         2: at most two heaps
 =================================  ==========================  ==========================
+
+The arena limit bounds what "never trim" keeps: by default glibc gives threads up to 8 heaps per
+core, and the app's worker threads (explanations, comparisons, predictions at once) spread over a
+dozen of them, each kept at its own high-water mark. In a soak the server's RSS then crept up as
+more of them reached a large explanation (12-13 heaps, 640 MiB of them after 4 minutes). Two heaps
+hold the work of two cores.
 
 Either way glibc also stops adjusting the mmap threshold dynamically. Call it first thing in
 an entry point and in each worker process an entry point starts (they do not inherit it)::
@@ -37,10 +45,10 @@ import sys
 logger = logging.getLogger(__name__)
 
 #: The same settings as glibc tunables (for a host that sets ``GLIBC_TUNABLES`` itself).
-ALLOCATOR_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
+ALLOCATOR_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.arena_max=2"
 #: ``mallopt`` parameter numbers (glibc's malloc.h) and the values that match :data:`ALLOCATOR_TUNABLES`.
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-MALLOPT_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+MALLOPT_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 2))
 OPT_OUT = "LATENTSHIFT_NO_ALLOCATOR_TUNING"
 
 

@@ -61,3 +61,42 @@ def test_mallopt_in_process_does_what_the_start_up_tunables_do(tmp_path):
     # set in-process: the same
     assert probe(tmp_path, "set") == ["True", "0", "True"]
     assert probe(tmp_path, "set", **{runtime.OPT_OUT: "1"}) == ["False", "1", "False"]
+
+
+#: In a fresh process: optionally the settings, then 8 threads allocating at once; glibc's
+#: malloc_stats (on stderr) lists one "Arena N:" per heap the threads were given.
+ARENA_PROBE = textwrap.dedent("""
+    import ctypes, sys, threading
+    from latentshift.runtime import set_allocator_tunables
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    if sys.argv[1] == "set":
+        set_allocator_tunables()
+    barrier = threading.Barrier(8)
+    def work():
+        barrier.wait()
+        blocks = [libc.malloc(1 << 20) for _ in range(4)]
+        barrier.wait()
+        for block in blocks:
+            libc.free(block)
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads: thread.start()
+    for thread in threads: thread.join()
+    libc.malloc_stats()
+""")
+
+
+@glibc_only
+def test_threads_share_at_most_two_heaps(tmp_path):
+    def arenas(mode: str) -> int:
+        script = tmp_path / "arenas.py"
+        script.write_text(ARENA_PROBE)
+        env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", runtime.OPT_OUT)}
+        env["PYTHONPATH"] = str(runtime.__file__).rsplit("/latentshift/", 1)[0]
+        stderr = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                                check=True).stderr
+        return stderr.count("Arena ")
+
+    assert arenas("none") > 2  # glibc's default: a heap per thread, up to 8 per core
+    assert arenas("set") <= 2
