@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -214,3 +215,29 @@ def test_app_run_folders_expire_without_another_request(tmp_path):
         while list(root.glob("run-*/input.png")) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not list(root.glob("run-*/input.png")), "run folders outlived their maximum age while idle"
+
+
+def test_a_killed_servers_run_folders_go_at_the_next_start(tmp_path, monkeypatch):
+    """A process killed with SIGKILL never runs its exit handler; the next RunFolders removes its root."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from latentshift.app import serving
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = ("import sys, time; from latentshift.app import serving; folders = serving.RunFolders(); "
+            "(folders.new() / 'input.png').write_bytes(b'x' * 1000); print(folders.root, flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
+    killed_root = Path(child.stdout.readline().strip())
+    assert killed_root.parent == tmp_path and list(killed_root.glob("run-*/input.png"))
+    stranger = tmp_path / "latentshift-app-without-owner"   # not ours to judge: left alone
+    stranger.mkdir()
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert killed_root.exists(), "SIGKILL ran no clean-up"
+    folders = serving.RunFolders()
+    assert not killed_root.exists() and stranger.exists() and folders.root.exists()
+    assert (folders.root / serving.OWNER_FILE).read_text() == str(os.getpid())

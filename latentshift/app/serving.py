@@ -118,16 +118,50 @@ def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
         os.environ["LATENTSHIFT_EXTRA_MANIFEST"] = str(path)
 
 
+#: A run-folder root's name prefix, and the file in it that names the process that owns it.
+ROOT_PREFIX, OWNER_FILE = "latentshift-app-", "owner.pid"
+
+
+def remove_orphaned_roots(temp_dir: Path) -> int:
+    """Delete the run-folder roots under ``temp_dir`` whose owner process is gone (a server killed
+    with SIGKILL never runs its exit handler); returns how many. Roots without an owner file, or of a
+    live process, are left alone."""
+    removed = 0
+    for root in temp_dir.glob(f"{ROOT_PREFIX}*"):
+        try:
+            pid = int((root / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _process_alive(pid):
+            shutil.rmtree(root, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class RunFolders:
     """Output folders of the runs, under one ``tempfile.mkdtemp()`` root.
 
     A daemon thread deletes folders older than ``max_age_s`` (checked every ``max_age_s / 4``
     seconds, at most every minute), so an idle server keeps nothing for long; the root goes at
-    exit. Gradio serves copies of the returned files from its own cache (``delete_cache``).
+    exit, and a killed server's root at the next start (:func:`remove_orphaned_roots`). Gradio serves copies of the returned files from its own cache (``delete_cache``).
     """
 
     def __init__(self, max_age_s: float = RUN_FOLDER_MAX_AGE_S):
-        self.root = Path(tempfile.mkdtemp(prefix="latentshift-app-"))
+        removed = remove_orphaned_roots(Path(tempfile.gettempdir()))
+        if removed:
+            logger.info("removed %d run-folder root(s) of app processes that ended without cleaning up", removed)
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self._max_age_s = max_age_s
         self._schedule_changed = threading.Event()
         atexit.register(shutil.rmtree, self.root, ignore_errors=True)

@@ -95,10 +95,11 @@ class Server:
         return f"http://127.0.0.1:{self.port}/"
 
     def start(self, timeout_s: float = 300) -> None:
-        """Start the app with temporary folders of its own (a killed one's leftovers are counted apart)."""
+        """Start the app on the same temporary folders as before, as a restarted host would (a killed
+        server's leftovers there are removed at the next start: the app's run folders and Gradio's cache)."""
         self.starts += 1
-        self.tmp = self.work / "tmp" / f"start-{self.starts}"
-        self.cache = self.work / "gradio-cache" / f"start-{self.starts}"
+        self.tmp = self.work / "tmp"
+        self.cache = self.work / "gradio-cache"
         for folder in (self.tmp, self.cache):
             folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, TMPDIR=str(self.tmp), GRADIO_TEMP_DIR=str(self.cache), NO_PROXY="127.0.0.1",
@@ -287,6 +288,8 @@ def snapshot(server: Server, window: Tally, started: float) -> dict:
     """One record: latencies per endpoint, errors by kind, and the server's resources now."""
     pid = server.process.pid
     live = folder_bytes(server.tmp) + folder_bytes(server.cache)
+    orphaned = sum(folder_bytes(root) for root in server.tmp.glob("latentshift-app-*") if _owner(root) not in (pid, None)
+                   and not Path(f"/proc/{_owner(root)}").exists())
     return {
         "t_s": round(time.monotonic() - started, 1), "pid": pid,
         "latency_s": {name: {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
@@ -294,10 +297,17 @@ def snapshot(server: Server, window: Tally, started: float) -> dict:
         "errors": dict(sorted(window.errors.items())),
         "rss_mb": round((rss_bytes(pid) or 0) / 2**20, 1), "open_files": open_fds(pid),
         "temp_mb": round(live / 2**20, 2),
-        "killed_servers_temp_mb": round((folder_bytes(server.work / "tmp") + folder_bytes(server.work / "gradio-cache")
-                                         - live) / 2**20, 2),
+        "killed_servers_temp_mb": round(orphaned / 2**20, 2),
         "store_mb": round(folder_bytes(server.results) / 2**20, 2),
     }
+
+
+def _owner(root: Path) -> int | None:
+    """The pid that owns an app's run-folder root (its ``owner.pid``), if it says."""
+    try:
+        return int((root / "owner.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def kill_and_restart(server: Server, traffic: Traffic, retention_days: float) -> dict:
@@ -311,8 +321,10 @@ def kill_and_restart(server: Server, traffic: Traffic, retention_days: float) ->
     traffic.down.set()
     server.kill()
     killed_at = time.monotonic()
+    left_mb = [round(folder_bytes(server.tmp) / 2**20, 2)]  # the run folders left by the kill ...
     server.start()
     restart_s = round(time.monotonic() - killed_at, 1)
+    left_mb.append(round(folder_bytes(server.tmp) / 2**20, 2))  # ... and once the new server started
     client = Client(server.url, verbose=False, download_files=str(server.work / "downloads" / "check"))
     states: dict[str, int] = {}
     for result_id in before:
@@ -323,7 +335,7 @@ def kill_and_restart(server: Server, traffic: Traffic, retention_days: float) ->
     time.sleep(3)
     traffic.down.clear()
     return {"results_before_kill": len(before), "link_states_after_restart": states, "restart_s": restart_s,
-            "store_check": problems, "pages_opened": pages}
+            "store_check": problems, "pages_opened": pages, "run_folders_mb_after_kill_and_restart": left_mb}
 
 
 def _page_answers(url: str, result_id: str) -> int:
