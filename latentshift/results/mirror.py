@@ -32,7 +32,10 @@ PATH_IN_REPO = "entries"
 
 
 def write_catalog(store: ResultStore) -> Path:
-    """``entries/catalog.json``: id -> created and file names, of every result the store holds."""
+    """``entries/catalog.json``: id -> created and file names, of every result the store holds.
+
+    Left untouched when it would not change, so that a push with nothing new sends nothing (the
+    scheduler compares modification times)."""
     catalog = {}
     for result_id, created, expires, _state, _bytes in store.list():
         found = store.get(result_id)
@@ -40,8 +43,11 @@ def write_catalog(store: ResultStore) -> Path:
             names = [RECORD_NAME] + [entry["name"] for entry in found.record.get("files", {}).values()]
             catalog[result_id] = {"created": created, "expires": expires, "files": names}
     path = store.entries / CATALOG_NAME
+    text = json.dumps({"results": catalog}, indent=1)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
     staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps({"results": catalog}, indent=1), encoding="utf-8")
+    staging.write_text(text, encoding="utf-8")
     os.replace(staging, path)
     return path
 
@@ -100,9 +106,14 @@ def start_mirror(store: ResultStore, repo_id: str | None, token: str | None, eve
         logger.info("result store %s: not mirrored (set LATENTSHIFT_RESULTS_REPO and HF_TOKEN to mirror it)",
                     store.root)
         return None
+    from huggingface_hub.errors import RepositoryNotFoundError
+
     try:
         added = restore(store, repo_id, token, endpoint)
         logger.info("restored %d result(s) from dataset %s", len(added), repo_id)
+    except RepositoryNotFoundError:
+        logger.info("dataset %s not found (or the token cannot read it): nothing restored; the first push "
+                    "creates it", repo_id)
     except Exception as error:  # noqa: BLE001 - an empty or unreachable repo must not stop the app
         logger.warning("could not restore results from dataset %s: %s", repo_id, error)
     try:
@@ -120,7 +131,12 @@ def _scheduler(store: ResultStore, repo_id: str, token: str, every_minutes: floa
 
         def push_to_hub(self):
             write_catalog(store)
-            return super().push_to_hub()
+            try:
+                return super().push_to_hub()
+            except Exception as error:
+                logger.warning("push of results to dataset %s failed, the next push (in %g min) retries: %s",
+                               repo_id, every_minutes, (str(error).splitlines() or [repr(error)])[0])
+                raise
 
     return CatalogedScheduler(repo_id=repo_id, repo_type="dataset", folder_path=store.entries,
                               path_in_repo=PATH_IN_REPO, every=every_minutes, private=True, token=token,
