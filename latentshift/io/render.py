@@ -282,24 +282,20 @@ def _draw_lambda_scrubber(draw: ImageDraw.ImageDraw, layout: dict[str, Any], lam
 def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *, input_image: Any,
               target_name: str, threshold: float | None = None, frame_duration_ms: int = 100,
               palindrome: bool = True, scale: int = 1, optimize: bool = True) -> Path:
-    """Write the Latent Shift animation as a looping GIF and return its path.
+    """Write the Latent Shift animation as a looping GIF: per frame the input beside the frame,
+    the prediction bar (with the threshold's tick) and λ with the frame's place in the sweep.
 
     Args:
-        frames: (F, 1, H, W) or (F, H, W) decoded images, float in [-1024, 1024].
+        frames: (F, 1, H, W) or (F, H, W) float in [-1024, 1024].
         preds: (F,) target probability in [0, 1] of each frame.
-        lambdas: (F,) the λ of each frame, sorted ascending (λ < 0 curtails, 0 is the
-            reconstruction, λ > 0 exaggerates).
-        input_image: (H, W) the original input, float in [-1024, 1024].
-        target_name: class name shown on the prediction bar.
-        threshold: optional decision threshold in [0, 1], drawn as a tick on the bar.
+        lambdas: (F,) the λ of each frame, sorted ascending.
+        input_image: (H, W) the input, float in [-1024, 1024].
+        threshold: optional decision threshold in [0, 1].
         frame_duration_ms: display time of each frame (GIF stores 10 ms units).
         palindrome: play curtail end → exaggerate end → back (2F-2 frames for F > 2).
         scale: integer upscaling of the two image panels (nearest neighbour).
-        optimize: write each frame's pixels that equal the previous frame's as transparent
-            (the static input panel and background; about 4x smaller files, same decoded frames).
-
-    Each frame shows the input (left) beside the frame (right), the prediction bar with
-    its value, the threshold tick, λ and a marker of the frame's place in the sweep.
+        optimize: pixels equal to the previous frame's written as transparent (about 4× smaller
+            files, same decoded frames).
     """
     frames_np, preds_np, lambdas_np, input_np, threshold, scale = _checked_gif_inputs(
         frames, preds, lambdas, input_image, target_name, threshold, frame_duration_ms, scale)

@@ -273,15 +273,12 @@ class DemoAEHeadClassifier(nn.Module):
             encoder stops before the autoencoder's 1×1 latent convolution (64 channels, 28×28).
         head_width: channels per head.
         n_heads: heads averaged (an ensemble of seeds).
-        ensemble: how the heads are averaged: "logits" (each head's map pooled, then the
-            pooled logits averaged: the usual ensemble) or "maps" (the maps averaged, then
-            pooled; the first shipped version, kept to read its weights).
+        ensemble: "logits" (each head's map pooled, the pooled logits averaged) or "maps" (the
+            maps averaged, then pooled; the first shipped version, kept to read its weights).
         lse_r: sharpness of the log-mean-exp pooling of each logit map (→ 0: mean, large: max).
         dropout: spatial dropout before the 1×1 output convolution (training only).
-    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits. ``logit_maps``:
-    (N, len(pathologies), R/16, R/16) (14×14 for R = 224; the heads' mean). ``gradcam_layer``
-    is the head ensemble, whose output holds every head's maps (N, n_heads · K, R/16, R/16):
-    a target's gradient reaches only its own maps. Differentiable end to end from the input.
+    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits; ``logit_maps``
+    (N, len(pathologies), R/16, R/16). ``gradcam_layer`` is the head ensemble.
     """
 
     def __init__(self, pathologies: Sequence[str] = ("Cardiomegaly",),
