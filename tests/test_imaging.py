@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageFile
 
 from latentshift.errors import ImageInputError
-from latentshift.io.imaging import XrayImage, from_uint8, load_xray, to_display_uint8
+from latentshift.io.imaging import XrayImage, _normalize, load_xray, to_display_uint8
 
 REAL_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr" / "images" / "kermany"
 
@@ -85,9 +85,9 @@ def test_8bit_png_gradient_maps_to_model_range(tmp_path):
 
 def test_display_helpers_are_inverse_and_clip():
     values = np.arange(256, dtype=np.uint8)
-    np.testing.assert_array_equal(to_display_uint8(from_uint8(values)), values)
-    assert from_uint8(values).dtype == np.float32
-    assert (from_uint8(values)[[0, -1]] == [-1024, 1024]).all()
+    np.testing.assert_array_equal(to_display_uint8(_normalize(values, 255.0)), values)
+    assert _normalize(values, 255.0).dtype == np.float32
+    assert (_normalize(values, 255.0)[[0, -1]] == [-1024, 1024]).all()
     np.testing.assert_array_equal(to_display_uint8(np.array([-5000.0, 0.0, 5000.0])),
                                   [0, 128, 255])
 

@@ -1,12 +1,10 @@
 """Three ways to run the same tasks: in this process, in N local worker processes, as Ray tasks.
 
-The tasks are first grouped into chunks (:func:`chunks`: up to ``--item-batch`` tasks of one
-classifier); each way is a generator of ``(index, row)`` as chunks finish, calling
+Each is a generator of ``(index, row)`` as the :func:`chunks` finish, calling
 :func:`.run.run_chunk` on each. Local workers are spawned processes that load the models once
-(at start) and share the cores out (torch threads = cores // N). Ray is imported only when
-asked for; each Ray task (one chunk) takes one CPU (one GPU with ``--device cuda``) and its
-worker keeps the models it loaded for the next chunk. The output folder must be one the Ray
-workers can write (on a cluster: a shared file system).
+and share the cores out. Ray is imported only when asked for; each Ray task (one chunk) takes
+one CPU (one GPU with ``--device cuda``), and the output folder must be one its workers can
+write (on a cluster: a shared file system).
 """
 
 from __future__ import annotations

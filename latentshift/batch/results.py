@@ -26,7 +26,6 @@ COLUMNS = (
     "warning_messages", "outcome", "folder", "gif", "thumbnail", "seconds", "error", "image_sha256",
 )
 POSITIVE_LABELS = {"1", "true", "yes", "y", "positive", "pos"}
-NEGATIVE_LABELS = {"0", "false", "no", "n", "negative", "neg", "normal", "none", "no finding"}
 
 
 def truth_of(label: str, target: str) -> str:

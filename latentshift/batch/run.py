@@ -1,14 +1,10 @@
-"""The per-task function: one item explained by one classifier, whatever runs it; and chunks of them.
+"""The per-task functions that every way of running a batch (:mod:`.parallel`) calls.
 
-:func:`run_task` explains one item with one classifier into ``OUT/<item>/<classifier>/``
-(the same files as ``latentshift explain`` plus the done-marker of :mod:`.resume`) and returns
-its results row. :func:`run_chunk` does the same for several tasks of one classifier, with
-the predictions and the Latent Shift batched over the items (``--item-batch``; a chunk of one,
-or a chunk whose batched run fails, goes through :func:`run_task` item by item). Every way of
-running a batch (sequential, local worker processes, Ray tasks; :mod:`.parallel`) calls
-:func:`run_chunk`. A bad item gives a row with its error, never an exception: image and
-option errors are kept (the same content fails the same way), anything else is retried by
-the next run.
+:func:`run_task` explains one item with one classifier into ``OUT/<item>/<classifier>/`` (the
+files of ``latentshift explain`` plus the done-marker of :mod:`.resume`) and returns its results
+row; :func:`run_chunk` does it for several tasks of one classifier with the predictions and the
+Latent Shift batched (``--item-batch``). A bad item gives a row with its error, never an
+exception: image and option errors are final, anything else is retried by the next run.
 """
 
 from __future__ import annotations
@@ -32,9 +28,8 @@ from .results import error_row, explanation_row
 
 logger = logging.getLogger(__name__)
 
-#: Items explained together (``--item-batch``) when not given: on a GPU, decoding and
-#: classifying the frames of several images in one pass costs about as much as one image's;
-#: on the CPU a batch costs about its size, so items go one at a time there (today's path).
+#: Items explained together (``--item-batch``) when not given: on a GPU a batch of images costs
+#: about one image's time; on the CPU about its size, so items go one at a time there.
 ITEM_BATCH_ACCELERATOR = 8
 ITEM_BATCH_CPU = 1
 
@@ -43,11 +38,9 @@ ITEM_BATCH_CPU = 1
 class BatchConfig:
     """Everything a task needs besides its item (picklable: it travels to workers and Ray tasks).
 
-    ``setup`` ("module:function") is called once per process before any model is loaded, e.g.
-    to register your own architectures; ``threads`` caps torch's threads (None: torch's default);
-    ``item_batch`` is how many items of one classifier a worker explains together (None:
-    :data:`ITEM_BATCH_ACCELERATOR` on a GPU, :data:`ITEM_BATCH_CPU` on the CPU; see
-    :attr:`items_per_chunk`).
+    ``setup`` ("module:function") is called once per process before any model is loaded;
+    ``threads`` caps torch's threads (None: torch's default); ``item_batch``: see
+    :attr:`items_per_chunk`.
     """
 
     out_dir: str
@@ -123,12 +116,9 @@ def run_task(task: Task, config: BatchConfig) -> dict:
 
 def run_chunk(tasks: list[Task], config: BatchConfig) -> list[dict]:
     """Explain several tasks of one classifier together; their rows, in order (never raises
-    for a bad item).
-
-    Each item is read on its own (an unreadable one gets its error row), then the readable
-    ones are explained by :meth:`Pipeline.explain_many`; if that fails, every one of them
-    is redone by :func:`run_task`, so one bad item fails only its own row. A row's
-    ``seconds`` is its reading time plus its share of the batched run.
+    for a bad item). Each item is read on its own, the readable ones explained by
+    :meth:`Pipeline.explain_many`, and redone one by one if that fails; a row's ``seconds``
+    is its reading time plus its share of the batched run.
     """
     if len(tasks) < 2 or len({task.classifier for task in tasks}) > 1:
         return [run_task(task, config) for task in tasks]

@@ -1,27 +1,12 @@
 """Traditional attribution maps shown beside the Latent Shift: Grad-CAM and Integrated Gradients.
 
-Both methods are thin, documented wrappers around captum so that the demo compares the
-Latent Shift with the same maps the paper did (Cohen et al., MIDL 2021), for the same
-classifier, image and target.
-
-Conventions shared with the latent-shift heatmap (:mod:`latentshift.core.shift`):
-
-* input ``x``: a float tensor of shape (1, 1, H, W) in the model's pixel range
-  ([-1024, 1024], see :mod:`latentshift.models`);
-* ``target``: the integer index of the classifier output to explain;
-* output: a ``numpy.ndarray`` of shape (H, W), dtype float32, the input's H and W,
-  where higher values mean more important. :func:`latentshift.core.maps.normalize_map`
-  brings any of them to [0, 1] for display or comparison.
-
-Both explain the target's **logit** (the classifier's raw output, before the sigmoid):
-the sigmoid saturates for confident predictions and would shrink the gradients to
-almost nothing, and the logit is what every classifier of this project returns.
-
-The model is put in eval mode (BatchNorm with running statistics, no dropout); captum
-only needs gradients with respect to the input or the Grad-CAM layer, so model
-parameters may have ``requires_grad=False``. Gradients are enabled locally (also
-inside a caller's ``torch.no_grad()`` / ``torch.inference_mode()``); no global state
-is changed.
+Thin wrappers around captum, so the demo compares the Latent Shift with the maps the paper did
+(Cohen et al., MIDL 2021). Input ``x`` is (1, 1, H, W) in the model's pixel range
+[-1024, 1024], ``target`` an output index, the map an (H, W) float32 array, higher = more
+important (:func:`latentshift.core.maps.normalize_map` brings it to [0, 1]). Both explain the
+target's **logit**: the sigmoid saturates for confident predictions and would shrink the
+gradients to almost nothing. The model is put in eval mode; gradients are enabled locally
+(also inside a caller's ``torch.no_grad()`` / ``torch.inference_mode()``).
 """
 
 from __future__ import annotations
@@ -44,50 +29,26 @@ from ..options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "GradCAM",
-    "IGResult",
-    "IntegratedGradientsMap",
-    "find_gradcam_layer",
-    "DEFAULT_IG_STEPS",
-    "DEFAULT_IG_BASELINE",
-]
-
-#: Integration steps of Integrated Gradients (Gauss-Legendre nodes) at the first try, and
-#: the tolerance on its convergence delta that decides whether they suffice. Measured with
-#: ``python -m latentshift_research.tools.ig_steps`` against 128-step maps (docs/benchmark.md): the
-#: demo pneumonia classifier on the 151 Kermany test images has |delta| / |logit change| of
-#: median 0.46 %, max 1.81 % at 16 steps (32: 0.18 %, 0.77 %) and 16-step maps correlate at
-#: >= 0.998 with the reference; the adult cardiomegaly classifier on the 81 NIH test images
-#: correlates at >= 0.9998, but its delta reaches 28 % where the logit barely changes, so
-#: the tolerance refines 18 of the 81 images (median 0.15 s per map against 0.28 s at 32).
+#: Integration steps of Integrated Gradients (Gauss-Legendre nodes) at the first try, and the
+#: tolerance on its convergence delta that decides whether they suffice (measured in
+#: docs/benchmark.md with ``python -m latentshift_research.tools.ig_steps``).
 DEFAULT_IG_STEPS = DEFAULTS.ig_steps
 DEFAULT_IG_TOLERANCE = DEFAULTS.ig_tolerance
 #: How often the steps may be doubled to meet the tolerance (16 -> 32 -> 64).
 MAX_IG_DOUBLINGS = 2
-#: Images per forward/backward pass inside Integrated Gradients on the CPU (bounds memory;
-#: 8, 16 and 32 cost the same per image on 2 cores: 1.82 / 1.75 / 1.94 s for 32 xrv-size
-#: steps). On other devices every step of a try goes in one pass.
+#: Images per forward/backward pass inside Integrated Gradients on the CPU (bounds memory; 8, 16
+#: and 32 cost the same per image on 2 cores). On other devices every step of a try goes in one pass.
 DEFAULT_IG_BATCH = 8
 #: See :class:`IntegratedGradientsMap` for why a mid-grey image is the default.
 DEFAULT_IG_BASELINE = "zeros"
 
 
 def find_gradcam_layer(model: nn.Module) -> nn.Module:
-    """The module whose activations Grad-CAM uses for ``model``.
-
-    ``model.gradcam_layer`` wins when the model sets it (every model of
-    :mod:`latentshift.models` does). Otherwise the module tree is walked from the root:
-    while a module has a single child that contains a convolution, descend into it;
-    at the first module with several such children, take the **last** of them (the
-    last convolutional block, e.g. ``features.denseblock4`` of a DenseNet,
-    ``layer4`` of a ResNet, the last ``Conv2d`` of a plain ``Sequential``). A block
-    whose only convolution is a direct child (``Sequential(conv, bn, relu)``) is
-    returned whole, so that its activation is included, unless it also pools or
-    flattens the map (then the convolution itself is used).
-
-    Raises:
-        ValueError: the model contains no ``nn.Conv2d``.
+    """The module whose activations Grad-CAM uses for ``model``: ``model.gradcam_layer`` when
+    set, else the last convolutional block (descend while one child holds a convolution; at
+    several, take the last, e.g. ``features.denseblock4`` of a DenseNet). A block whose only
+    convolution is a direct child is returned whole (its activation included) unless it
+    also pools or flattens. ValueError when the model has no ``nn.Conv2d``.
     """
     layer = getattr(model, "gradcam_layer", None)
     if layer is not None:
@@ -124,15 +85,12 @@ def _contains_conv(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class MapResult:
-    """An attribution map: the one result type of :class:`GradCAM` and :class:`IntegratedGradientsMap`.
+    """An attribution map, the result of :class:`GradCAM` and :class:`IntegratedGradientsMap`.
 
     Attributes:
-        map: (H, W) float32. Grad-CAM: >= 0, higher = more important. Integrated
-            Gradients: signed attributions to the target logit, summed over the input
-            channel; their sum approximates logit(x) - logit(baseline).
+        map: (H, W) float32; Grad-CAM ≥ 0; IG signed, summing to about logit(x) − logit(baseline).
         method: "gradcam" or "integrated_gradients".
-        convergence_delta: IG only: sum(map) - (logit(x) - logit(baseline)), captum's
-            measure of the integral's approximation error (in logit units); else None.
+        convergence_delta: IG only: sum(map) − (logit(x) − logit(baseline)), in logits; else None.
         n_steps: IG only: integration steps used; else None.
     """
 
@@ -142,16 +100,9 @@ class MapResult:
     n_steps: int | None = None
 
 
-#: Former name of :class:`MapResult` (Integrated Gradients results).
-IGResult = MapResult
-
-
 class GradCAM:
-    """Grad-CAM (Selvaraju et al., 2017) of a classifier's target logit, via captum's ``LayerGradCam``.
-
-    The layer's activations are weighted by the spatially averaged gradients of the
-    target logit, summed over channels, upsampled bilinearly to the input size and, by
-    default, restricted to their positive part.
+    """Grad-CAM (Selvaraju et al., 2017) of a classifier's target logit via captum's ``LayerGradCam``,
+    upsampled bilinearly to the input size.
 
     Args:
         model: classifier (N, 1, H, W) -> logits (N, C).
@@ -165,15 +116,7 @@ class GradCAM:
         self.relu_attributions = relu_attributions
 
     def attribute(self, x: torch.Tensor, target: int) -> MapResult:
-        """Grad-CAM map of ``target`` for ``x``.
-
-        Args:
-            x: (1, 1, H, W) image in the model's pixel range.
-            target: index of the classifier output to explain.
-        Returns:
-            :class:`MapResult` whose ``map`` is (H, W) float32, higher = more important
-            (>= 0 unless ``relu_attributions`` is False).
-        """
+        """Grad-CAM map of ``target`` for ``x`` (1, 1, H, W)."""
         target = _check_target(self.model, target)
         height, width = _check_input(x)
         inputs = _input_for(self.model, x)
@@ -193,26 +136,19 @@ class GradCAM:
 class IntegratedGradientsMap:
     """Integrated Gradients (Sundararajan et al., 2017) of a target logit, via captum.
 
-    Baseline: the default ``"zeros"`` is a uniform mid-grey image (0 in [-1024, 1024]),
-    as in captum's default and the paper's comparison. It carries no structure and sits
-    between air and bone, so both dark (lung) and bright (bone, opacity) pixels can
-    receive attribution. ``"black"`` (the model's lowest pixel value, -1024 = no
-    attenuation) is the classic image baseline but gives nearly zero attribution to
-    dark lung pixels whatever their importance, because IG scales each gradient by
-    (x - baseline). A float (uniform value) or a tensor broadcastable to the input
-    are accepted as well. No uniform image is a neutral input for an X-ray classifier:
-    the demo pneumonia classifier gives mid-grey a logit of about 8 and black about 2.5,
-    so the map explains the difference from that logit (attributions sum to
-    logit(x) - logit(baseline), up to ``convergence_delta``).
+    Baseline: the default ``"zeros"`` is a uniform mid-grey image (0 in [-1024, 1024]), as in
+    captum and the paper's comparison: between air and bone, so dark (lung) and bright pixels
+    can both receive attribution. ``"black"`` (-1024) gives nearly zero attribution to dark
+    lung pixels, because IG scales each gradient by (x − baseline). No uniform image is a
+    neutral input: the map explains the difference from the baseline's logit.
 
-    Steps: ``n_steps`` Gauss-Legendre nodes first; while the convergence delta is larger
-    than ``tolerance`` · max(|logit(x) - logit(baseline)|, 1 logit), the integral is
-    recomputed with twice the steps, at most :data:`MAX_IG_DOUBLINGS` times. The result
-    reports the steps of the map it returns.
+    Steps: ``n_steps`` Gauss-Legendre nodes first; while |convergence delta| exceeds
+    ``tolerance`` · max(|logit(x) − logit(baseline)|, 1), the steps are doubled, at most
+    :data:`MAX_IG_DOUBLINGS` times.
 
     Args:
         model: classifier (N, 1, H, W) -> logits (N, C).
-        baseline: "zeros" | "black" | float | tensor, see above.
+        baseline: "zeros" | "black" | float | tensor broadcastable to the input.
         n_steps: integration steps of the first try (see :data:`DEFAULT_IG_STEPS`).
         internal_batch_size: images per forward/backward pass; None: :data:`DEFAULT_IG_BATCH`
             on the CPU, all steps at once on other devices.
@@ -255,15 +191,8 @@ class IntegratedGradientsMap:
             value = float(self.baseline)
         return torch.full_like(x, value)
 
-    def attribute(self, x: torch.Tensor, target: int) -> IGResult:
-        """Integrated Gradients of ``target``'s logit for ``x``.
-
-        Args:
-            x: (1, 1, H, W) image in the model's pixel range.
-            target: index of the classifier output to explain.
-        Returns:
-            :class:`IGResult` with an (H, W) float32 signed map.
-        """
+    def attribute(self, x: torch.Tensor, target: int) -> MapResult:
+        """Integrated Gradients of ``target``'s logit for ``x`` (1, 1, H, W): a signed map."""
         target = _check_target(self.model, target)
         _check_input(x)
         inputs = _input_for(self.model, x)

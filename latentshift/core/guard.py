@@ -1,23 +1,17 @@
 """Domain guard: is an upload a frontal chest X-ray, and of which population?
 
-``DomainGuard.from_model(model, info)`` wraps the guard model with the thresholds of its
-manifest entry (kind ``"guard"``; the pipeline loads it through the model store);
-``guard.check(image, population="pediatric")`` returns a :class:`GuardResult` with the
-probability of each class of :data:`latentshift.models.demo.GUARD_CLASSES`, the predicted
-population and a list of warnings (dicts with ``code`` and ``message``):
+``DomainGuard.from_model(model, info)`` wraps the guard model (manifest kind ``"guard"``)
+with its entry's thresholds; ``guard.check(image, population="pediatric")`` returns a
+:class:`GuardResult` whose warnings are:
 
-* ``"not_a_chest_xray"``: p(not_cxr) reaches the guard's threshold, *or* the image's
-  features lie far from those of every training chest X-ray (squared Mahalanobis distance
-  at or above its threshold: this catches images unlike both the X-rays and the synthetic
-  negatives the model was trained on). Both thresholds are set on validation chest X-rays
-  by :mod:`latentshift_research.training.guard`. The explanation of such an image means nothing.
-* ``"out_of_domain"``: a population was given (the population the classifier was trained
-  on) and the image more probably belongs to the other one, e.g. an adult X-ray shown to a
-  classifier trained on children.
+* ``"not_a_chest_xray"``: p(not_cxr) reaches its threshold, or the image's features lie far
+  from every training chest X-ray's (squared Mahalanobis distance at or above its threshold;
+  both set by :mod:`latentshift_research.training.guard`);
+* ``"out_of_domain"``: the image more probably belongs to the other population than the
+  one the classifier was trained on.
 
-The guard is a small CNN trained on two public sets (Kermany pediatric, NIH adult) and
-synthetic non-X-ray images. It is a coarse check for a teaching demo, not a safety device:
-see ``latentshift/embedded/demo-domain-guard.md`` for what it was tested on and its limits.
+A coarse check for a teaching demo, not a safety device: see
+``latentshift/embedded/demo-domain-guard.md`` for what it was tested on and its limits.
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ from ..models.demo import GUARD_CLASSES
 
 logger = logging.getLogger(__name__)
 
-GUARD_KIND = "guard"
 POPULATIONS = ("pediatric", "adult")
 DEFAULT_NOT_CXR_THRESHOLD = 0.5
 #: How the messages name one person and a training population.
@@ -43,15 +36,9 @@ GROUP = {"pediatric": "children (pediatric, ages 1-5)", "adult": "adults"}
 
 @dataclass
 class GuardResult:
-    """What the guard says about one image.
-
-    probabilities: class name -> softmax probability (sums to 1).
-    population: "pediatric" or "adult", the more probable of the two chest X-ray classes.
-    population_probability: that population's share of p(pediatric) + p(adult).
-    feature_distance: squared Mahalanobis distance of the image's features to the nearer
-        chest X-ray class (None if the model has no ``feature_distance``).
-    warnings: dicts {"code": "not_a_chest_xray" | "out_of_domain", "message": str}.
-    """
+    """What the guard says about one image: softmax ``probabilities`` by class, the more probable
+    ``population`` and its share of p(pediatric) + p(adult), the ``feature_distance`` (None
+    without ``feature_distance`` on the model) and ``warnings`` ({"code", "message"} dicts)."""
 
     probabilities: dict[str, float]
     population: str
@@ -85,16 +72,13 @@ def _as_batch(x) -> torch.Tensor:
 
 
 class DomainGuard:
-    """Wraps a guard model (logits (N, 3) in :data:`GUARD_CLASSES` order).
+    """Wraps a guard model ((N, 1, 224, 224) in [-1024, 1024] -> logits (N, 3), :data:`GUARD_CLASSES`).
 
     Args:
-        model: e.g. :class:`latentshift.models.demo.DomainGuardNet`; input (N, 1, 224, 224)
-            in [-1024, 1024].
         not_cxr_threshold: p(not_cxr) at or above which ``not_a_chest_xray`` is raised.
         distance_threshold: feature distance at or above which ``not_a_chest_xray`` is raised
-            (None: rule off; it needs a model with ``feature_distance``).
-        population_threshold: share of the *other* population in p(pediatric) + p(adult)
-            above which ``out_of_domain`` is raised.
+            (None: rule off).
+        population_threshold: share of the *other* population above which ``out_of_domain`` is raised.
     """
 
     def __init__(self, model: nn.Module, not_cxr_threshold: float = DEFAULT_NOT_CXR_THRESHOLD,

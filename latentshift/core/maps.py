@@ -1,8 +1,4 @@
-"""The one normaliser of attribution maps: any (H, W) map to [0, 1] for display and comparison.
-
-Used by the renderers for every map shown (the Latent Shift heatmap, Grad-CAM, Integrated
-Gradients). Numpy only, so importing it loads no model code.
-"""
+"""The one normaliser of attribution maps, any (H, W) map to [0, 1] (numpy only: loads no model code)."""
 
 from __future__ import annotations
 
@@ -15,23 +11,12 @@ DEFAULT_PERCENTILE = 99.5
 
 
 def normalize_map(saliency: Any, absolute: bool = False, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
-    """Scale a map to [0, 1].
+    """Scale an (H, W) map to (H, W) float64 in [0, 1]; all zeros when no value is positive.
 
-    Args:
-        saliency: (H, W) map (array-like), higher = more important.
-        absolute: take ``abs`` first (signed maps such as Integrated Gradients, when evidence
-            against the target should count as well); otherwise only the positive part counts
-            (negative values map to 0).
-        percentile: the value at this percentile of the rectified map, over all its pixels,
-            maps to 1 and larger values are clipped; when that value is 0 (a map that is zero
-            almost everywhere) the map's maximum is used instead.
-
-    Returns:
-        (H, W) float64 in [0, 1]; all zeros when no value is positive.
-
-    Raises:
-        ValueError: the map is not 2-D or has NaN or infinite values, or ``percentile`` is
-            outside (0, 100].
+    ``absolute`` counts |map| (signed maps such as Integrated Gradients), else only the positive
+    part. The value at ``percentile`` of the rectified map maps to 1, larger ones are clipped
+    (the maximum is used when that value is 0). ValueError for a map that is not 2-D or not
+    finite, or a percentile outside (0, 100].
     """
     values = np.asarray(saliency, dtype=np.float64)
     if values.ndim != 2:

@@ -1,35 +1,17 @@
 """Latent Shift: counterfactual frames along the classifier's gradient in latent space.
 
-Notation (see ``docs`` in the README): ``x`` is one image (1, 1, H, W) in the pixel range
-[-1024, 1024], ``E``/``D`` the autoencoder's encoder/decoder, ``f`` the classifier,
-``t`` the target output, ``z0 = E(x)``.
+``x`` is one image (1, 1, H, W) in [-1024, 1024], ``E``/``D`` the autoencoder's encoder and
+decoder, ``f`` the classifier, ``t`` the target output, ``z0 = E(x)``, λ a unitless multiple of
+the gradient ``g = ∂pred(0)/∂z`` at z0 (λ < 0 curtails the finding, λ > 0 exaggerates it).
+A frame is ``clip(x + D(z0 + λ·g) − D(z0))`` (``frames_from="input"``: λ = 0 is the input)
+or the paper's ``D(z0 + λ·g)`` (``"reconstruction"``), and ``pred(λ) = σ(f(frame(λ)))[t]``.
 
-Two kinds of frame (``frames_from``):
-
-- ``"input"`` (default): ``frame(λ) = clip(x + D(z0 + λ·g) − D(z0))`` to the pixel range, so
-  λ = 0 *is* the input and every frame keeps its detail; only the shift's change is added.
-- ``"reconstruction"`` (the paper's): ``frame(λ) = D(z0 + λ·g)``; λ = 0 is the reconstruction.
-
-1. ``z0 = E(x)``; ``x0 = frame(0)`` (the input, or the reconstruction ``D(z0)``).
-2. ``pred(λ) = σ(f(frame(λ)))[t]`` on exactly the frames shown, and ``g`` is its gradient
-   with respect to z at z0 (one backward pass; in the input mode the frame is
-   ``x + D(z) − D(z0)`` as a function of z).
-3. λ < 0 curtails the feature the classifier sees, λ > 0 exaggerates it. λ is unitless (a
-   multiple of the gradient).
-4. The λ range is given, or searched per direction until a stop rule fires, either
-   ``search="bisect"`` (default: bracket the first λ where a rule fires, outwards from
-   where the prediction's slope at λ = 0 and one decode at ±``step_size`` say it is, then
-   narrow the bracket to :data:`BISECT_PRECISION` relative to |λ|; probes are placed where
-   the rules' straight-line estimates cross, see :func:`_bisect_walker`)
-   or ``search="ladder"`` (the reference implementation's ladder ``λ ← λ − step + λ // 10``,
-   its check order and its end, exactly).
-   Every evaluated λ is cached.
-5. The sweep decodes and classifies the frames in batches, reusing cached λs.
-
-:meth:`LatentShift.attribute` takes B ≥ 1 images at once: one encode and one backward pass
-for all, then the searches in lockstep (every image's wanted λs of a round decoded and
-classified in shared batches) and one batched sweep. Its options are one
-:class:`ShiftOptions`.
+The λ range is given, or searched per side until a stop rule fires: ``search="bisect"``
+brackets the first λ where a rule fires and narrows it to :data:`BISECT_PRECISION` of |λ|
+(:func:`_bisect_walker`); ``search="ladder"`` is the reference implementation's ladder
+(:func:`lambda_ladder`) with its check order and end. Every evaluated λ is cached and the
+sweep reuses it. :meth:`LatentShift.attribute` takes B ≥ 1 images: one encode and backward
+pass for all, the searches in lockstep with shared batches, one batched sweep.
 """
 
 from __future__ import annotations
@@ -54,19 +36,16 @@ logger = logging.getLogger(__name__)
 Direction = Literal["both", "curtail", "exaggerate"]
 HeatmapMode = Literal["int", "max", "mean", "mm"]
 
-#: Ladder rungs per direction evaluated together at most (on an accelerator): the batch
-#: doubles from ``search_batch`` up to this, so a long search needs few rounds while a batch
-#: rarely overshoots the stop by many rungs (each overshooting rung is a wasted decode).
+#: Most ladder rungs per side evaluated together (on an accelerator; the batch doubles from
+#: ``search_batch`` up to this, and each rung past the stop is a wasted decode).
 MAX_SEARCH_BATCH = 8
 
-#: Relative precision of the bisect search: it stops once the bracket [λ_ok, λ_stop] is
-#: narrower than this fraction of |λ_stop| and returns λ_stop (where a stop rule fired).
+#: The bisect search stops once the bracket [λ_ok, λ_stop] is narrower than this fraction of
+#: |λ_stop| and returns λ_stop.
 BISECT_PRECISION = 0.02
 
-#: Largest growth of |λ| from one bracketing probe to the next, and of the first probe over
-#: step_size (a guess past the end only widens the bracket the split narrows).
+#: Largest growth of |λ| from one bracketing probe to the next (and of the first over step_size).
 MAX_GROWTH = 128.0
-
 
 
 @dataclass
@@ -75,26 +54,19 @@ class ShiftResult:
 
     Attributes:
         lambdas: (F,) sorted λ of the frames, 0 included.
-        preds: (F,) target prediction (probability in [0, 1]) of each frame.
-        frames: (F, 1, H, W) the frames shown (see ``frames_from``), pixel range about
-            [-1024, 1024], on the CPU.
+        preds: (F,) target prediction in [0, 1] of each frame.
+        frames: (F, 1, H, W) the frames shown (see ``frames_from``), about [-1024, 1024], on the CPU.
         heatmap: (H, W) float32 ≥ 0, where the frames change (see ``heatmap_mode``).
-        reconstruction: (1, 1, H, W) ``D(E(x))`` (the λ = 0 frame in the paper's mode).
-        initial_pred: target prediction of the input image itself.
-        reconstruction_pred: target prediction of the reconstruction in the paper's mode (its
-            λ = 0 frame); None in the input mode, whose λ = 0 frame is the input.
-        frames_from: "input" (frames keep the input's detail: x + D(z0 + λ·g) − D(z0)) or
-            "reconstruction" (the paper's D(z0 + λ·g)).
-        all_preds: (F, C) prediction of *every* classifier output on each frame (the target's
-            column equals ``preds``): what else moves along the target's path.
+        reconstruction: (1, 1, H, W) ``D(E(x))``.
+        initial_pred: target prediction of the input itself.
+        reconstruction_pred: the reconstruction's target prediction in the paper's mode; None in
+            the input mode.
+        all_preds: (F, C) prediction of every classifier output on each frame.
         lambda_range: (λ_min, λ_max) the sweep covered.
         stop_reasons: {"curtail": key, "exaggerate": key}, keys of :data:`latentshift.options.STOP_WORDS`.
-        limits: the search's limits by name (pred_diff, floor, ceiling, pixel_budget, max_lambda),
-            which the words of a stop reason name (:func:`latentshift.options.stop_words`).
+        limits: the search's limits by name (:data:`latentshift.options.STOP_LIMITS`).
         pixel_change: (F,) ``sum|frame − x0| / sum|x0|`` per frame (x0: the λ = 0 frame).
-        target: target output index.
-        evaluations: number of λ values decoded and classified (λ = 0 included; the bisect
-            search's one decode-only probe that aims its first probe is not counted).
+        evaluations: λ values decoded and classified (λ = 0 included, bisect's aiming probe not).
         timings: seconds per stage ("encode_gradient", "search", "sweep", "heatmap").
     """
 
@@ -118,12 +90,12 @@ class ShiftResult:
 
     @property
     def map(self) -> np.ndarray:
-        """(H, W) where the frames change: the same as ``heatmap`` (the core's common result field)."""
+        """``heatmap``, under the field name every core result has."""
         return self.heatmap
 
     @property
     def zero_index(self) -> int:
-        """Index of the λ = 0 frame (the input, or the reconstruction in the paper's mode)."""
+        """Index of the λ = 0 frame."""
         return int(np.flatnonzero(self.lambdas == 0.0)[0])
 
     @property
@@ -132,10 +104,9 @@ class ShiftResult:
         return float(self.preds[self.zero_index])
 
     def counterfactual_index(self, side: str) -> int | None:
-        """Index of ``side``'s counterfactual frame: the lowest prediction among the frames with
-        λ < 0 ("curtail") or the highest among those with λ > 0 ("exaggerate"), the frame
-        nearest the end on a tie. It is the end frame unless the path turned back before the
-        end, so no frame that went further is hidden. None when no frame is on that side."""
+        """Index of ``side``'s counterfactual frame: the lowest prediction with λ < 0 ("curtail")
+        or the highest with λ > 0 ("exaggerate"), the one nearest the end on a tie; None when no
+        frame is on that side."""
         on_side = np.flatnonzero(self.lambdas < 0 if side == "curtail" else self.lambdas > 0)
         if on_side.size == 0:
             return None
@@ -169,10 +140,9 @@ class ShiftResult:
 def lambda_ladder(step_size: float, max_lambda: float, sign: int) -> list[float]:
     """The reference implementation's search ladder on one side (0 excluded).
 
-    Curtailing (``sign`` = -1) it is ``λ ← λ − step_size + λ // 10`` with floor division on
-    the float values, as the reference computes it: −10, −21, −34, −48, −63, −80, … for
-    step 10. Exaggerating (``sign`` = +1) is its mirror image (+10, +21, +34, …). The ladder
-    is not clipped: it ends at the first rung with |λ| ≥ ``max_lambda`` (e.g. −3103).
+    Curtailing (``sign`` = -1) it is ``λ ← λ − step_size + λ // 10`` (float floor division):
+    −10, −21, −34, −48, … for step 10; exaggerating is its mirror image. It ends, unclipped,
+    at the first rung with |λ| ≥ ``max_lambda``.
     """
     rungs, current = [], 0.0  # ``current`` walks the curtail side (≤ 0)
     while current > -max_lambda:
@@ -182,11 +152,8 @@ def lambda_ladder(step_size: float, max_lambda: float, sign: int) -> list[float]
 
 
 def sweep_lambdas(lambda_min: float, lambda_max: float, frames: int) -> np.ndarray:
-    """``frames`` λs evenly spaced over [λ_min, λ_max], with λ = 0 always included.
-
-    The frames are shared between the two sides in proportion to their length, so the
-    spacing is (nearly) even; the ends are kept exactly (they are usually cached).
-    """
+    """``frames`` λs over [λ_min, λ_max], 0 and both ends included, shared between the sides
+    in proportion to their length (nearly even spacing)."""
     if lambda_min == 0.0 and lambda_max == 0.0:
         return np.zeros(1)
     span = lambda_max - lambda_min
@@ -204,32 +171,15 @@ def sweep_lambdas(lambda_min: float, lambda_max: float, frames: int) -> np.ndarr
 
 @dataclass(frozen=True)
 class ShiftOptions:
-    """How :meth:`LatentShift.attribute` finds and sweeps its λ range; checked when made
-    (:class:`~latentshift.errors.OptionsError` names the first bad value).
-
-    The defaults are :data:`latentshift.options.DEFAULTS`' (:meth:`from_explain` takes an
-    explanation's :class:`~latentshift.options.ExplainOptions`).
+    """How :meth:`LatentShift.attribute` finds and sweeps its λ range, checked when made
+    (:class:`~latentshift.errors.OptionsError`). The fields shared with
+    :class:`~latentshift.options.ExplainOptions` mean the same and default the same
+    (:meth:`from_explain` copies them); besides those:
 
     Attributes:
-        lambda_range: (λ_min, λ_max) with λ_min ≤ 0 ≤ λ_max; skips the search.
-        step_size: first search step in λ; steps grow by |λ|/10.
-        frames: number of sweep frames (λ = 0 included), at least 2.
-        direction: "both", "curtail" (λ ≤ 0) or "exaggerate" (λ ≥ 0).
-        pred_diff: stop a direction once the prediction moved this much from λ = 0.
-        pixel_budget: stop once ``sum|frame − x0| > pixel_budget · sum|x0|``.
-        max_lambda: largest |λ| searched.
-        heatmap: "int" (mean |Δ| of consecutive frames), "max"/"mean" (of |x0 − frame|),
-            "mm" (|first − last|).
-        floor, ceiling: stop curtailing below ``floor`` / exaggerating above ``ceiling``.
-        search: "bisect" (bracket and bisect, the default) or "ladder" (the reference's
-            ladder and its exact answer); see :meth:`LatentShift._walkers`.
         precision: relative precision of the bisect search (0.02 = 2 % of |λ|).
-        search_batch: ladder rungs per direction per batch (doubles each round, up to
-            :data:`MAX_SEARCH_BATCH`); default 1 on the CPU (where a batch of N costs
-            about N single evaluations), 4 elsewhere.
-        frames_from: "input" (frames ``clip(x + D(z0 + λ·g) − D(z0))``: λ = 0 is ``x``, the
-            search, its pixel budget and the predictions are on those frames) or
-            "reconstruction" (the paper's ``D(z0 + λ·g)``).
+        search_batch: ladder rungs per side per batch (doubling up to :data:`MAX_SEARCH_BATCH`);
+            default 1 on the CPU, 4 elsewhere.
     """
 
     lambda_range: tuple[float, float] | None = None
@@ -343,16 +293,11 @@ class LatentShift:
                 caller already has them (saves one classifier call); computed otherwise.
 
         Returns:
-            A list of B results in the order of ``inputs``, also for B = 1
-            (``[result] = explainer.attribute(x, target)``).
+            B results in the order of ``inputs`` (``[result] = explainer.attribute(x, target)``).
 
-        The encoding and the latent gradients of all B images are computed in one pass; their
-        searches then run in lockstep (each round, every unfinished search's λs are decoded and
-        classified together, ``batch_size`` at a time) and so do the sweeps. Each result has its
-        own stop rules, λ range and ``evaluations``; its ``timings`` share the stages done for
-        all images at once out evenly (seconds / B). The classifier and the autoencoder must
-        treat the images of a batch independently (eval mode: no batch statistics); results
-        equal those of one call per image up to float rounding of batched passes.
+        Stages done for all images at once count seconds / B in each result's ``timings``. The
+        models must treat a batch's images independently (eval mode); results equal those of
+        one call per image up to float rounding of batched passes.
         """
         options = ShiftOptions() if options is None else options
         targets = self._check_inputs(inputs, target, initial_preds)
@@ -410,9 +355,8 @@ class LatentShift:
 
     @staticmethod
     def _check_inputs(inputs, target, initial_preds) -> list[int]:
-        """One target index per image, once ``inputs`` is (B, 1, H, W) with B ≥ 1 and finite,
-        ``target`` one index or B of them and ``initial_preds`` None or B values; raises
-        :class:`OptionsError` naming what is wrong otherwise."""
+        """One target index per image; :class:`OptionsError` unless ``inputs`` is a finite
+        (B, 1, H, W) tensor and ``target`` and ``initial_preds`` fit it."""
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4 or inputs.shape[0] < 1 or inputs.shape[1] != 1:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
             raise OptionsError(f"inputs must be a tensor of shape (B, 1, H, W) with B ≥ 1, got {shape}")
@@ -432,9 +376,8 @@ class LatentShift:
         return [int(value) for value in targets]
 
     def _find_ranges(self, caches, options: ShiftOptions) -> list[tuple[tuple[float, float], dict[str, str]]]:
-        """Per image, ((λ_min, λ_max), stop reason per side): the given range, or its search's
-        ends. The images' searches run in lockstep (see :func:`_drive`: one batch of decodes
-        per round for every side and image)."""
+        """Per image, ((λ_min, λ_max), stop reason per side): the given range, or the ends of
+        the searches, run in lockstep (:func:`_drive`)."""
         if options.lambda_range is not None:
             return [self._range_of({}, options) for _ in caches]
         sides = [s for s in ("curtail", "exaggerate") if options.direction in (s, "both")]
@@ -486,10 +429,9 @@ class LatentShift:
         return z, gradient
 
     def _latent_gradients(self, xs: torch.Tensor, targets: list[int], frames_from: str):
-        """(z, g, D(z), outputs) for images ``xs`` (B, 1, H, W): latent codes, ``∂p_i/∂z_i`` per
-        image, the reconstructions (B, 1, H, W) and every output's prediction on the λ = 0
-        frames (B, C): the reconstructions, or in the input mode ``x + D(z) − D(z0)`` at z = z0
-        (numerically ``x``); one encode and one backward pass for all B, all detached."""
+        """(z, g, D(z), outputs) of images ``xs`` (B, 1, H, W), detached: latent codes,
+        ``∂p_i/∂z_i``, reconstructions (B, 1, H, W) and every output's prediction (B, C) on
+        the λ = 0 frames; one encode and one backward pass for all."""
         with torch.inference_mode():
             z = self.autoencoder.encode(xs)
         z = z.clone().requires_grad_(True)  # a normal tensor, outside inference mode
@@ -503,18 +445,9 @@ class LatentShift:
         return z.detach(), gradient.detach(), reconstruction.detach(), outputs.detach()
 
     def _walkers(self, cache, sides, rules, options: ShiftOptions) -> dict:
-        """{side: walker} of one image's search (see :func:`_drive`).
-
-        "ladder": the reference's rungs (:func:`lambda_ladder`), λ = 0 checked first, the
-        end is the rung at which a rule fired. "bisect": |λ| grows from the first probe
-        (:func:`_first_probe`, from the prediction's slope and one decode at ±``step_size``,
-        clipped at max_lambda) until a rule fires, then the bracket is narrowed to
-        ``precision`` (:func:`_bisect_walker`); the end is the closest λ found at which a
-        rule fires. The rules are :class:`_StopRules` in the reference's order for both. On the CPU a ladder side
-        takes one rung per round (rungs past the stop are wasted); elsewhere ``search_batch``.
-        The two sides' probes of a round share one batch (on 2 CPU cores a batch of 2 costs
-        1.65× a single evaluation for both the demo and the xrv-size pair).
-        """
+        """{side: walker} of one image's search (see :func:`_drive`): :func:`_ladder_walker`
+        (one rung per round on the CPU, where rungs past the stop are wasted) or
+        :func:`_bisect_walker`."""
         on_cpu = self.device.type == "cpu"
         if options.search == "ladder":
             batch = options.search_batch or (1 if on_cpu else 4)
@@ -527,12 +460,8 @@ class LatentShift:
 
 def _drive(jobs: list) -> list[dict[str, tuple[float, str]]]:
     """Run the searches of ``jobs`` = [(cache, {side: walker}), ...] in lockstep; per job
-    {side: (λ_end, reason)}.
-
-    A walker yields the λs it needs evaluated next and returns (λ_end, reason). Each round
-    every unfinished walker's λs are evaluated in one batched evaluation (both sides, every
-    job), then each walker goes on.
-    """
+    {side: (λ_end, reason)}. A walker yields the λs it needs next and returns (λ_end, reason);
+    each round every unfinished walker's λs are evaluated in one batched call."""
     ends = [{} for _ in jobs]
     wanted = [{} for _ in jobs]
     for (_, walkers), end, want in zip(jobs, ends, wanted):
@@ -584,13 +513,10 @@ def _bisect_walker(cache, side, rules, step_size, precision):
     """Bracket-and-bisect on one side; returns (λ_end, rule): λ_end fires a rule and is within
     ``precision``·|λ_end| of a λ that fires none (or is ±max_lambda, or 0).
 
-    Bracket: the first probe is :func:`_first_probe`; each next |λ| is where the last two
-    probes' prediction and pixel change (in logits for the prediction), extended linearly,
-    would fire a rule (times 1 + 0.4·precision, between (1 + precision)× and
-    :data:`MAX_GROWTH`× the last |λ|; 2× when they do not say). Bisect: each split point is
-    the rules' interpolated crossing, just on the far side of it from the longer part of the
-    bracket, so a good estimate closes the bracket in two probes; the plain midpoint whenever
-    a split did not halve the bracket.
+    Bracket: from :func:`_first_probe`, each next |λ| is where the last two probes, extended
+    linearly (:func:`_crossing`), would fire a rule (times 1 + 0.4·precision, between
+    (1 + precision)× and :data:`MAX_GROWTH`× the last |λ|; 2× when they do not say). Bisect:
+    at :func:`_split_point`, or the midpoint whenever a split did not halve the bracket.
     """
     sign = -1.0 if side == "curtail" else 1.0
     reason = rules.check(side, 0.0, rules.start_pred, rules.start_pred, 0.0)
@@ -626,11 +552,10 @@ def _bisect_walker(cache, side, rules, step_size, precision):
 def _first_probe(cache, rules, side, step_size, precision) -> float:
     """λ of a side's first bracketing probe: where straight lines from λ = 0 would fire a rule.
 
-    The prediction's line (in logits) has the slope the gradient pass gives for free,
-    dp/dλ = |∂p/∂z|² at λ = 0; the pixel change's goes through one decode at ±``step_size``
-    (:func:`_probe_pixel_change`, the same change for both sides to first order). The probe
-    is that crossing times 1 + 0.4·precision, between step_size/100 and
-    :data:`MAX_GROWTH`·step_size (and max_lambda); ±step_size when the lines say nothing.
+    The prediction's line (in logits) has slope dp/dλ = |∂p/∂z|² at λ = 0; the pixel change's
+    goes through one decode at ±``step_size`` (:func:`_probe_pixel_change`). The probe is
+    that crossing times 1 + 0.4·precision, between step_size/100 and :data:`MAX_GROWTH`·step_size
+    (and max_lambda); ±step_size when the lines say nothing.
     """
     sign = -1.0 if side == "curtail" else 1.0
     step = min(float(step_size), rules.max_lambda)
@@ -687,11 +612,8 @@ def _split_point(cache, rules, side, low: float, high: float, precision: float) 
 
 @dataclass
 class _StopRules:
-    """The reference's stop rules in its order (``check`` returns the rule that fires or None).
-
-    ``pixel_threshold`` is ``pixel_budget · sum|x0|`` in float32, as the reference compares
-    ``sum|frame − x0| > sum|x0| · budget``.
-    """
+    """The reference's stop rules in its order; ``pixel_threshold`` is ``pixel_budget · sum|x0|``
+    in float32, as the reference computes it."""
 
     start_pred: float
     pred_diff: float
@@ -741,7 +663,6 @@ class _FrameCache:
         self.frames: dict[float, torch.Tensor] = {0.0: self.origin[0]}
         self.preds: dict[float, float] = {0.0: zero_pred}
         self.outputs: dict[float, torch.Tensor] = {}
-        self.changes: dict[float, float] = {0.0: 0.0}
         self.diffs: dict[float, float] = {0.0: 0.0}
         self.evaluations = 1
         self.gradient_norm2 = float(gradient.double().pow(2).sum())  # dp/dλ at λ = 0
@@ -757,10 +678,6 @@ class _FrameCache:
 
     def pred(self, lam: float) -> float:
         return self.preds[float(lam)]
-
-    def change(self, lam: float) -> float:
-        """sum|frame − x0| / sum|x0| at an evaluated λ."""
-        return self.changes[float(lam)]
 
     def diff(self, lam: float) -> float:
         """sum|frame − x0| (float32 sum, pixel units) at an evaluated λ."""
@@ -782,9 +699,7 @@ class _FrameCache:
         self.frames[lam] = image.clone()
         self.preds[lam] = float(output[self.target])
         self.outputs[lam] = output.clone()
-        diff = self.pixel_diff(image)
-        self.diffs[lam] = diff
-        self.changes[lam] = diff / self.reference_mass
+        self.diffs[lam] = self.pixel_diff(image)
         self.evaluations += 1
 
     def all_outputs(self, lambdas: np.ndarray) -> np.ndarray:

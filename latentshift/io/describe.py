@@ -1,14 +1,10 @@
 """The outcome of an explanation in words, built from its numbers (no model, no UI).
 
-:func:`outcome_sentence` says which finding, the prediction of each direction's counterfactual
-frame against the threshold ("stays positive" / "becomes negative"), why each direction stopped
-in plain words, and the warnings. A direction's counterfactual frame is the one that went
-furthest (lowest prediction curtailing, highest exaggerating): the end frame, unless the path
-turned back before the end, and then the sentence says so, so no frame that crossed the
-threshold is hidden behind an end that did not. "Becomes negative/positive" needs the frame to
-cross the threshold by at least :data:`CROSSING_MARGIN`; a smaller crossing is told as touching the
-threshold, with the numbers. :func:`moving_findings` names the other outputs that move with the
-target. The app, the API and ``summary.json`` all show these same words.
+:func:`outcome_sentence` says which finding, where each direction's counterfactual frame takes
+the prediction against the threshold ("stays positive" / "becomes negative", or only touches it
+when it crosses by less than :data:`CROSSING_MARGIN`), whether the path turned back before its
+end, why each direction stopped, and the warnings. :func:`moving_findings` names the other
+outputs that move with the target. The app, the API and ``summary.json`` show these same words.
 """
 
 from __future__ import annotations
@@ -19,12 +15,10 @@ import numpy as np
 
 from ..options import stop_words
 
-#: How far past the threshold a frame's prediction must go to be told as a flip. Near the threshold the
-#: embedded classifiers' predictions move by up to 0.04-0.07 (95th percentile) under changes that carry
-#: no finding at all (JPEG re-encoding, a 2-pixel shift, ±3 % contrast; measured on the test split with
-#: ``python -m latentshift_research.tools.prediction_jitter``), so a smaller crossing is not told as a flip.
+#: How far past the threshold a frame's prediction must go to be told as a flip: the embedded
+#: classifiers' predictions move by up to 0.04-0.07 near it under changes that carry no finding
+#: (``python -m latentshift_research.tools.prediction_jitter``).
 CROSSING_MARGIN = 0.05
-
 
 
 def _side(value: float, threshold: float | None) -> str:

@@ -1,36 +1,20 @@
 """Loading chest X-rays into the model's input convention (torchxrayvision style).
 
-:func:`load_xray` turns a PNG/JPEG/TIFF/GIF/BMP/WebP file or a DICOM file (a path
-or raw bytes) into an :class:`XrayImage` whose ``pixels`` are a float32 (R, R)
-array in [-1024, 1024], the range every model of :mod:`latentshift.models` expects.
+:func:`load_xray` turns a raster file (PNG/JPEG/TIFF/GIF/BMP/WebP) or a DICOM file, as a path
+or bytes, into an :class:`XrayImage` whose ``pixels`` are float32 (R, R) in [-1024, 1024]:
 
-Pipeline:
+1. The header is checked before any pixel is decoded: size (``max_pixels``), smallest side
+   (``min_side``), aspect ratio (at most :data:`MAX_ASPECT_RATIO`).
+2. The pixels become one grey float array, ``(img / maxval) * 2048 - 1024`` as in
+   ``torchxrayvision.datasets.normalize``. Raster: ``maxval`` is the bit depth's maximum;
+   colour is reduced to ITU-R 601-2 luma, transparency composited on black, EXIF orientation
+   applied, 32-bit integer and float images rescaled from their own min/max, the first frame
+   of animated files used. DICOM: modality LUT, then VOI LUT or the first window, rescaled from
+   its own min/max; MONOCHROME1 inverted; first frame.
+3. Centre crop to a square, then an antialiased bilinear resize in float ('F' mode).
 
-1. **Identify and check the header** (before any pixel is decoded): size limit
-   (``max_pixels``, decompression bombs), smallest side (``min_side``) and aspect
-   ratio (at most 4:1, beyond that a centre crop would not contain the chest).
-2. **Decode to one grayscale float array** and map it to [-1024, 1024] like
-   ``torchxrayvision.datasets.normalize(img, maxval)``:
-   ``(img / maxval) * 2048 - 1024``.
-
-   * Raster images: ``maxval`` is the bit depth's maximum (1 bit and 8 bit: 255
-     after Pillow's conversion to 'L'; 16 bit: 65535). Colour images are reduced to
-     ITU-R 601-2 luma (Pillow's ``convert("L")``); transparent pixels are
-     composited on black. 32-bit integer images that do not fit 16 bits and float
-     images are rescaled from their own min/max. EXIF orientation is applied
-     (``ImageOps.exif_transpose``). Animated or multi-page files use their first
-     frame.
-   * DICOM: the modality LUT (rescale slope/intercept) and then the VOI LUT or
-     window (``pydicom.pixels.apply_modality_lut`` / ``apply_voi_lut``, first
-     window) are applied; the result is rescaled from its own min/max to [0, 1]
-     (so the window, when present, spans the full range) and MONOCHROME1 is
-     inverted so that bone is bright, as in MONOCHROME2. Multi-frame: first frame.
-3. **Centre crop** to a square of side min(height, width), then **resize** the
-   float array to ``resolution`` x ``resolution`` with Pillow's antialiased
-   bilinear filter in mode 'F' (32-bit float, no quantisation to 8 bits).
-
-Every unreadable or unsuitable input raises :class:`~latentshift.errors.ImageInputError`
-with a message for a person; messages name the file by its base name only.
+Every unreadable or unsuitable input raises :class:`~latentshift.errors.ImageInputError` with a
+message for a person that names the file by its base name only.
 """
 
 from __future__ import annotations
@@ -116,38 +100,19 @@ class XrayImage:
 
 
 def to_display_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Map model pixels in [-1024, 1024] to uint8 [0, 255] (rounded; out of range clipped).
-
-    Works on arrays of any shape; inverse of :func:`from_uint8` up to rounding.
-    """
+    """Model pixels in [-1024, 1024] (any shape) to uint8 [0, 255], rounded and clipped."""
     scaled = (np.asarray(pixels, dtype=np.float32) - _PIXEL_MIN) * (255.0 / _PIXEL_SPAN)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def from_uint8(arr: np.ndarray) -> np.ndarray:
-    """Map uint8 values [0, 255] to float32 model pixels [-1024, 1024].
-
-    Same formula as ``torchxrayvision.datasets.normalize(arr, 255)``; any shape.
-    """
-    return _normalize(np.asarray(arr, dtype=np.float32), 255.0)
-
-
 def load_xray(source: ImageSource, *, resolution: int = 224, max_pixels: int = 50_000_000,
               min_side: int = 32) -> XrayImage:
-    """Load a chest X-ray from a path or bytes into the model convention.
+    """Load a chest X-ray (path or bytes) as an :class:`XrayImage` of side ``resolution``.
 
-    Args:
-        source: path (str or ``os.PathLike``) or the file's bytes.
-        resolution: side R of the output square.
-        max_pixels: largest accepted width*height, checked from the header before
-            decoding. Pillow's own decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
-            also applies to raster images.
-        min_side: smallest accepted width and height of the input, before resizing.
-    Returns:
-        :class:`XrayImage` with ``pixels`` float32 (R, R) in [-1024, 1024].
-    Raises:
-        ImageInputError: the input is missing, empty, not an image, truncated,
-            corrupt, too small, too large, too elongated, blank or non-finite.
+    ``max_pixels`` (width × height, from the header; Pillow's own bomb limit applies too) and
+    ``min_side`` bound the input before resizing. ImageInputError when the input is missing,
+    empty, not an image, truncated, corrupt, too small, too large, too elongated, blank or
+    non-finite.
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")

@@ -1,15 +1,10 @@
 """Rendering of explanations to files: the Latent Shift GIF, attribution overlays, the
-prediction-vs-λ plot and single PNG frames.
+prediction-vs-λ plots and single PNG frames.
 
-Pixel convention: model-range images are float arrays in [-1024, 1024] (torchxrayvision);
-they are shown as 8-bit grayscale with ``(x + 1024) / 2048 * 255`` (clipped, rounded).
-Every function accepts numpy arrays or torch tensors, validates shapes (``ValueError``
-with a message naming the argument), creates the parent directory of ``path`` and returns
-the written path as a :class:`pathlib.Path`. No UI code lives here.
-
-The GIF is built with Pillow only (no ffmpeg, no matplotlib per frame): every frame is
-composed as RGB and mapped onto one fixed palette (a gray ramp plus the few colours of the
-prediction bar), so all frames share a palette and nothing flickers.
+Images are float arrays or tensors in [-1024, 1024], shown as 8-bit grey
+(:func:`~latentshift.io.imaging.to_display_uint8`). Every writer checks its inputs
+(``ValueError`` naming the argument), creates the parent folder and returns the path. The GIF
+is built with Pillow only, every frame mapped onto one fixed palette, so nothing flickers.
 """
 
 from __future__ import annotations
@@ -29,14 +24,8 @@ from .imaging import to_display_uint8
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "write_gif",
-    "gif_frame_count",
-    "write_overlay",
-    "overlay_array",
-    "write_prediction_plot",
-    "write_png",
-]
+__all__ = ["write_gif", "gif_frame_count", "write_overlay", "overlay_array", "write_prediction_plot",
+           "write_curves_plot", "write_png"]
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -104,8 +93,7 @@ def _check_probability(value: float | None, name: str) -> float | None:
 
 def _prepare_path(path: str | os.PathLike) -> Path:
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -114,25 +102,12 @@ OVERLAY_TEXT_PX = 13
 
 
 @functools.lru_cache(maxsize=32)
-def text_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans bundled with matplotlib (it has Greek λ); else Pillow's default font."""
-    try:
-        import matplotlib
+def text_font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans as bundled with matplotlib (it has Greek λ)."""
+    import matplotlib
 
-        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
-    except Exception:  # pragma: no cover - matplotlib is a dependency; keep a fallback
-        return ImageFont.load_default(size=size)
-
-
-def _lambda_symbol(font) -> str:
-    """'λ' when the font has the glyph, else 'lambda' (Pillow's default font lacks Greek)."""
-    try:
-        if font.getmask("λ").getbbox() != font.getmask("\uffff").getbbox():
-            return "λ"
-    except Exception:  # pragma: no cover
-        pass
-    return "lambda"
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
 
 
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
@@ -299,7 +274,7 @@ def _draw_lambda_scrubber(draw: ImageDraw.ImageDraw, layout: dict[str, Any], lam
     rtext = "exaggerate →"
     rw, _ = _text_size(draw, rtext, f_small)
     draw.text((x1 - rw, ty), rtext, font=f_small, fill=_MUTED)
-    ltext = f"{_lambda_symbol(f_small)} = {lam:.1f}" + ("  (reconstruction)" if lam == 0 else "")
+    ltext = f"λ = {lam:.1f}" + ("  (reconstruction)" if lam == 0 else "")
     lw, _ = _text_size(draw, ltext, f_small)
     draw.text(((x0 + x1 - lw) // 2, ty), ltext, font=f_small, fill=_TEXT)
 
@@ -307,24 +282,20 @@ def _draw_lambda_scrubber(draw: ImageDraw.ImageDraw, layout: dict[str, Any], lam
 def write_gif(path: str | os.PathLike, frames: Any, preds: Any, lambdas: Any, *, input_image: Any,
               target_name: str, threshold: float | None = None, frame_duration_ms: int = 100,
               palindrome: bool = True, scale: int = 1, optimize: bool = True) -> Path:
-    """Write the Latent Shift animation as a looping GIF and return its path.
+    """Write the Latent Shift animation as a looping GIF: per frame the input beside the frame,
+    the prediction bar (with the threshold's tick) and λ with the frame's place in the sweep.
 
     Args:
-        frames: (F, 1, H, W) or (F, H, W) decoded images, float in [-1024, 1024].
+        frames: (F, 1, H, W) or (F, H, W) float in [-1024, 1024].
         preds: (F,) target probability in [0, 1] of each frame.
-        lambdas: (F,) the λ of each frame, sorted ascending (λ < 0 curtails, 0 is the
-            reconstruction, λ > 0 exaggerates).
-        input_image: (H, W) the original input, float in [-1024, 1024].
-        target_name: class name shown on the prediction bar.
-        threshold: optional decision threshold in [0, 1], drawn as a tick on the bar.
+        lambdas: (F,) the λ of each frame, sorted ascending.
+        input_image: (H, W) the input, float in [-1024, 1024].
+        threshold: optional decision threshold in [0, 1].
         frame_duration_ms: display time of each frame (GIF stores 10 ms units).
         palindrome: play curtail end → exaggerate end → back (2F-2 frames for F > 2).
         scale: integer upscaling of the two image panels (nearest neighbour).
-        optimize: write each frame's pixels that equal the previous frame's as transparent
-            (the static input panel and background; about 4x smaller files, same decoded frames).
-
-    Each frame shows the input (left) beside the frame (right), the prediction bar with
-    its value, the threshold tick, λ and a marker of the frame's place in the sweep.
+        optimize: pixels equal to the previous frame's written as transparent (about 4× smaller
+            files, same decoded frames).
     """
     frames_np, preds_np, lambdas_np, input_np, threshold, scale = _checked_gif_inputs(
         frames, preds, lambdas, input_image, target_name, threshold, frame_duration_ms, scale)
@@ -441,17 +412,6 @@ def _colormap_lut(cmap: str) -> np.ndarray:
     return (colormap(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
-def _smooth(m: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return m
-    try:
-        from scipy import ndimage
-    except ImportError:
-        logger.warning("scipy is not installed: attribution map not smoothed (smooth_sigma=%s)", sigma)
-        return m
-    return ndimage.gaussian_filter(m, sigma=float(sigma), mode="nearest")
-
-
 def _normalise_map(attribution_map: Any, shape: tuple[int, int], *, absolute: bool,
                    smooth_sigma: float, clip_percentile: float) -> np.ndarray:
     """The map checked against the image's ``shape``, optionally smoothed, then :func:`normalize_map`-ed."""
@@ -464,7 +424,10 @@ def _normalise_map(attribution_map: Any, shape: tuple[int, int], *, absolute: bo
     if smooth_sigma < 0:
         raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}")
     if smooth_sigma > 0:  # the rectified map is smoothed (normalize_map's rectification is then a no-op)
-        m = _smooth(np.abs(m) if absolute else np.maximum(m, 0.0), smooth_sigma)
+        from scipy import ndimage
+
+        m = ndimage.gaussian_filter(np.abs(m) if absolute else np.maximum(m, 0.0), sigma=float(smooth_sigma),
+                                    mode="nearest")
     normalised = normalize_map(m, absolute=absolute, percentile=clip_percentile)
     if not normalised.any():
         logger.warning("attribution map is zero everywhere%s", "" if absolute else " (no positive part)")
@@ -479,8 +442,8 @@ def overlay_array(image: Any, attribution_map: Any, *, cmap: str = "jet", alpha:
     Args:
         image: (H, W) float in [-1024, 1024].
         attribution_map: (H, W) any float. ``absolute`` uses |map|, otherwise only the
-            positive part; optionally gaussian-smoothed (``smooth_sigma`` pixels, needs
-            scipy); normalised to [0, 1] by its ``clip_percentile`` percentile.
+            positive part; optionally gaussian-smoothed (``smooth_sigma`` pixels);
+            normalised to [0, 1] by its ``clip_percentile`` percentile.
         cmap: matplotlib colormap name ("jet", "inferno", ...).
         alpha: weight of the colour layer in [0, 1].
     """
@@ -574,6 +537,26 @@ def _checked_plot_inputs(lambdas, preds, target_name, threshold, initial_pred) -
     return lam, p, _check_probability(threshold, "threshold"), _check_probability(initial_pred, "initial_pred")
 
 
+def _figure(size: tuple[float, float]):
+    """A matplotlib figure of ``size`` inches at 100 dpi on the Agg canvas (no pyplot state) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    """The figure with the footer, tightly laid out, saved as PNG at ``path``."""
+    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = _prepare_path(path)
+    fig.savefig(path, format="png")
+    fig.clear()
+    return path
+
+
 def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, target_name: str,
                           threshold: float | None = None, initial_pred: float | None = None) -> Path:
     """Plot the target probability against λ and save it as PNG (5×3.5 in, 100 dpi).
@@ -584,16 +567,9 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
         target_name: class name for the title/axis.
         threshold: optional decision threshold (dashed line).
         initial_pred: optional prediction on the original input (shown at λ = 0).
-
-    Uses ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot state is touched.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     lam, p, threshold, initial_pred = _checked_plot_inputs(lambdas, preds, target_name, threshold, initial_pred)
-    fig = Figure(figsize=(5, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _figure((5, 3.5))
     lo, hi = float(lam.min()), float(lam.max())
     margin = 0.03 * (hi - lo) if hi > lo else 1.0
     if lo < 0:
@@ -615,12 +591,7 @@ def write_prediction_plot(path: str | os.PathLike, lambdas: Any, preds: Any, *, 
     ax.set_title(f"{target_name}: prediction along the latent shift", fontsize=10)
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="best", framealpha=0.85)
-    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-
-    path = _prepare_path(path)
-    fig.savefig(path, format="png")
-    fig.clear()
+    path = _save_figure(fig, path)
     logger.info("wrote prediction plot %s", path)
     return path
 
@@ -634,14 +605,9 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
             line may have its own λs (compare view: one line per classifier).
         thresholds: optional threshold per curve (dotted, in the curve's colour).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     if not curves:
         raise ValueError("curves must not be empty")
-    fig = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _figure((7, 4))
     colours = [f"C{i % 10}" for i in range(len(curves))]
     for index, (label, lambdas, preds) in enumerate(curves):
         lam = _as_vector(lambdas, "lambdas")
@@ -657,11 +623,7 @@ def write_curves_plot(path: str | os.PathLike, curves: Sequence[tuple[str, Any, 
     ax.set_title(textwrap.fill(title, 64), fontsize=11)  # a long title wraps rather than leaving the figure
     ax.grid(True, alpha=0.3, lw=0.5)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
-    fig.text(0.99, 0.005, FOOTER, ha="right", va="bottom", fontsize=10, color="0.45")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = _prepare_path(path)
-    fig.savefig(path, format="png")
-    fig.clear()
+    path = _save_figure(fig, path)
     logger.info("wrote curves plot %s (%d curves)", path, len(curves))
     return path
 

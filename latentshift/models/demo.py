@@ -3,21 +3,14 @@
 Both follow the torchxrayvision conventions of :mod:`latentshift.models.conventions`: input
 (N, 1, 224, 224) float32 in [-1024, 1024].
 
-* :class:`DemoAutoencoder` -- a small convolutional autoencoder with a *spatial*
-  latent (shipped: 4 channels at 28×28, i.e. 3,136 numbers for 50,176 pixels, a 16×
-  compression). The bottleneck is a deliberate middle ground for Latent Shift: a much
-  wider latent lets a gradient step in z act almost like a pixel-space adversarial
-  perturbation, while a tiny global latent turns every frame into a blur at the size of
-  model that trains on a CPU. For the same number of latent values, a finer grid with
-  fewer channels (each cell covers an 8×8-pixel patch) reconstructs lung texture much
-  better than a coarser one (16×14×14: SSIM 0.80 vs 0.89), and Latent Shift needs that
-  texture to *remove* an opacity rather than only blur it. The decoder mixes
-  neighbouring cells, so a step in z changes lung regions smoothly, not single pixels.
-* :class:`DomainGuardNet` -- a tiny CNN of the same design (fewer channels) returning
-  logits (N, 3) for :data:`GUARD_CLASSES` ("pediatric" / "adult" frontal chest X-ray,
-  "not_cxr"); used by :mod:`latentshift.core.guard`, trained by :mod:`latentshift_research.training.guard`.
-* :class:`DemoClassifier` -- a small CNN (five strided conv blocks with BatchNorm,
-  global average pooling, linear) returning logits (N, 1) for "Pneumonia".
+* :class:`DemoAutoencoder` -- a small convolutional autoencoder with a *spatial* latent
+  (shipped: 4 channels at 28×28, a 16× compression: wide enough to keep the lung texture
+  Latent Shift needs to remove an opacity, narrow enough that a step in z is no pixel-space
+  adversarial perturbation; see ``latentshift/embedded/demo-autoencoder.md``).
+* :class:`DemoClassifier`, :class:`DemoEncoderClassifier`, :class:`DemoAEHeadClassifier` --
+  small CNNs returning logits (N, len(pathologies)).
+* :class:`DomainGuardNet` -- a tiny CNN returning logits (N, 3) for :data:`GUARD_CLASSES`
+  (used by :mod:`latentshift.core.guard`).
 """
 
 from __future__ import annotations
@@ -36,6 +29,15 @@ SCALE = 1024.0
 
 def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+
+
+def _set_outputs(model: nn.Module, pathologies: Sequence[str], thresholds: Sequence[float] | None,
+                 resolution: int) -> None:
+    """A classifier's output names, thresholds (NaN where unknown), input side and pixel range."""
+    model.pathologies = list(pathologies)
+    model.thresholds = [math.nan if t is None else float(t)
+                        for t in (thresholds or [math.nan] * len(model.pathologies))]
+    model.resolution, model.input_range = resolution, PIXEL_RANGE
 
 
 class _ResBlock(nn.Module):
@@ -70,16 +72,8 @@ class DemoAutoencoder(nn.Module):
         self.latent_channels = latent_channels
         self.resolution = resolution
         self.input_range = PIXEL_RANGE
-        enc: list[nn.Module] = []
-        c_prev = 1
-        for i, c in enumerate(widths):
-            enc.append(_conv(c_prev, c, stride=2))
-            if i > 0:  # no full block at the highest resolution (cost)
-                enc.append(_ResBlock(c))
-            c_prev = c
-        enc.append(nn.SiLU())
-        enc.append(nn.Conv2d(c_prev, latent_channels, 1))
-        self.encoder = nn.Sequential(*enc)
+        encoder, c_prev = autoencoder_encoder(widths)
+        self.encoder = nn.Sequential(*encoder, nn.Conv2d(c_prev, latent_channels, 1))
 
         dec: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 1), _ResBlock(widths[-1])]
         rev = widths[::-1]
@@ -120,6 +114,15 @@ class _ConvBlock(nn.Module):
         return self.body(x)
 
 
+def _conv_blocks(widths: Sequence[int]) -> tuple[nn.Sequential, int]:
+    """Stride-2 :class:`_ConvBlock` s of ``widths`` (the first single) and their output channels."""
+    blocks, c_prev = [], 1
+    for i, c in enumerate(widths):
+        blocks.append(_ConvBlock(c_prev, c, stride=2, double=i > 0))
+        c_prev = c
+    return nn.Sequential(*blocks), c_prev
+
+
 class DemoClassifier(nn.Module):
     """Small CNN for chest X-rays returning logits.
 
@@ -137,18 +140,8 @@ class DemoClassifier(nn.Module):
                  widths: Sequence[int] = (16, 32, 64, 96, 128), dropout: float = 0.2,
                  resolution: int = 224):
         super().__init__()
-        widths = list(widths)
-        self.pathologies = list(pathologies)
-        self.thresholds = [math.nan if t is None else float(t)
-                           for t in (thresholds or [math.nan] * len(self.pathologies))]
-        self.resolution = resolution
-        self.input_range = PIXEL_RANGE
-        blocks = []
-        c_prev = 1
-        for i, c in enumerate(widths):
-            blocks.append(_ConvBlock(c_prev, c, stride=2, double=i > 0))
-            c_prev = c
-        self.features = nn.Sequential(*blocks)
+        _set_outputs(self, pathologies, thresholds, resolution)
+        self.features, c_prev = _conv_blocks(widths)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_prev, len(self.pathologies))
 
@@ -207,11 +200,7 @@ class DemoEncoderClassifier(nn.Module):
                  encoder_widths: Sequence[int] = (16, 32, 64), widths: Sequence[int] = (96, 128),
                  dropout: float = 0.2, resolution: int = 224):
         super().__init__()
-        self.pathologies = list(pathologies)
-        self.thresholds = [math.nan if t is None else float(t)
-                           for t in (thresholds or [math.nan] * len(self.pathologies))]
-        self.resolution = resolution
-        self.input_range = PIXEL_RANGE
+        _set_outputs(self, pathologies, thresholds, resolution)
         self.encoder, c_prev = autoencoder_encoder(encoder_widths)
         self.features = nn.Sequential(*[_ConvBlock(a, b, stride=2) for a, b in
                                         zip([c_prev] + list(widths[:-1]), widths)])
@@ -284,15 +273,12 @@ class DemoAEHeadClassifier(nn.Module):
             encoder stops before the autoencoder's 1×1 latent convolution (64 channels, 28×28).
         head_width: channels per head.
         n_heads: heads averaged (an ensemble of seeds).
-        ensemble: how the heads are averaged: "logits" (each head's map pooled, then the
-            pooled logits averaged: the usual ensemble) or "maps" (the maps averaged, then
-            pooled; the first shipped version, kept to read its weights).
+        ensemble: "logits" (each head's map pooled, the pooled logits averaged) or "maps" (the
+            maps averaged, then pooled; the first shipped version, kept to read its weights).
         lse_r: sharpness of the log-mean-exp pooling of each logit map (→ 0: mean, large: max).
         dropout: spatial dropout before the 1×1 output convolution (training only).
-    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits. ``logit_maps``:
-    (N, len(pathologies), R/16, R/16) (14×14 for R = 224; the heads' mean). ``gradcam_layer``
-    is the head ensemble, whose output holds every head's maps (N, n_heads · K, R/16, R/16):
-    a target's gradient reaches only its own maps. Differentiable end to end from the input.
+    Shapes: (N, 1, R, R) in [-1024, 1024] -> (N, len(pathologies)) logits; ``logit_maps``
+    (N, len(pathologies), R/16, R/16). ``gradcam_layer`` is the head ensemble.
     """
 
     def __init__(self, pathologies: Sequence[str] = ("Cardiomegaly",),
@@ -302,11 +288,8 @@ class DemoAEHeadClassifier(nn.Module):
         super().__init__()
         if ensemble not in ("logits", "maps"):
             raise ValueError(f"ensemble must be 'logits' or 'maps', got {ensemble!r}")
-        self.ensemble = ensemble
-        self.pathologies = list(pathologies)
-        self.thresholds = [math.nan if t is None else float(t)
-                           for t in (thresholds or [math.nan] * len(self.pathologies))]
-        self.resolution, self.input_range, self.lse_r = resolution, PIXEL_RANGE, float(lse_r)
+        self.ensemble, self.lse_r = ensemble, float(lse_r)
+        _set_outputs(self, pathologies, thresholds, resolution)
         self.encoder, c_prev = autoencoder_encoder(encoder_widths)
         self.heads = _HeadEnsemble(c_prev, head_width, len(self.pathologies), n_heads, dropout)
 
@@ -390,15 +373,10 @@ class DomainGuardNet(nn.Module):
     def __init__(self, classes: Sequence[str] = GUARD_CLASSES,
                  widths: Sequence[int] = (8, 16, 32, 48, 64), resolution: int = 224):
         super().__init__()
-        widths = list(widths)
         self.classes = list(classes)
         self.resolution = resolution
         self.input_range = PIXEL_RANGE
-        blocks, c_prev = [], 1
-        for i, c in enumerate(widths):
-            blocks.append(_ConvBlock(c_prev, c, stride=2, double=i > 0))
-            c_prev = c
-        self.body = nn.Sequential(*blocks)
+        self.body, c_prev = _conv_blocks(widths)
         self.head = nn.Linear(2 * c_prev, len(self.classes))
         self.register_buffer("feature_means", torch.zeros(2, 2 * c_prev))
         self.register_buffer("feature_precision", torch.eye(2 * c_prev))

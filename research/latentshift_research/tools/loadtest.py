@@ -175,13 +175,30 @@ def check_answer(answer) -> str:
     return ""
 
 
+def _request_outcome(job, request_timeout: float) -> tuple[str, str]:
+    """(outcome, detail) of one submitted ``/explain`` job, once it answered, failed or timed out."""
+    from gradio_client.exceptions import AppError
+
+    QueueError = getattr(__import__("gradio_client.utils", fromlist=["QueueError"]), "QueueError", ())
+    try:
+        problem = check_answer(job.result(timeout=request_timeout))
+        return ("incomplete", problem) if problem else ("ok", "")
+    except QueueError as error:
+        return "queue_full", str(error)
+    except TimeoutError:
+        job.cancel()
+        return "timeout", f"no answer within {request_timeout:g} s"
+    except AppError as error:
+        return "busy" if "Busy:" in str(error) else "error", f"AppError: {error}"
+    except Exception as error:  # noqa: BLE001
+        text = str(error)
+        return "queue_full" if "queue is full" in text.lower() else "error", f"{type(error).__name__}: {text}"
+
+
 def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwargs: dict, deadline: float,
                  request_timeout: float, downloads: Path, records: list, lock: threading.Lock,
                  start: threading.Barrier) -> None:
     from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-
-    QueueError = getattr(__import__("gradio_client.utils", fromlist=["QueueError"]), "QueueError", ())
 
     def add(record: RequestRecord) -> None:
         with lock:
@@ -207,22 +224,7 @@ def _client_loop(number: int, url: str, image: Path, requests: int, explain_kwar
                 continue
             started = time.perf_counter()
             job = client.submit(image=handle_file(str(image)), **explain_kwargs, api_name="/explain")
-            try:
-                answer = job.result(timeout=request_timeout)
-                problem = check_answer(answer)
-                outcome, detail = ("incomplete", problem) if problem else ("ok", "")
-            except QueueError as error:
-                outcome, detail = "queue_full", str(error)
-            except TimeoutError:
-                job.cancel()
-                outcome, detail = "timeout", f"no answer within {request_timeout:g} s"
-            except AppError as error:
-                outcome = "busy" if "Busy:" in str(error) else "error"
-                detail = f"AppError: {error}"
-            except Exception as error:  # noqa: BLE001
-                text = str(error)
-                outcome = "queue_full" if "queue is full" in text.lower() else "error"
-                detail = f"{type(error).__name__}: {text}"
+            outcome, detail = _request_outcome(job, request_timeout)
             add(RequestRecord(number, index, time.perf_counter() - started, outcome, detail[:300]))
     finally:
         try:

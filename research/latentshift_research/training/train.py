@@ -110,6 +110,14 @@ def _batches(indices: list[int], batch_size: int, gen: torch.Generator, drop_las
     return [idx[s:s + batch_size] for s in range(0, stop, batch_size)]
 
 
+def _test_reports(model, data: CXRData, test_idx, device: str) -> tuple[dict, dict]:
+    """The autoencoder's reconstruction report on the test images, and per source."""
+    test = reconstruction_report(model, data.images[test_idx], device)
+    by_source = {src: reconstruction_report(model, data.images[[i for i in test_idx if data.rows[i]["source"] == src]],
+                                            device) for src in ("kermany", "nih")}
+    return test, by_source
+
+
 def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str = "cpu", seed: int = 0,
                       limit: int | None = None, batch_size: int = 32, lr: float = 1e-3,
                       crop: int = 128, z_noise: float = 0.05, ssim_weight: float = 0.5,
@@ -143,10 +151,7 @@ def train_autoencoder(data: CXRData, out_dir: Path, *, epochs: int, device: str 
                     history[-1]["train_loss"], val["mae"], val["ssim"], time.time() - t0)
     train_time = time.time() - t0
     model.eval()
-    test = reconstruction_report(model, data.images[test_idx], device)
-    by_source = {src: reconstruction_report(model, data.images[[i for i in test_idx
-                                                               if data.rows[i]["source"] == src]], device)
-                 for src in ("kermany", "nih")}
+    test, by_source = _test_reports(model, data, test_idx, device)
     with torch.no_grad():
         z_shape = list(model.encode(torch.zeros(1, 1, 224, 224, device=device)).shape[1:])
     metrics = {
