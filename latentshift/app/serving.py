@@ -122,20 +122,26 @@ def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
 ROOT_PREFIX, OWNER_FILE = "latentshift-app-", "owner.pid"
 
 
-def remove_orphaned_roots(temp_dir: Path) -> int:
-    """Delete the run-folder roots under ``temp_dir`` whose owner process is gone (a server killed
-    with SIGKILL never runs its exit handler); returns how many. Roots without an owner file, or of a
-    live process, are left alone."""
-    removed = 0
+def orphaned_roots(temp_dir: Path) -> list[Path]:
+    """The run-folder roots under ``temp_dir`` whose owner process is gone (a server killed with
+    SIGKILL never runs its exit handler). Roots without an owner file, or of a live process, are not."""
+    found = []
     for root in temp_dir.glob(f"{ROOT_PREFIX}*"):
         try:
             pid = int((root / OWNER_FILE).read_text().strip())
         except (OSError, ValueError):
             continue
         if pid != os.getpid() and not _process_alive(pid):
-            shutil.rmtree(root, ignore_errors=True)
-            removed += 1
-    return removed
+            found.append(root)
+    return found
+
+
+def remove_orphaned_roots(temp_dir: Path) -> int:
+    """Delete :func:`orphaned_roots`; returns how many."""
+    roots = orphaned_roots(temp_dir)
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+    return len(roots)
 
 
 def _process_alive(pid: int) -> bool:
@@ -153,7 +159,8 @@ class RunFolders:
 
     A daemon thread deletes folders older than ``max_age_s`` (checked every ``max_age_s / 4``
     seconds, at most every minute), so an idle server keeps nothing for long; the root goes at
-    exit, and a killed server's root at the next start (:func:`remove_orphaned_roots`). Gradio serves copies of the returned files from its own cache (``delete_cache``).
+    exit, and a killed server's root at the next start (:func:`remove_orphaned_roots`). Gradio
+    serves copies of the returned files from its own cache (``delete_cache``).
     """
 
     def __init__(self, max_age_s: float = RUN_FOLDER_MAX_AGE_S):

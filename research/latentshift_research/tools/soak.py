@@ -286,10 +286,11 @@ class Traffic:
 
 def snapshot(server: Server, window: Tally, started: float) -> dict:
     """One record: latencies per endpoint, errors by kind, and the server's resources now."""
+    from latentshift.app.serving import orphaned_roots
+
     pid = server.process.pid
     live = folder_bytes(server.tmp) + folder_bytes(server.cache)
-    orphaned = sum(folder_bytes(root) for root in server.tmp.glob("latentshift-app-*") if _owner(root) not in (pid, None)
-                   and not Path(f"/proc/{_owner(root)}").exists())
+    orphaned = sum(folder_bytes(root) for root in orphaned_roots(server.tmp))
     return {
         "t_s": round(time.monotonic() - started, 1), "pid": pid,
         "latency_s": {name: {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
@@ -300,14 +301,6 @@ def snapshot(server: Server, window: Tally, started: float) -> dict:
         "killed_servers_temp_mb": round(orphaned / 2**20, 2),
         "store_mb": round(folder_bytes(server.results) / 2**20, 2),
     }
-
-
-def _owner(root: Path) -> int | None:
-    """The pid that owns an app's run-folder root (its ``owner.pid``), if it says."""
-    try:
-        return int((root / "owner.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def kill_and_restart(server: Server, traffic: Traffic, retention_days: float) -> dict:
