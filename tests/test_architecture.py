@@ -20,7 +20,7 @@ PACKAGES = {"latentshift": REPO / "latentshift", "latentshift_research": REPO / 
 #: Rooms of each package from the bottom up; a room may import only rooms of a lower rank (and itself).
 RANKS = {
     "latentshift": {
-        "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
+        "errors": 0, "settings": 0, "runtime": 1, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
         "pipeline": 6, "compare": 7, "batch": 7, "results": 7, "app": 9, "study": 9, "cli": 10, "__main__": 11,
     },
     "latentshift_research": {"training": 0, "evaluation": 1, "tools": 1, "cli": 2, "__main__": 3},
