@@ -20,6 +20,7 @@ from .io import render
 from .io.describe import outcome_sentence
 from .options import ExplainOptions
 from .pipeline import Pipeline, list_models
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -63,24 +64,28 @@ class Comparison:
                 "plot": self.plot.name, "disclaimer": DISCLAIMER}
 
 
-def classifiers_with_finding(target: str, manifest_path: str | None = None) -> list[str]:
-    """Ids of the classifiers available here that have an output named ``target``."""
-    store = Pipeline.store(manifest_path=manifest_path)
+def classifiers_with_finding(target: str, manifest_path: str | None = None,
+                             settings: Settings | None = None) -> list[str]:
+    """Ids of the classifiers available here that have an output named ``target`` (``settings``: as for
+    :meth:`Pipeline.store`)."""
+    store = Pipeline.store(manifest_path=manifest_path, settings=settings)
     wanted = target.lower()
-    return [choice.id for choice in list_models("classifier", store.manifest)
+    return [choice.id for choice in list_models("classifier", store.manifest, store.settings)
             if choice.available and wanted in (label.lower() for label in store.manifest.get(choice.id).labels)]
 
 
 def compare(image_source, target: str, classifier_ids: list[str] | None = None, *,
             autoencoder_id: str | None = None, options: ExplainOptions | None = None,
-            out_dir: str | Path = "out", manifest_path: str | None = None, device: str = "cpu") -> Comparison:
+            out_dir: str | Path = "out", manifest_path: str | None = None, device: str = "cpu",
+            settings: Settings | None = None) -> Comparison:
     """Explain finding ``target`` of one image with each classifier (default: every one that has it).
 
     Classifiers without the finding, or that cannot be loaded here, are skipped with the reason.
     Files: ``compare-<classifier>.gif`` per classifier, ``compare.png``, ``compare.json`` in ``out_dir``.
+    ``settings``: as for :meth:`Pipeline.store`.
     """
     options = (options or ExplainOptions()).replace(target=target, maps=())
-    ids = list(classifier_ids) if classifier_ids else classifiers_with_finding(target, manifest_path)
+    ids = list(classifier_ids) if classifier_ids else classifiers_with_finding(target, manifest_path, settings)
     if not ids:
         raise OptionsError(f"no classifier available here has the finding {target!r}")
     out_dir = Path(out_dir)
@@ -88,7 +93,8 @@ def compare(image_source, target: str, classifier_ids: list[str] | None = None, 
     runs, skipped, autoencoder = [], {}, None
     for classifier_id in dict.fromkeys(ids):
         try:
-            pipeline = Pipeline.get(classifier_id, autoencoder_id, device=device, manifest_path=manifest_path)
+            pipeline = Pipeline.get(classifier_id, autoencoder_id, device=device, manifest_path=manifest_path,
+                                    settings=settings)
         except LatentShiftError as exc:  # e.g. a classifier of another resolution than the autoencoder
             skipped[classifier_id] = str(exc)
             continue

@@ -7,6 +7,11 @@ autoencoder)`` wraps any two ``nn.Module`` that follow :mod:`latentshift.models.
 ``pipeline.iter_explain`` yields the same object after each stage so a UI can show fast
 results first (predictions, Grad-CAM, then the GIF, then IG).
 
+The model stores take their settings (:class:`~latentshift.settings.Settings`: manifests, store
+bound, opt-in to unverified weights, CPU memory layout) from the ``settings`` argument, else from
+:meth:`Pipeline.configure` (the app's entry point), else from the environment: this class is the
+public API whose documented behaviour (README, "Python API") follows the ``LATENTSHIFT_*`` variables.
+
 Data flows one way: app/CLI -> pipeline -> core, io, models, weights.
 """
 
@@ -36,9 +41,9 @@ from .io import render
 from .io.imaging import XrayImage, load_xray
 from .models.placement import place_model
 from .options import ExplainOptions
-from .weights import MANIFEST_ENV, Manifest, ModelEntry, model_status
+from .settings import Settings
+from .weights import Manifest, ModelEntry, model_status
 from .weights.choice import ClassifierChoice, choose_classifier, findings
-from .weights.manifest import EXTRA_MANIFEST_ENV
 from .weights.preference import ServingDefault
 from .weights.store import LoadedModel, ModelStore
 
@@ -74,12 +79,14 @@ class ModelChoice:
     is_default: bool
 
 
-def list_models(kind: str, manifest: Manifest | None = None) -> list[ModelChoice]:
-    """The manifest's models of ``kind`` with their availability here (no download)."""
-    manifest = manifest or Manifest.for_user()
+def list_models(kind: str, manifest: Manifest | None = None, settings: Settings | None = None) -> list[ModelChoice]:
+    """The manifest's models of ``kind`` with their availability here (no download); ``settings``
+    as for :meth:`Pipeline.store` (its manifests, when ``manifest`` is not given, and its opt-in)."""
+    settings = Pipeline.current_settings(settings)
+    manifest = manifest or Manifest.for_user(settings=settings)
     choices = []
     for entry in manifest.of_kind(kind):
-        status = model_status(entry)
+        status = model_status(entry, allow_unverified=settings.allow_unverified)
         label = entry.id if status.available else f"{entry.id} (unavailable: {status.reason})"
         choices.append(ModelChoice(entry.id, label, status.available, status.reason, entry.embedded_default))
     return choices
@@ -92,9 +99,10 @@ class Pipeline:
     :meth:`from_models` (your own modules) rather than the constructor.
     """
 
-    _stores: dict[tuple[str, str], ModelStore] = {}
+    _stores: dict[tuple, ModelStore] = {}
     _servings: dict[int, ServingDefault] = {}
     _stores_lock = threading.Lock()
+    _configured: Settings | None = None
 
     def __init__(self, classifier: LoadedModel, autoencoder: LoadedModel, device: str | torch.device = "cpu",
                  guard: DomainGuard | None = None):
@@ -117,21 +125,35 @@ class Pipeline:
         self.population = self.classifier_entry.info.get("population")
 
     @classmethod
-    def store(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None) -> ModelStore:
-        """The process's model store for this manifest and device (created on first use)."""
-        key = (str(manifest_path or ""), os.environ.get(MANIFEST_ENV, ""), os.environ.get(EXTRA_MANIFEST_ENV, ""),
-               str(torch.device(device)))
+    def configure(cls, settings: Settings | None) -> None:
+        """The settings of this process's model stores, read once by an entry point (the app's);
+        None: the environment's, read whenever a store is asked for without settings."""
+        cls._configured = settings
+
+    @classmethod
+    def current_settings(cls, settings: Settings | None = None) -> Settings:
+        """``settings``, else those :meth:`configure` set, else the environment's (``Settings.from_environ``)."""
+        if settings is not None:
+            return settings
+        return cls._configured if cls._configured is not None else Settings.from_environ()
+
+    @classmethod
+    def store(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None,
+              settings: Settings | None = None) -> ModelStore:
+        """The process's model store for this manifest, settings and device (created on first use)."""
+        settings = cls.current_settings(settings)
+        key = (str(manifest_path or ""), settings, str(torch.device(device)))
         with cls._stores_lock:
             if key not in cls._stores:
-                cls._stores[key] = ModelStore(Manifest.for_user(manifest_path), device)
+                cls._stores[key] = ModelStore(Manifest.for_user(manifest_path, settings), device, settings=settings)
             return cls._stores[key]
 
     @classmethod
-    def serving(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None
-                ) -> ServingDefault:
+    def serving(cls, device: str | torch.device = "cpu", manifest_path: str | os.PathLike | None = None,
+                settings: Settings | None = None) -> ServingDefault:
         """The pair the app answers with for this store (:mod:`latentshift.weights.preference`);
         created, not started, on first use: call its ``start()`` (the app does at start-up)."""
-        store = cls.store(device, manifest_path)
+        store = cls.store(device, manifest_path, settings)
         with cls._stores_lock:
             if id(store) not in cls._servings:
                 cls._servings[id(store)] = ServingDefault(store)
@@ -139,13 +161,13 @@ class Pipeline:
 
     @classmethod
     def get(cls, classifier_id: str | None = None, autoencoder_id: str | None = None,
-            device: str = "cpu", manifest_path: str | None = None) -> "Pipeline":
+            device: str = "cpu", manifest_path: str | None = None, settings: Settings | None = None) -> "Pipeline":
         """The pipeline of this pair; ``None`` means the embedded default.
 
         A model that cannot be loaded here falls back to the embedded default of its kind,
-        and the pipeline's ``warnings`` say so.
+        and the pipeline's ``warnings`` say so. ``settings``: see :meth:`current_settings`.
         """
-        return cls.from_store(cls.store(device, manifest_path), classifier_id, autoencoder_id)
+        return cls.from_store(cls.store(device, manifest_path, settings), classifier_id, autoencoder_id)
 
     @classmethod
     def from_store(cls, store: ModelStore, classifier_id: str | None = None,
@@ -155,9 +177,10 @@ class Pipeline:
                    cls._guard_of(store))
 
     @classmethod
-    def domain_guard(cls, device: str = "cpu", manifest_path: str | None = None) -> DomainGuard | None:
+    def domain_guard(cls, device: str = "cpu", manifest_path: str | None = None,
+                     settings: Settings | None = None) -> DomainGuard | None:
         """The manifest's embedded domain guard through the model store; None if it lists none."""
-        return cls._guard_of(cls.store(device, manifest_path))
+        return cls._guard_of(cls.store(device, manifest_path, settings))
 
     @staticmethod
     def _guard_of(store: ModelStore) -> DomainGuard | None:
@@ -168,18 +191,19 @@ class Pipeline:
 
     @classmethod
     def for_finding(cls, finding: str, image: XrayImage, autoencoder_id: str | None = None, current: str | None = None,
-                    device: str = "cpu", manifest_path: str | None = None) -> tuple["Pipeline", ClassifierChoice]:
+                    device: str = "cpu", manifest_path: str | None = None,
+                    settings: Settings | None = None) -> tuple["Pipeline", ClassifierChoice]:
         """The pipeline whose classifier answers for ``finding`` on ``image``
         (:func:`latentshift.weights.choice.choose_classifier`, with the population the domain check
         gives), and the choice with its reason. ``current``: the classifier answering now."""
-        store = cls.store(device, manifest_path)
+        store = cls.store(device, manifest_path, settings)
         guard = cls._guard_of(store)
         checked = guard.check(image) if guard is not None else None
         population = checked.population if checked is not None and checked.is_chest_xray else None
-        choice = choose_classifier(store.manifest, finding, population, current)
+        choice = choose_classifier(store.manifest, finding, population, current, store.allow_unverified)
         if choice is None:
             raise OptionsError(f"no classifier available here knows {finding!r}; choose one of: "
-                               + ", ".join(findings(store.manifest)))
+                               + ", ".join(findings(store.manifest, store.allow_unverified)))
         return cls.from_store(store, choice.classifier_id, autoencoder_id), choice
 
     def check_domain(self, image: XrayImage) -> tuple[dict | None, list[dict]]:
@@ -193,12 +217,13 @@ class Pipeline:
     @classmethod
     def from_models(cls, classifier: nn.Module, autoencoder: nn.Module, *, labels: Sequence[str] | None = None,
                     thresholds: Sequence[float | None] | None = None, resolution: int = 224,
-                    device: str = "cpu") -> "Pipeline":
+                    device: str = "cpu", settings: Settings | None = None) -> "Pipeline":
         """A pipeline around your own models.
 
         classifier: (N, 1, R, R) in [-1024, 1024] -> logits (N, C); ``labels`` (C names) or its
         ``pathologies`` attribute name the outputs. autoencoder: ``encode``/``decode`` with
-        x̂ = decode(encode(x)) of x's shape and range. R = ``resolution``.
+        x̂ = decode(encode(x)) of x's shape and range. R = ``resolution``. ``settings``: their CPU
+        memory layout (see :meth:`current_settings`).
         """
         names = list(labels if labels is not None else getattr(classifier, "pathologies", []))
         if not names:
@@ -212,8 +237,9 @@ class Pipeline:
                               source={"type": "module"}, labels=tuple(names) if kind == "classifier" else (),
                               resolution=resolution) for m, kind in ((classifier, "classifier"),
                                                                       (autoencoder, "autoencoder"))]
+        channels_last = cls.current_settings(settings).channels_last
         for model in (classifier, autoencoder):
-            place_model(model.eval(), device)
+            place_model(model.eval(), device, channels_last)
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
         return cls(LoadedModel(classifier, entries[0]), LoadedModel(autoencoder, entries[1]), device)

@@ -31,7 +31,9 @@ an entry point and in each worker process an entry point starts (they do not inh
     set_allocator_tunables()
 
 It does nothing when ``GLIBC_TUNABLES`` is set (the host chose), when
-``LATENTSHIFT_NO_ALLOCATOR_TUNING=1``, or off glibc Linux. It imports nothing of the package.
+``LATENTSHIFT_NO_ALLOCATOR_TUNING=1``, or off glibc Linux. It runs before an entry point reads its
+settings, so it reads its one variable itself (through :func:`latentshift.settings.read_variable`);
+it imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ import os
 import platform
 import sys
 
+from .settings import read_variable, variable_name
+
 logger = logging.getLogger(__name__)
 
 #: The same settings as glibc tunables (for a host that sets ``GLIBC_TUNABLES`` itself).
@@ -49,13 +53,13 @@ ALLOCATOR_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=171798
 #: ``mallopt`` parameter numbers (glibc's malloc.h) and the values that match :data:`ALLOCATOR_TUNABLES`.
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MALLOPT_SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 2))
-OPT_OUT = "LATENTSHIFT_NO_ALLOCATOR_TUNING"
+OPT_OUT = variable_name("allocator_tuning")  # LATENTSHIFT_NO_ALLOCATOR_TUNING
 
 
 def should_set_tunables(environ=None) -> bool:
     """Whether :func:`set_allocator_tunables` would call ``mallopt`` (``environ``: os.environ)."""
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT) == "1" or "GLIBC_TUNABLES" in environ:
+    if not read_variable("allocator_tuning", environ) or "GLIBC_TUNABLES" in environ:
         return False
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 

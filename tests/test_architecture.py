@@ -20,7 +20,7 @@ PACKAGES = {"latentshift": REPO / "latentshift", "latentshift_research": REPO / 
 #: Rooms of each package from the bottom up; a room may import only rooms of a lower rank (and itself).
 RANKS = {
     "latentshift": {
-        "errors": 0, "runtime": 0, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
+        "errors": 0, "settings": 0, "runtime": 1, "options": 1, "models": 2, "core": 3, "weights": 3, "io": 4, "explanation": 5,
         "pipeline": 6, "compare": 7, "batch": 7, "results": 7, "app": 9, "study": 9, "cli": 10, "__main__": 11,
     },
     "latentshift_research": {"training": 0, "evaluation": 1, "tools": 1, "cli": 2, "__main__": 3},
@@ -177,3 +177,93 @@ def test_space_entry_is_a_few_lines():
     lines = [line for line in (REPO / "app.py").read_text(encoding="utf-8").splitlines()
              if line.strip() and not line.lstrip().startswith("#")]
     assert len(lines) <= 20, "app.py should only start latentshift.app"
+
+
+#: The entry points: the only modules that may read the LATENTSHIFT_* variables from the environment
+#: (``latentshift.settings`` parses them; the others call it, or, for the allocator, run before it).
+ENVIRONMENT_READERS = ("latentshift.settings", "latentshift.runtime", "latentshift.app.serving", "latentshift.cli")
+#: Modules that read other programs' variables by a computed name: huggingface_hub's HF_* rules.
+COMPUTED_KEYS = ("latentshift.weights.hub",)
+
+
+def _os_attribute(node: ast.AST, name: str) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == name and isinstance(node.value, ast.Name)
+            and node.value.id == "os")
+
+
+def environment_keys(tree: ast.Module) -> list[tuple[int, ast.expr | None]]:
+    """(line, key) of every use of ``os.environ`` / ``os.getenv``; key None when the mapping is used whole."""
+    keys, handled = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and _os_attribute(node.value, "environ"):
+            handled.add(id(node.value))
+            keys.append((node.lineno, node.slice))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and _os_attribute(
+                node.func.value, "environ"):
+            handled.add(id(node.func.value))
+            keys.append((node.lineno, node.args[0] if node.args else None))
+        elif isinstance(node, ast.Call) and _os_attribute(node.func, "getenv"):
+            keys.append((node.lineno, node.args[0] if node.args else None))
+    keys += [(node.lineno, None) for node in ast.walk(tree) if _os_attribute(node, "environ") and id(node) not in handled]
+    return keys
+
+
+def named_strings(tree: ast.Module) -> dict[str, str]:
+    """Module names that hold a variable's name: ``X = "..."``, ``X = variable_name(...)`` and imported
+    ``*_ENV`` constants (the last two stand for a LATENTSHIFT_ variable)."""
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                names[node.targets[0].id] = value.value
+            elif isinstance(value, ast.Call) and getattr(value.func, "id", "") == "variable_name":
+                names[node.targets[0].id] = "LATENTSHIFT_"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.update({alias.asname or alias.name: "LATENTSHIFT_" for alias in node.names
+                          if alias.name.endswith("_ENV")})
+    return names
+
+
+def latentshift_environment_reads(name: str, source: str) -> list[str]:
+    """Where module ``name`` reads a LATENTSHIFT_ variable from the environment (or a variable whose
+    name it computes, which could be one), or imports ``environ``/``getenv`` from os by name."""
+    tree = ast.parse(source)
+    strings = named_strings(tree)
+    found = [f"{name}:{node.lineno} imports {alias.name} from os" for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module == "os"
+             for alias in node.names if alias.name in ("environ", "getenv")]
+    for line, key in environment_keys(tree):
+        text = key.value if isinstance(key, ast.Constant) else strings.get(getattr(key, "id", None))
+        if not isinstance(text, str) and name not in COMPUTED_KEYS:
+            found.append(f"{name}:{line} reads the environment by a computed name")
+        elif isinstance(text, str) and text.startswith("LATENTSHIFT_"):
+            found.append(f"{name}:{line} reads {text}…")
+    return found
+
+
+def test_only_the_entry_points_read_latentshift_variables():
+    below = {name: path for name, path in modules().items() if package(name) == "latentshift"
+             and not any(name == reader or name.startswith(reader + ".") for reader in ENVIRONMENT_READERS)}
+    offences = [line for name, path in below.items()
+                for line in latentshift_environment_reads(name, path.read_text(encoding="utf-8"))]
+    assert not offences, ("read the settings at an entry point and pass them down (latentshift/settings.py):\n"
+                          + "\n".join(offences))
+
+
+@pytest.mark.parametrize("source", [
+    'import os\nX = os.environ.get("LATENTSHIFT_MAX_MODELS", "")',
+    'import os\nNAME = "LATENTSHIFT_MANIFEST"\nX = os.environ[NAME]',
+    'import os\nfrom .manifest import EXTRA_MANIFEST_ENV\nX = os.getenv(EXTRA_MANIFEST_ENV)',
+    'import os\nfrom ..settings import variable_name\nENV = variable_name("channels_last")\nX = ENV in os.environ',
+    'import os\ndef f(name):\n    return os.environ.get(name)',
+    'from os import environ\nX = environ.get("LATENTSHIFT_MAX_MODELS")',
+])
+def test_the_environment_check_finds_a_read(source):
+    assert latentshift_environment_reads("latentshift.weights.example", source)
+
+
+def test_the_environment_check_lets_other_variables_be():
+    source = 'import os\nos.environ["GRADIO_ANALYTICS_ENABLED"] = "False"\nX = os.environ.get("SPACES_ZERO_GPU", "")'
+    assert latentshift_environment_reads("latentshift.app.example", source) == []

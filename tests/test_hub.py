@@ -323,13 +323,11 @@ def test_unknown_hash_accepted_with_opt_in_through_weights_only(fake_hub, monkey
     calls = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real_load(*a, **k))
-    monkeypatch.setenv("LATENTSHIFT_ALLOW_UNVERIFIED", "1")
-
-    model, warning = weights.load_model_with_warning(entry)
+    model, warning = weights.load_model_with_warning(entry, allow_unverified=True)
 
     assert same_weights(model, reference) and calls == [True]
     assert "WITHOUT hash verification" in warning
-    status = model_status(entry)
+    status = model_status(entry, allow_unverified=True)
     assert (status.available, status.cached, status.verified) == (True, True, None)
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from latentshift.errors import WeightsError
 from latentshift.pipeline import Pipeline
 from latentshift.weights import Manifest
-from latentshift.weights.store import ModelStore, cycle_through_models, max_models_from_env
+from latentshift.settings import DEFAULT_MAX_MODELS, Settings
+from latentshift.weights.store import ModelStore, cycle_through_models
 from tiny_models import write_tiny_manifest
 
 
@@ -59,12 +59,13 @@ def test_an_unknown_model_falls_back_to_the_default_with_a_warning(two_of_each):
     assert store.get("tiny-classifier", "classifier").warning is None, "the default itself carries no warning"
 
 
-def test_the_bound_comes_from_the_environment(monkeypatch):
-    monkeypatch.setenv("LATENTSHIFT_MAX_MODELS", "3")
-    assert max_models_from_env() == 3
-    monkeypatch.setenv("LATENTSHIFT_MAX_MODELS", "many")
-    with pytest.raises(WeightsError, match="whole number"):
-        max_models_from_env()
+def test_the_bound_comes_from_the_settings(two_of_each):
+    manifest = Manifest.load(two_of_each)
+    assert ModelStore(manifest, settings=Settings.from_environ({"LATENTSHIFT_MAX_MODELS": "3"})).max_models == 3
+    assert ModelStore(manifest).max_models == DEFAULT_MAX_MODELS == 6
+    assert ModelStore(manifest, max_models=2, settings=Settings(max_models=3)).max_models == 2
+    with pytest.raises(ValueError, match="LATENTSHIFT_MAX_MODELS must be a whole number, not 'many'"):
+        Settings.from_environ({"LATENTSHIFT_MAX_MODELS": "many"})
 
 
 def test_cycling_through_every_model_reports_loads_and_memory(two_of_each):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latentshift.core.shift import LatentShift, ShiftOptions
-from latentshift.models.placement import CHANNELS_LAST_ENV, place_model
+from latentshift.models.placement import place_model
 from latentshift.weights import Manifest
 from latentshift.weights.loading import load_model
 from tiny_models import TinyConvAutoencoder, TinyConvClassifier
@@ -24,23 +24,21 @@ def test_embedded_models_load_channels_last_on_cpu():
         assert _conv_weight(model).is_contiguous(memory_format=torch.channels_last), kind
 
 
-def test_opt_out_keeps_contiguous(monkeypatch):
-    monkeypatch.setenv(CHANNELS_LAST_ENV, "0")
-    model = load_model(Manifest.load().default("classifier"), "cpu")
+def test_opt_out_keeps_contiguous():
+    model = load_model(Manifest.load().default("classifier"), "cpu", channels_last=False)
     weight = _conv_weight(model)
     assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("search", ["bisect", "ladder"])
-def test_same_answer_in_either_layout(search, monkeypatch):
+def test_same_answer_in_either_layout(search):
     """The search stops at the same λs for the same reasons; predictions agree to float rounding."""
     x = torch.linspace(-900, 900, 32 * 32).view(1, 1, 32, 32)
     results = []
-    for flag in ("0", "1"):
-        monkeypatch.setenv(CHANNELS_LAST_ENV, flag)
+    for channels_last in (False, True):
         torch.manual_seed(0)
-        classifier = place_model(TinyConvClassifier(), "cpu").eval()
-        autoencoder = place_model(TinyConvAutoencoder(), "cpu").eval()
+        classifier = place_model(TinyConvClassifier(), "cpu", channels_last).eval()
+        autoencoder = place_model(TinyConvAutoencoder(), "cpu", channels_last).eval()
         results += LatentShift(classifier, autoencoder).attribute(x, 0, ShiftOptions(step_size=5.0, search=search))
     contiguous, channels_last = results
     # the ladder's λs are exact; bisect's probes sit where the rules' lines cross, so its ends

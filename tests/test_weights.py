@@ -132,10 +132,9 @@ def test_file_source_without_hash_needs_opt_in(tmp_path, monkeypatch):
         load_model(entry)
     assert not weights.model_status(entry).available
 
-    monkeypatch.setenv("LATENTSHIFT_ALLOW_UNVERIFIED", "1")
-    model, warning = weights.load_model_with_warning(entry)
+    model, warning = weights.load_model_with_warning(entry, allow_unverified=True)
     assert torch.all(model.linear.weight == 0.25) and "WITHOUT hash verification" in warning
-    assert weights.model_status(entry).available
+    assert weights.model_status(entry, allow_unverified=True).available
 
 
 # --------------------------------------------------------------------------- read_state_dict

@@ -111,14 +111,15 @@ def example_pair(population: str, finding: str) -> tuple[str, str] | None:
     """The pair that explains the examples of ``population`` for ``finding``: the pair that answers now
     when its classifier fits them, else an embedded classifier trained on that population with the
     embedded autoencoder; None when no classifier here has the finding."""
-    manifest = Pipeline.store(gpu.device()).manifest
+    store = Pipeline.store(gpu.device())
+    manifest = store.manifest
     pair = serving_default().state().pair
     serving = manifest.get(pair.classifier)
     if finding in serving.labels and serving.info.get("population") in (population, None):
         return pair.classifier, pair.autoencoder
     for entry in manifest.of_kind("classifier"):
         if (entry.source_type == "file" and finding in entry.labels and entry.info.get("population") == population
-                and model_status(entry, check_network=False).available):
+                and model_status(entry, check_network=False, allow_unverified=store.allow_unverified).available):
             return entry.id, manifest.default("autoencoder").id
     return None
 
@@ -143,10 +144,11 @@ def suggest_classifier(population: str | None, current_id: str, finding: str) ->
     ``finding`` and was (:func:`latentshift.weights.choice.choose_classifier`); None if there is none."""
     if population not in GROUP:
         return None
-    manifest = Pipeline.store(gpu.device()).manifest
+    store = Pipeline.store(gpu.device())
+    manifest = store.manifest
     if current_id in manifest.entries and manifest.get(current_id).info.get("population") == population:
         return None
-    choice = choose_classifier(manifest, finding, population, current_id)
+    choice = choose_classifier(manifest, finding, population, current_id, store.allow_unverified)
     return choice.classifier_id if choice is not None and choice.fits_population else None
 
 
@@ -159,7 +161,8 @@ def suggestion_label(suggested: str | None, population: str | None) -> str:
 
 def all_findings() -> list[str]:
     """Every finding of the classifiers available here (the finding lists of both tabs)."""
-    return findings(Pipeline.store(gpu.device()).manifest)
+    store = Pipeline.store(gpu.device())
+    return findings(store.manifest, store.allow_unverified)
 
 
 def target_choices(pipeline: Pipeline) -> list[tuple[str, str]]:
@@ -576,7 +579,8 @@ def classifier_for_finding(path: str | None, finding: str, autoencoder: str | No
     with errors_for_people("choosing the classifier"):
         current = current or default_model_id("classifier")
         if not path:
-            choice = choose_classifier(Pipeline.store(gpu.device()).manifest, finding, None, current)
+            store = Pipeline.store(gpu.device())
+            choice = choose_classifier(store.manifest, finding, None, current, store.allow_unverified)
             if choice is None:
                 raise LatentShiftError(f"no classifier available here knows {finding!r}; choose one of: "
                                        + ", ".join(all_findings()))

@@ -10,6 +10,7 @@ import sys
 import gradio as gr
 
 from ..errors import LatentShiftError
+from ..pipeline import Pipeline
 from . import serving
 from .layout import CSS, build_demo
 
@@ -42,6 +43,7 @@ def main(command_line: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A stop from the host (SIGTERM) exits like Ctrl-C, so the run folders are deleted at exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Pipeline.configure(command_line.settings)  # read once at the entry point (serving.parse_args)
     try:
         serving.run_folders().max_age_s = command_line.temp_max_age
         demo = build_demo(serving_runs(serving.ResultSettings.from_command_line(command_line)),

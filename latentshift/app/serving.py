@@ -2,7 +2,9 @@
 
 Chosen for a free Hugging Face CPU Space (2 vCPU, see ``docs/app.md``): one explanation at
 a time uses both cores, the rest wait in line. The command line (:func:`parse_args`) is read
-before Gradio is imported, since huggingface_hub reads ``HF_HUB_OFFLINE`` at import.
+before Gradio is imported, since huggingface_hub reads ``HF_HUB_OFFLINE`` at import; it reads the
+environment's :class:`~latentshift.settings.Settings` once, puts the flags over them and keeps them
+as ``command_line.settings``, which the app passes down.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..settings import RESULTS_DAYS_DEFAULT, RESULTS_DIR_DEFAULT, Settings
+
 logger = logging.getLogger("latentshift.app")
 
 EXPLAIN_CONCURRENCY = 1
@@ -31,15 +35,15 @@ EXPLAIN_WAITING = 20
 QUEUE_MAX_SIZE = 64
 #: Gradio's worker slots (``launch(max_threads=)``): every admitted run holds one while it waits.
 MAX_THREADS = 64
-RESULTS_DIR_DEFAULT = Path("~/.cache/latentshift/results")
-RESULTS_DAYS_DEFAULT = 30.0
 MIRROR_EVERY_MINUTES = 10
 MAX_FILE_SIZE = "32mb"
 DELETE_CACHE = (600, 3600)        # every 10 min, delete Gradio's copies older than 1 h
 RUN_FOLDER_MAX_AGE_S = 3600       # our own output folders live as long (checked every minute)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, settings: Settings | None = None) -> argparse.Namespace:
+    """The app's command line, with ``settings`` (default: the environment's, read here) and the flags
+    over them as ``.settings``."""
     parser = argparse.ArgumentParser(
         prog="latentshift app",
         description="Latent Shift demo: animated counterfactual explanations of chest X-ray classifiers.")
@@ -64,7 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"delete temporary files (Gradio's copies, the runs' folders) once older than this "
                              f"(default {RUN_FOLDER_MAX_AGE_S}); stored results are kept for --results-days")
     add_result_arguments(parser)
-    return parser.parse_args(argv)
+    command_line = parser.parse_args(argv)
+    try:
+        settings = settings or Settings.from_environ()
+    except ValueError as exc:  # a malformed LATENTSHIFT_* value, named with its value
+        parser.error(str(exc))
+    command_line.settings = with_result_flags(settings, command_line).with_flags(offline=command_line.offline or None)
+    return command_line
 
 
 def delete_cache_for(max_age_s: float) -> tuple[int, int]:
@@ -73,17 +83,23 @@ def delete_cache_for(max_age_s: float) -> tuple[int, int]:
 
 
 def add_result_arguments(parser: argparse.ArgumentParser) -> None:
-    """The result store's settings (README, "Settings")."""
-    parser.add_argument("--results-dir", default=os.environ.get("LATENTSHIFT_RESULTS_DIR", str(RESULTS_DIR_DEFAULT)),
+    """The result store's settings (README, "Settings"); a flag not given is None (the settings' value)."""
+    parser.add_argument("--results-dir", default=None,
                         help=f"where finished explanations are kept for their links (default "
                              f"$LATENTSHIFT_RESULTS_DIR or {RESULTS_DIR_DEFAULT})")
-    parser.add_argument("--results-days", type=float,
-                        default=float(os.environ.get("LATENTSHIFT_RESULTS_DAYS", RESULTS_DAYS_DEFAULT)),
+    parser.add_argument("--results-days", type=float, default=None,
                         help=f"days a result (and its link) is kept (default $LATENTSHIFT_RESULTS_DAYS or "
                              f"{RESULTS_DAYS_DEFAULT:g})")
-    parser.add_argument("--results-repo", default=os.environ.get("LATENTSHIFT_RESULTS_REPO"),
+    parser.add_argument("--results-repo", default=None,
                         help="a private Hugging Face dataset repo the store is mirrored to and restored from "
                              "at start (default $LATENTSHIFT_RESULTS_REPO; needs $HF_TOKEN)")
+
+
+def with_result_flags(settings: Settings, command_line: argparse.Namespace) -> Settings:
+    """``settings`` with the flags of :func:`add_result_arguments` that were given over them."""
+    results_dir = None if command_line.results_dir is None else Path(command_line.results_dir)
+    return settings.with_flags(results_dir=results_dir, results_days=command_line.results_days,
+                               results_repo=command_line.results_repo)
 
 
 @dataclass
@@ -98,8 +114,10 @@ class ResultSettings:
 
     @classmethod
     def from_command_line(cls, command_line: argparse.Namespace) -> "ResultSettings":
-        return cls(folder=Path(command_line.results_dir).expanduser(), retention_days=command_line.results_days,
-                   mirror_repo=command_line.results_repo or None, token=os.environ.get("HF_TOKEN") or None)
+        """From ``command_line.settings`` (read at the entry point) with the result flags over them."""
+        settings = with_result_flags(command_line.settings, command_line)
+        return cls(folder=Path(settings.results_dir).expanduser(), retention_days=settings.results_days,
+                   mirror_repo=settings.results_repo or None, token=settings.hf_token or None)
 
     def open_store(self):
         from ..results.store import ResultStore
@@ -108,14 +126,16 @@ class ResultSettings:
 
 
 def prepare_environment(command_line: argparse.Namespace | None = None) -> None:
-    """Environment the app needs before Gradio and huggingface_hub are imported."""
-    if command_line is not None and command_line.offline:
+    """What the app needs before Gradio and huggingface_hub are imported: ``HF_HUB_OFFLINE=1`` with
+    ``--offline`` (huggingface_hub reads it at import), and ``--manifest`` checked and put into
+    ``command_line.settings`` (as ``extra_manifest``) for the model store."""
+    if command_line is not None and command_line.settings.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if command_line is not None and getattr(command_line, "manifest", None):
         path = Path(command_line.manifest).resolve()
         if not path.is_file():
             raise SystemExit(f"cannot start the app: manifest not found: {path}")
-        os.environ["LATENTSHIFT_EXTRA_MANIFEST"] = str(path)
+        command_line.settings = command_line.settings.replace(extra_manifest=str(path))
 
 
 #: A run-folder root's name prefix, and the file in it that names the process that owns it.

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionsError
+from ..settings import Settings
 from ..weights import Manifest
 from . import gallery, parallel, resume
 from .inputs import Item, content_hash, read_items
@@ -54,9 +55,11 @@ def plan_tasks(items: list[Item], classifiers: list[str], config: BatchConfig) -
     return tasks
 
 
-def resolve_classifiers(requested: list[str], items: list[Item], manifest_path: str | None) -> list[str]:
-    """The classifier ids to use (default: the embedded one); unknown ids raise OptionsError."""
-    manifest = Manifest.load(manifest_path)
+def resolve_classifiers(requested: list[str], items: list[Item], manifest_path: str | None,
+                        settings: Settings | None = None) -> list[str]:
+    """The classifier ids to use (default: the embedded one); unknown ids raise OptionsError.
+    The manifest: ``manifest_path``, else ``settings.manifest`` (``$LATENTSHIFT_MANIFEST``), else the package's."""
+    manifest = Manifest.load(manifest_path or (settings or Settings()).manifest)
     known = {entry.id for entry in manifest.of_kind("classifier")}
     ids = list(dict.fromkeys(requested)) or [manifest.default("classifier").id]
     unknown = sorted({i for i in ids + [item.classifier for item in items if item.classifier] if i not in known})
@@ -74,7 +77,8 @@ def run_batch(source: str | Path, config: BatchConfig, classifiers: list[str] | 
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = read_items(source, exclude=out_dir)
-    tasks = plan_tasks(items, resolve_classifiers(list(classifiers), items, config.manifest), config)
+    config = config.with_settings()
+    tasks = plan_tasks(items, resolve_classifiers(list(classifiers), items, config.manifest, config.settings), config)
     rows: dict[int, dict] = {}
     todo = []
     for index, task in enumerate(tasks):

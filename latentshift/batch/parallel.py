@@ -62,7 +62,8 @@ def _warm_worker(config: BatchConfig, classifiers: list[str]) -> None:
     prepare_process(config)
     for classifier in classifiers:
         try:
-            Pipeline.get(classifier, config.autoencoder, device=config.device, manifest_path=config.manifest)
+            Pipeline.get(classifier, config.autoencoder, device=config.device, manifest_path=config.manifest,
+                         settings=config.settings)
         except Exception as exc:  # noqa: BLE001 - the tasks report it, row by row
             logger.warning("worker %d could not load %s: %s", os.getpid(), classifier, exc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +22,7 @@ from ..errors import ImageInputError, OptionsError
 from ..io.imaging import XrayImage
 from ..options import ExplainOptions
 from ..pipeline import Pipeline
+from ..settings import Settings
 from . import resume
 from .inputs import Item
 from .results import error_row, explanation_row
@@ -40,7 +41,8 @@ class BatchConfig:
 
     ``setup`` ("module:function") is called once per process before any model is loaded;
     ``threads`` caps torch's threads (None: torch's default); ``item_batch``: see
-    :attr:`items_per_chunk`.
+    :attr:`items_per_chunk`; ``settings``: the model store's (None: :meth:`Pipeline.current_settings`,
+    filled in by :meth:`with_settings` before the tasks travel).
     """
 
     out_dir: str
@@ -51,11 +53,16 @@ class BatchConfig:
     setup: str | None = None
     threads: int | None = None
     item_batch: int | None = None
+    settings: Settings | None = None
 
     def __post_init__(self):
         if self.item_batch is not None and (isinstance(self.item_batch, bool) or not isinstance(self.item_batch, int)
                                             or self.item_batch < 1):
             raise OptionsError(f"--item-batch must be a whole number of at least 1, not {self.item_batch!r}")
+
+    def with_settings(self) -> "BatchConfig":
+        """This config with its settings filled in, without the token (workers load models, they mirror nothing)."""
+        return replace(self, settings=Pipeline.current_settings(self.settings).replace(hf_token=None))
 
     @property
     def items_per_chunk(self) -> int:
@@ -185,7 +192,8 @@ def _begin(task: Task, config: BatchConfig) -> tuple[Path, dict]:
 
 
 def _pipeline(task: Task, config: BatchConfig) -> Pipeline:
-    return Pipeline.get(task.classifier, config.autoencoder, device=config.device, manifest_path=config.manifest)
+    return Pipeline.get(task.classifier, config.autoencoder, device=config.device, manifest_path=config.manifest,
+                        settings=config.settings)
 
 
 def _options(task: Task, config: BatchConfig) -> ExplainOptions:

@@ -7,6 +7,10 @@ Only the module of the command given is imported (the others are listed by name 
 line), so ``latentshift --help`` starts in a fraction of a second without torch; command
 modules import their heavy rooms inside the functions that run them. User errors
 (:class:`~latentshift.errors.LatentShiftError`) end with exit code 2 and one line on stderr.
+
+The environment's settings (:class:`~latentshift.settings.Settings`) are read here, once, as
+``args.settings``; each command applies its flags over them and passes them down. A malformed
+``LATENTSHIFT_*`` value ends the command the same way as a user error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 
 from ..errors import LatentShiftError
 from ..runtime import set_allocator_tunables
+from ..settings import Settings
 
 #: Command -> (the module whose ``add_cli(subparsers)`` adds its sub-parser, its line in ``latentshift --help``).
 COMMANDS = {
@@ -85,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     levels = {0: quiet, 1: min(quiet, logging.INFO)}
     logging.basicConfig(level=levels.get(args.verbose, logging.DEBUG),
                         format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.settings = Settings.from_environ()
+    except ValueError as exc:  # a malformed LATENTSHIFT_* value, named with its value
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except LatentShiftError as exc:

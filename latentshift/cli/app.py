@@ -14,7 +14,7 @@ def add_cli(subparsers) -> None:
 def run_app(args: argparse.Namespace) -> int:
     from ..app.serving import parse_args, prepare_environment
 
-    command_line = parse_args(list(args.app_args))
+    command_line = parse_args(list(args.app_args), args.settings)
     prepare_environment(command_line)
     from ..app.server import main
 

@@ -40,7 +40,8 @@ def add_cli(subparsers) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     config = BatchConfig(out_dir=args.out, options=from_cli_args(args), autoencoder=args.autoencoder,
-                         manifest=args.manifest, device=args.device, setup=args.setup, item_batch=args.item_batch)
+                         manifest=args.manifest, device=args.device, setup=args.setup, item_batch=args.item_batch,
+                         settings=args.settings)
     classifiers = [c.strip() for c in args.classifiers.split(",") if c.strip()]
     report = run_batch(args.input, config, classifiers, workers=args.workers, ray_address=args.ray,
                        progress=not args.no_progress)

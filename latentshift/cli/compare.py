@@ -29,7 +29,7 @@ def run_compare(args: argparse.Namespace) -> int:
     options = from_cli_args(args)
     ids = [i.strip() for i in args.classifiers.split(",") if i.strip()]
     comparison = compare(args.image, args.target, ids or None, autoencoder_id=args.autoencoder, options=options,
-                         out_dir=args.out, manifest_path=args.manifest, device=args.device)
+                         out_dir=args.out, manifest_path=args.manifest, device=args.device, settings=args.settings)
     for run in comparison.runs:
         print(run.line)
     for classifier_id, reason in comparison.skipped.items():

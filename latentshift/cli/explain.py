@@ -46,6 +46,7 @@ def pipeline_from_args(args: argparse.Namespace):
     from ..weights import Manifest, ModelStore
     from ..weights.exported import entry_from_card
 
+    settings = args.settings.with_flags(allow_unverified=args.allow_unverified)
     user_entries = []
     if args.classifier_file:
         user_entries.append(entry_from_card("classifier", [args.classifier_file], args.card))
@@ -53,10 +54,11 @@ def pipeline_from_args(args: argparse.Namespace):
         files = [f.strip() for f in args.autoencoder_file.split(",") if f.strip()]
         user_entries.append(entry_from_card("autoencoder", files, args.autoencoder_card))
     if not user_entries and not args.allow_unverified:
-        return Pipeline.get(args.classifier, args.autoencoder, device=args.device, manifest_path=args.manifest)
-    manifest = Manifest.for_user(args.manifest).merged(Manifest([replace(e, embedded_default=True)
-                                                                 for e in user_entries]))
-    store = ModelStore(manifest, args.device, allow_unverified=args.allow_unverified)
+        return Pipeline.get(args.classifier, args.autoencoder, device=args.device, manifest_path=args.manifest,
+                            settings=settings)
+    manifest = Manifest.for_user(args.manifest, settings).merged(Manifest([replace(e, embedded_default=True)
+                                                                           for e in user_entries]))
+    store = ModelStore(manifest, args.device, settings=settings)
     return Pipeline.from_store(store, None if args.classifier_file else args.classifier,
                                None if args.autoencoder_file else args.autoencoder)
 

@@ -48,7 +48,8 @@ def run_create(args: argparse.Namespace) -> int:
 
     options = ExplainOptions(frames=args.frames, ig_steps=args.ig_steps, frames_from=args.frames_from)
     manifest = create_study(args.cases, args.out, classifier=args.classifier, autoencoder=args.autoencoder,
-                            balance=args.balance, positives=args.positives, seed=args.seed, options=options, manifest_path=args.manifest)
+                            balance=args.balance, positives=args.positives, seed=args.seed, options=options,
+                            manifest_path=args.manifest, settings=args.settings)
     outcomes = [case["outcome"] for case in manifest["cases"]]
     print(f"study of {len(outcomes)} cases in {args.out} ({', '.join(f'{o}: {outcomes.count(o)}' for o in sorted(set(outcomes)))}); "
           f"serve it with: latentshift study serve {args.out}")

@@ -107,12 +107,17 @@ def _selected(manifest: Manifest, ids: list[str]) -> list[ModelEntry]:
     return [manifest.get(model_id) for model_id in ids] if ids else list(manifest)
 
 
+def _allow_unverified(args: argparse.Namespace) -> bool:
+    """``--allow-unverified``, else the settings' (``$LATENTSHIFT_ALLOW_UNVERIFIED``)."""
+    return args.settings.with_flags(allow_unverified=args.allow_unverified).allow_unverified
+
+
 def run_list(args: argparse.Namespace) -> int:
-    manifest = Manifest.for_user(args.manifest)
+    manifest = Manifest.for_user(args.manifest, args.settings)
     rows = [("ID", "KIND", "SOURCE", "CACHED", "VERIFIED", "STATUS")]
     for entry in manifest:
         status = model_status(entry, check_network=not args.no_network,
-                              allow_unverified=args.allow_unverified)
+                              allow_unverified=_allow_unverified(args))
         state = "available" if status.available else "unavailable"
         rows.append((entry.id, entry.kind, describe_source(entry), _yes_no(status.cached),
                      _yes_no(status.verified), f"{state}: {status.reason}"))
@@ -123,7 +128,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    manifest = Manifest.for_user(args.manifest)
+    manifest = Manifest.for_user(args.manifest, args.settings)
     if args.ids:
         entries = _selected(manifest, args.ids)
     else:
@@ -134,7 +139,7 @@ def run_fetch(args: argparse.Namespace) -> int:
             print(f"skipped  {entry.id}: hash unknown (use --allow-unverified to fetch it)")
             continue
         try:
-            fetched = fetch_weights(entry, allow_unverified=args.allow_unverified)
+            fetched = fetch_weights(entry, allow_unverified=_allow_unverified(args))
         except LatentShiftError as exc:
             failures.append(entry.id)
             print(f"FAILED   {entry.id}: {exc}")
@@ -155,7 +160,7 @@ def local_copy(entry: ModelEntry) -> Path | None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    manifest = Manifest.for_user(args.manifest)
+    manifest = Manifest.for_user(args.manifest, args.settings)
     entries = _selected(manifest, args.ids)
     failures = []
     for entry in entries:
@@ -184,9 +189,9 @@ def run_pin(args: argparse.Namespace) -> int:
     """Download one model's file and record its sha256 and size."""
     from ..weights.pinning import defining_manifest, pin_model
 
-    entry = Manifest.for_user(args.manifest).get(args.model_id)
+    entry = Manifest.for_user(args.manifest, args.settings).get(args.model_id)
     whole = args.target_manifest is not None
-    target = Path(args.target_manifest) if whole else defining_manifest(entry.id, args.manifest)
+    target = Path(args.target_manifest) if whole else defining_manifest(entry.id, args.manifest, args.settings)
     pinned = pin_model(entry, target, whole_entry=whole)
     state = "already pinned, same file" if pinned.unchanged else "pinned"
     print(f"{state} {pinned.model_id}: sha256 {pinned.sha256}, {pinned.size} bytes ({pinned.path}) -> {pinned.manifest}")
@@ -201,7 +206,8 @@ def run_store_check(args: argparse.Namespace) -> int:
 
     if args.max_models is not None and args.max_models < 1:
         raise LatentShiftError("--max-models must be at least 1")
-    store = ModelStore(Manifest.for_user(args.manifest), max_models=args.max_models)
+    store = ModelStore(Manifest.for_user(args.manifest, args.settings),
+                       settings=args.settings.with_flags(max_models=args.max_models))
     report = cycle_through_models(store, rounds=max(1, args.rounds))
     print(f"models loadable here: {len(report['models'])} ({', '.join(report['models'])})")
     print(f"store bound {report['max_models']}, {report['rounds']} rounds: {report['loads_from_disk']} loads "

@@ -5,34 +5,31 @@ for the torchxrayvision-size pair's decode + classify and 1.46× for the demo pa
 cores (``docs/benchmark.md``). The answers stay the same up to float rounding: on 60
 test-split images (40 pediatric with the demo pneumonia classifier, 20 adult with the
 cardiomegaly classifier) every search stopped at the same λ for the same reason, and the
-predictions of the sweep frames differed by at most 4.3e-5. ``LATENTSHIFT_CHANNELS_LAST=0``
-keeps the default (contiguous) layout. Other devices keep the layout they load with.
+predictions of the sweep frames differed by at most 4.3e-5. ``channels_last=False`` (from
+``Settings.channels_last``: ``LATENTSHIFT_CHANNELS_LAST=0``) keeps the default (contiguous) layout.
+Other devices keep the layout they load with.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable: "0" keeps models contiguous on the CPU.
-CHANNELS_LAST_ENV = "LATENTSHIFT_CHANNELS_LAST"
+def channels_last_wanted(device: str | torch.device, channels_last: bool = True) -> bool:
+    """Whether models on ``device`` are converted to channels_last (CPU, unless ``channels_last`` is False)."""
+    return torch.device(device).type == "cpu" and channels_last
 
 
-def channels_last_wanted(device: str | torch.device) -> bool:
-    """Whether models on ``device`` are converted to channels_last (CPU, unless opted out)."""
-    return torch.device(device).type == "cpu" and os.environ.get(CHANNELS_LAST_ENV, "1") != "0"
-
-
-def place_model(model: nn.Module, device: str | torch.device) -> nn.Module:
+def place_model(model: nn.Module, device: str | torch.device, channels_last: bool = True) -> nn.Module:
     """Move ``model`` to ``device`` (in place, returned); on the CPU its 4-D weights become
-    channels_last (see the module doc). Models without such weights are only moved."""
+    channels_last unless ``channels_last`` is False (see the module doc). Models without such
+    weights are only moved."""
     model = model.to(device)
-    if channels_last_wanted(device):
+    if channels_last_wanted(device, channels_last):
         model.to(memory_format=torch.channels_last)
     return model
 

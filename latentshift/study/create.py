@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..options import ExplainOptions
 from ..pipeline import Pipeline
+from ..settings import Settings
 from .schedule import CONDITIONS
 from .store import DATABASE_NAME, Store, StudyError
 
@@ -148,8 +149,10 @@ def explain_case(pipeline: Pipeline, case: Case, case_id: str, options: ExplainO
 
 def create_study(cases_csv: str | Path, out: str | Path, *, classifier: str | None = None,
                  autoencoder: str | None = None, balance: int | None = None, seed: int = 0, positives: int | None = None,
-                 options: ExplainOptions | None = None, manifest_path: str | None = None) -> dict:
-    """Write the study folder (study.json, study.sqlite, cases/); return the manifest."""
+                 options: ExplainOptions | None = None, manifest_path: str | None = None,
+                 settings: Settings | None = None) -> dict:
+    """Write the study folder (study.json, study.sqlite, cases/); return the manifest. ``settings``:
+    as for :meth:`~latentshift.pipeline.Pipeline.store`."""
     out = Path(out)
     if (out / MANIFEST_NAME).exists():
         raise StudyError(f"{out} already holds a study; choose another --out folder")
@@ -158,7 +161,7 @@ def create_study(cases_csv: str | Path, out: str | Path, *, classifier: str | No
     if (balance is not None and balance < 1) or (positives is not None and positives < 2):
         raise StudyError("--balance must be at least 1 and --positives at least 2")
     cases = read_cases(cases_csv)
-    pipeline = Pipeline.get(classifier, autoencoder, manifest_path=manifest_path)
+    pipeline = Pipeline.get(classifier, autoencoder, manifest_path=manifest_path, settings=settings)
     predict_cases(pipeline, cases)
     chosen = select_cases(cases, balance, seed, positives)
     options = (options or ExplainOptions()).validate()

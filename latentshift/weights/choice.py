@@ -34,14 +34,16 @@ def population_of(entry: ModelEntry) -> str | None:
     return population if population in GROUP else None
 
 
-def available_classifiers(manifest: Manifest) -> list[ModelEntry]:
-    """The manifest's classifiers that load here (no download, no network probe)."""
-    return [e for e in manifest.of_kind("classifier") if model_status(e, check_network=False).available]
+def available_classifiers(manifest: Manifest, allow_unverified: bool = False) -> list[ModelEntry]:
+    """The manifest's classifiers that load here (no download, no network probe; ``allow_unverified``:
+    the store's opt-in to weights of unknown hash)."""
+    return [e for e in manifest.of_kind("classifier")
+            if model_status(e, check_network=False, allow_unverified=allow_unverified).available]
 
 
-def findings(manifest: Manifest) -> list[str]:
+def findings(manifest: Manifest, allow_unverified: bool = False) -> list[str]:
     """Every finding that some available classifier has, in alphabetical order."""
-    names = {label for entry in available_classifiers(manifest) for label in entry.labels if label}
+    names = {label for entry in available_classifiers(manifest, allow_unverified) for label in entry.labels if label}
     return sorted(names, key=str.lower)
 
 
@@ -50,10 +52,10 @@ def _has(entry: ModelEntry, finding: str) -> bool:
 
 
 def choose_classifier(manifest: Manifest, finding: str, population: str | None = None,
-                      current: str | None = None) -> ClassifierChoice | None:
+                      current: str | None = None, allow_unverified: bool = False) -> ClassifierChoice | None:
     """The classifier for ``finding`` on an image of ``population`` (None: unknown); None when no
     available classifier has the finding. ``current``: the classifier answering now (kept on a tie)."""
-    candidates = [e for e in available_classifiers(manifest) if _has(e, finding)]
+    candidates = [e for e in available_classifiers(manifest, allow_unverified) if _has(e, finding)]
     if not candidates:
         return None
     serving = [pair.classifier for pair in manifest.serving()]

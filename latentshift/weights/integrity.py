@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import IntegrityError, ModelUnavailableError
+from ..settings import variable_name
 from .manifest import ModelEntry
 
 logger = logging.getLogger(__name__)
 
-ALLOW_UNVERIFIED_ENV = "LATENTSHIFT_ALLOW_UNVERIFIED"
+ALLOW_UNVERIFIED_ENV = variable_name("allow_unverified")  # LATENTSHIFT_ALLOW_UNVERIFIED
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -44,10 +45,11 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 def allow_unverified_requested(allow_unverified: bool | None = None) -> bool:
-    """Whether weights without a known hash may load: the argument, else ``$LATENTSHIFT_ALLOW_UNVERIFIED``."""
-    if allow_unverified is not None:
-        return bool(allow_unverified)
-    return os.environ.get(ALLOW_UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether weights without a known hash may load: the argument (None: no, as in ``Settings()``).
+
+    The entry points pass ``Settings.allow_unverified`` (``$LATENTSHIFT_ALLOW_UNVERIFIED`` or
+    ``--allow-unverified``) down to here; nothing here reads the environment."""
+    return bool(allow_unverified)
 
 
 #: Why weights of unknown hash were accepted, when the person opted in.

@@ -87,7 +87,8 @@ def build_model(entry: ModelEntry, state_dict: dict[str, torch.Tensor] | None = 
 
 
 def load_model_with_warning(entry: ModelEntry, device: str | torch.device = "cpu",
-                            allow_unverified: bool | None = None) -> tuple[nn.Module, str | None]:
+                            allow_unverified: bool | None = None,
+                            channels_last: bool = True) -> tuple[nn.Module, str | None]:
     """Like :func:`load_model`, also returning the warning to show (unverified weights) or None."""
     fetched = fetch_weights(entry, allow_unverified=allow_unverified)
     logger.info("loading %s %r from %s", entry.kind, entry.id, fetched.path)
@@ -98,7 +99,7 @@ def load_model_with_warning(entry: ModelEntry, device: str | torch.device = "cpu
     model = build_model(entry, read_state_dict(fetched.path, entry.format, expected_sha256=expected))
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return place_model(model, device), fetched.warning
+    return place_model(model, device, channels_last), fetched.warning
 
 
 def _build_exported(entry: ModelEntry, fetched, allow_unverified: bool | None) -> tuple[nn.Module, list[str]]:
@@ -125,9 +126,10 @@ def _build_exported(entry: ModelEntry, fetched, allow_unverified: bool | None) -
 
 
 def load_model(entry: ModelEntry, device: str | torch.device = "cpu",
-               allow_unverified: bool | None = None) -> nn.Module:
-    """Fetch, verify, deserialise and build the model of ``entry`` on ``device``."""
-    return load_model_with_warning(entry, device, allow_unverified)[0]
+               allow_unverified: bool | None = None, channels_last: bool = True) -> nn.Module:
+    """Fetch, verify, deserialise and build the model of ``entry`` on ``device`` (on the CPU
+    channels_last unless ``channels_last`` is False: :mod:`latentshift.models.placement`)."""
+    return load_model_with_warning(entry, device, allow_unverified, channels_last)[0]
 
 
 def load_model_or_default(manifest: Manifest, model_id: str | None, kind: str,

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WeightsError
+from ..settings import Settings, variable_name
 
 #: The package's own manifest (a link to the repository's top-level ``weights_manifest.json``,
 #: a copy inside a built wheel). Its relative ``file`` paths start at the folder that holds
@@ -50,8 +51,8 @@ from ..errors import WeightsError
 PACKAGE_ROOT = Path(str(resources.files("latentshift")))
 DEFAULT_MANIFEST = PACKAGE_ROOT / "weights_manifest.json"
 BUILTIN_BASE_DIR = PACKAGE_ROOT.parent
-MANIFEST_ENV = "LATENTSHIFT_MANIFEST"          # a manifest used *instead of* the package's
-EXTRA_MANIFEST_ENV = "LATENTSHIFT_EXTRA_MANIFEST"  # a manifest merged *over* the package's
+MANIFEST_ENV = variable_name("manifest")              # a manifest used *instead of* the package's
+EXTRA_MANIFEST_ENV = variable_name("extra_manifest")  # a manifest merged *over* the package's
 KINDS = ("classifier", "autoencoder", "guard")
 
 
@@ -141,8 +142,8 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "Manifest":
-        """Read exactly the manifest at ``path``, ``$LATENTSHIFT_MANIFEST`` or the package's own."""
-        path = Path(path or os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
+        """Read exactly the manifest at ``path``, or the package's own."""
+        path = Path(path or DEFAULT_MANIFEST)
         builtin = path.resolve() == DEFAULT_MANIFEST.resolve()
         data = read_structured_file(path, "weights manifest")
         base_dir = BUILTIN_BASE_DIR if builtin else path.resolve().parent
@@ -150,14 +151,16 @@ class Manifest:
                    _serving_pairs(data.get("serving", []), path))
 
     @classmethod
-    def for_user(cls, extra: str | os.PathLike | None = None) -> "Manifest":
+    def for_user(cls, extra: str | os.PathLike | None = None, settings: Settings | None = None) -> "Manifest":
         """The manifest a person works with.
 
-        ``extra`` (``--manifest``), else ``$LATENTSHIFT_EXTRA_MANIFEST``, is merged over the
-        package's manifest (or over ``$LATENTSHIFT_MANIFEST`` when that replaces it).
+        ``extra`` (``--manifest``), else ``settings.extra_manifest`` (``$LATENTSHIFT_EXTRA_MANIFEST``), is
+        merged over the package's manifest (or over ``settings.manifest``, ``$LATENTSHIFT_MANIFEST``,
+        when that replaces it). Without ``settings``: ``Settings()``, the package's manifest alone.
         """
-        base = cls.load()
-        extra = extra or os.environ.get(EXTRA_MANIFEST_ENV)
+        settings = settings or Settings()
+        base = cls.load(settings.manifest)
+        extra = extra or settings.extra_manifest
         return base.merged(cls.load(extra)) if extra else base
 
     def merged(self, extra: "Manifest") -> "Manifest":

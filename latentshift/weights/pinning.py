@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import IntegrityError, WeightsError
+from ..settings import Settings
 from . import hub
 from .integrity import same_sha256, sha256_of
-from .manifest import DEFAULT_MANIFEST, EXTRA_MANIFEST_ENV, MANIFEST_ENV, ModelEntry
+from .manifest import DEFAULT_MANIFEST, ModelEntry
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ def local_or_downloaded(entry: ModelEntry) -> Path:
     return hub.download_for_pinning(entry)
 
 
-def defining_manifest(model_id: str, extra: str | os.PathLike | None) -> Path:
-    """The manifest file that lists ``model_id``: ``extra`` (or ``$LATENTSHIFT_EXTRA_MANIFEST``)
-    when it does, else ``$LATENTSHIFT_MANIFEST`` or the package's own."""
-    candidates = [extra or os.environ.get(EXTRA_MANIFEST_ENV), os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST]
+def defining_manifest(model_id: str, extra: str | os.PathLike | None, settings: Settings | None = None) -> Path:
+    """The manifest file that lists ``model_id``: ``extra`` (or ``settings.extra_manifest``,
+    ``$LATENTSHIFT_EXTRA_MANIFEST``) when it does, else ``settings.manifest`` (``$LATENTSHIFT_MANIFEST``)
+    or the package's own."""
+    settings = settings or Settings()
+    candidates = [extra or settings.extra_manifest, settings.manifest or DEFAULT_MANIFEST]
     for candidate in candidates:
         if candidate and model_id in _ids(Path(candidate)):
             return Path(candidate).resolve()

@@ -2,7 +2,7 @@
 
 A classifier explained with three autoencoders is one model in memory, not three. The
 store holds at most ``max_models`` models (least recently used ones are dropped first;
-``$LATENTSHIFT_MAX_MODELS``, default 6) and gives each model its own lock: a computation
+``Settings.max_models``: ``$LATENTSHIFT_MAX_MODELS``, default 6) and gives each model its own lock: a computation
 that hooks or runs a model holds that model's lock, so requests for different models run
 side by side and requests for the same model queue.
 """
@@ -10,7 +10,6 @@ side by side and requests for the same model queue.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import threading
 from collections import OrderedDict
@@ -20,13 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
+from ..settings import DEFAULT_MAX_MODELS, Settings, variable_name
 from .loading import load_model_with_warning
 from .manifest import Manifest, ModelEntry
 
 logger = logging.getLogger(__name__)
 
-MAX_MODELS_ENV = "LATENTSHIFT_MAX_MODELS"
-DEFAULT_MAX_MODELS = 6
+MAX_MODELS_ENV = variable_name("max_models")  # LATENTSHIFT_MAX_MODELS; DEFAULT_MAX_MODELS: its default
 
 
 @dataclass
@@ -48,29 +47,25 @@ class LoadedModel:
         return self.entry.id
 
 
-def max_models_from_env() -> int:
-    """The store bound from ``$LATENTSHIFT_MAX_MODELS`` (default 6, at least 1)."""
-    raw = os.environ.get(MAX_MODELS_ENV, "").strip()
-    try:
-        return max(1, int(raw)) if raw else DEFAULT_MAX_MODELS
-    except ValueError:
-        raise WeightsError(f"{MAX_MODELS_ENV} must be a whole number, not {raw!r}") from None
-
-
 class ModelStore:
     """Loaded models of one manifest on one device, keyed by model id, LRU-bounded.
 
     ``get(model_id, kind)`` loads on first use; an id that cannot be loaded here falls back
     to the manifest's embedded default of that kind (the returned :class:`LoadedModel`
     then carries a warning naming the requested model and why). Thread-safe.
+
+    ``settings`` (default ``Settings()``) gives the bound, the opt-in to unverified weights and the
+    CPU memory layout; ``max_models`` and ``allow_unverified``, when given, override its values.
     """
 
     def __init__(self, manifest: Manifest, device: str | torch.device = "cpu",
-                 max_models: int | None = None, allow_unverified: bool | None = None):
+                 max_models: int | None = None, allow_unverified: bool | None = None,
+                 settings: Settings | None = None):
+        self.settings = settings or Settings()
         self.manifest = manifest
         self.device = torch.device(device)
-        self.max_models = max_models or max_models_from_env()
-        self.allow_unverified = allow_unverified
+        self.max_models = max_models or self.settings.max_models
+        self.allow_unverified = self.settings.allow_unverified if allow_unverified is None else allow_unverified
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one lock per model id while it is read
@@ -125,7 +120,8 @@ class ModelStore:
             with self._lock:
                 if entry.id in self._models:
                     return self._models[entry.id]
-            model, warning = load_model_with_warning(entry, self.device, self.allow_unverified)
+            model, warning = load_model_with_warning(entry, self.device, self.allow_unverified,
+                                                     channels_last=self.settings.channels_last)
             loaded = LoadedModel(model, entry, warning)
             with self._lock:
                 self.loads += 1
@@ -149,7 +145,8 @@ def cycle_through_models(store: ModelStore, rounds: int = 2) -> dict:
     """
     from .sources import model_status
 
-    loadable = [e for e in store.manifest if model_status(e, check_network=False).available]
+    loadable = [e for e in store.manifest
+                if model_status(e, check_network=False, allow_unverified=store.allow_unverified).available]
     before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     loaded, failed = [], {}
     for _ in range(rounds):
