@@ -24,7 +24,7 @@ from ..options import DEFAULTS, DIRECTIONS, option_spec
 from ..pipeline import list_models
 from . import admission, handlers, serving
 from .runs import OUTPUTS as EXPLAIN_OUTPUTS
-from .runs import Runs, explain_endpoint, link_values
+from .runs import Runs, explain_endpoint, in_turn_or_busy, link_values
 from .handlers import TOP_PREDICTION, UPLOAD_FILE_TYPES
 from .serving import run_folders
 
@@ -485,12 +485,9 @@ def _examples(c: dict, line: admission.Line) -> None:
         (an error is not cached, so the next click tries again)."""
         options = handlers.explain_options(target_name, direction, frame_count, step, False, None, None,
                                            duration_ms, ig_step_count)
-        try:
-            with admission.computing(line):
-                for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
-                    yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "share_link": ""})
-        except admission.LineFull as full:
-            raise gr.Error(str(full), title="Busy", print_exception=False) from None
+        with in_turn_or_busy(line):
+            for explanation in handlers.iter_explanation(image_path, classifier_id, autoencoder_id, options):
+                yield _only(c, EXAMPLE_OUTPUTS, {**handlers.result_values(explanation), "share_link": ""})
 
     def example_targets(classifier_id, autoencoder_id, target_name):
         return _by_component(c, handlers.example_targets(classifier_id, autoencoder_id, target_name))
@@ -612,12 +609,7 @@ def admitted(line: admission.Line, function):
 
     @functools.wraps(function)
     def in_turn(*args, **kwargs):
-        try:
-            ticket = line.admit()
-        except admission.LineFull as full:
-            raise gr.Error(str(full), title="Busy", print_exception=False) from None
-        with ticket:
-            ticket.wait_turn()
+        with in_turn_or_busy(line):
             return function(*args, **kwargs)
 
     return typed(in_turn)

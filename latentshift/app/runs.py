@@ -21,7 +21,7 @@ import datetime
 import functools
 import hashlib
 import logging
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
@@ -194,6 +194,19 @@ def explain_endpoint(runs: Runs):
     return explain
 
 
+@contextmanager
+def in_turn_or_busy(line: admission.Line) -> Iterator[admission.Ticket]:
+    """Compute inside the ``with`` in this run's turn of ``line`` (a worker thread waits for it); a full
+    line raises the busy message as Gradio's error (shown to the person, never cached)."""
+    try:
+        ticket = line.admit()
+    except admission.LineFull as full:
+        raise gr.Error(str(full), title="Busy", print_exception=False) from None
+    with ticket:
+        ticket.wait_turn()
+        yield ticket
+
+
 def _files_of(stored: StoredResult) -> dict[str, Path | None]:
     return {key: stored.file(key) for key in handlers.EXPLAIN_API_FILES}
 
@@ -201,12 +214,7 @@ def _files_of(stored: StoredResult) -> dict[str, Path | None]:
 def _explained_in_turn(runs: Runs, result_id: str, request: handlers.ExplainRequest) -> dict[str, Path | None]:
     """Explain in the admission line's turn and keep the result (or take it from the store if the same
     explanation finished while this one waited)."""
-    try:
-        ticket = runs.line.admit()
-    except admission.LineFull as full:
-        raise gr.Error(str(full), title="Busy", print_exception=False) from None
-    with ticket:
-        ticket.wait_turn()
+    with in_turn_or_busy(runs.line):
         stored = runs.store.get(result_id)
         if stored is not None:
             return _files_of(stored)
