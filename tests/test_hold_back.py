@@ -4,11 +4,9 @@ classifier that answers for a finding is chosen by the finding and the image's p
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
 
 from fakehub import FakeHub
 from latentshift.cli import main as cli_main

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..settings import DEFAULT_MAX_MODELS, Settings, variable_name
+from ..settings import Settings, variable_name
 from .loading import load_model_with_warning
 from .manifest import Manifest, ModelEntry
 
 logger = logging.getLogger(__name__)
 
-MAX_MODELS_ENV = variable_name("max_models")  # LATENTSHIFT_MAX_MODELS; DEFAULT_MAX_MODELS: its default
+MAX_MODELS_ENV = variable_name("max_models")  # LATENTSHIFT_MAX_MODELS
 
 
 @dataclass

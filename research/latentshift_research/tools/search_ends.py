@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentshift.core.shift import ShiftOptions
+
 logger = logging.getLogger("latentshift.search_ends")
 
 
@@ -73,7 +75,6 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from latentshift.core.shift import ShiftOptions
     from latentshift.pipeline import Pipeline
     from ..training.data import default_data_dir
 

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .loadtest import check_answer, folder_bytes, open_fds
+from .loadtest import folder_bytes, open_fds
 
 CLIENTS = 8
 #: Action -> weight (of 100).
