@@ -1,16 +1,13 @@
 """ZeroGPU (Hugging Face's shared GPUs for Spaces) through the ``spaces`` package; a no-op elsewhere.
 
 On a ZeroGPU Space (``SPACES_ZERO_GPU=true``, set by the platform) a GPU is lent only while a
-function decorated with ``spaces.GPU`` runs, in a forked worker process: its arguments and
-results are pickled across. So the app's GPU-bound calls (:mod:`.handlers`) are decorated with
-:func:`task` and take only plain values (paths, model ids, options); the models are loaded and
-moved to ``"cuda"`` in the main process, outside those calls (ZeroGPU's patched torch records the
-move and maps the weights onto the lent GPU at each call), and everything they return is on the CPU.
-Outside ZeroGPU (CPU Spaces, local runs, tests) ``spaces.GPU`` returns the function itself and
-the models stay on the CPU: nothing changes. Without the ``spaces`` package the same holds.
-
-``spaces`` must be imported before anything initialises CUDA; this module is imported by the app
-package before any model is loaded.
+``spaces.GPU`` function runs, in a forked worker that pickles its arguments and results. So the app's
+GPU-bound calls (:mod:`.handlers`) use :func:`task` and take plain values (paths, model ids, options);
+the models are loaded and moved to ``"cuda"`` in the main process first (the patched torch maps them
+onto the lent GPU at each call), and what the calls return is on the CPU. Elsewhere, or without the
+``spaces`` package, :func:`task` returns the function itself and the models stay on the CPU.
+``spaces`` must be imported before anything initialises CUDA: the app package imports this module
+before any model is loaded.
 """
 
 from __future__ import annotations
@@ -32,11 +29,9 @@ F = TypeVar("F", bound=Callable)
 ON_ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
 
 #: Seconds of GPU asked for per call (ZeroGPU's default is 60; shorter requests queue first). Not
-#: measured on a GPU (none was at hand): on 2 CPU cores the paper's pair explains with the default
-#: settings in 3.4-3.7 s end to end and predicts in well under a second (docs/benchmark.md); a GPU
-#: does the same batched passes many times faster, so 60 s leaves room for the largest settings (100
-#: frames, IG up to 2,048 steps in batches) and for the first call's CUDA start-up. A prediction is one
-#: classifier pass; a comparison runs up to four classifiers, each with its own search and sweep.
+#: measured on a GPU: on 2 CPU cores the paper's pair explains with the default settings in 3.4-3.7 s
+#: (docs/benchmark.md), so 60 s leaves room for the largest settings (100 frames, 2,048 IG steps) and
+#: the first call's CUDA start-up; a comparison runs up to four classifiers, each with its own sweep.
 PREDICT_SECONDS = 20
 EXPLAIN_SECONDS = 60
 COMPARE_SECONDS = 120

@@ -4,9 +4,8 @@ Each handler takes control values and returns plain values (dicts keyed by outpu
 see :data:`OUTPUT_NAMES`); :mod:`.layout` maps the names to components. The API functions
 :func:`predict` and :func:`explain` are the named endpoints ``/predict`` and ``/explain``.
 
-The GPU-bound work runs in functions decorated with :func:`.gpu.task` (``spaces.GPU`` on ZeroGPU,
-nothing elsewhere) that take plain values only; their callers load the models first, in this
-process (:func:`load_pair`), because on ZeroGPU the decorated call runs in a forked worker.
+The GPU-bound work runs in :func:`.gpu.task` functions that take plain values only; their callers
+load the models first, in this process (:func:`load_pair`; see :mod:`.gpu` for why).
 """
 
 from __future__ import annotations
@@ -57,9 +56,10 @@ KEPT_VALUES = ("predictions", "target", "status", "outcome", "warnings", "lambda
 SLIDER_PAIRS = [("curtailed ↔ exaggerated", "curtailed|exaggerated"), ("input ↔ curtailed", "input|curtailed"),
                 ("input ↔ exaggerated", "input|exaggerated")]
 SLIDER_EMPTY_LABEL = "Before / after (drag)"
+#: The result images (keys of Explanation.files and output names).
+RESULT_IMAGES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot")
 #: The result outputs a new upload clears.
-RESULT_NAMES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "before_after",
-                "downloads")
+RESULT_NAMES = (*RESULT_IMAGES, "before_after", "downloads")
 
 
 @contextmanager
@@ -234,8 +234,7 @@ def explain_options(target: str | None, direction: str, frames: float, step_size
 
 # ---------------------------------------------------------------- what the page says
 
-def file_path(explanation: Explanation, key: str) -> str | None:
-    path = explanation.files.get(key)
+def path_text(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
@@ -300,9 +299,10 @@ def slider_frames(explanation: Explanation) -> dict[str, list[str]] | None:
     shift = explanation.shift
     if shift is None or "counterfactual" not in explanation.files:
         return None
-    return {"input": [file_path(explanation, "input"), f"input (p = {shift.initial_pred:.2f})"],
-            "curtailed": [file_path(explanation, "counterfactual"), _side_caption(shift, "curtail", "curtailed")],
-            "exaggerated": [file_path(explanation, "exaggerated"), _side_caption(shift, "exaggerate", "exaggerated")]}
+    files = explanation.files
+    return {"input": [path_text(files.get("input")), f"input (p = {shift.initial_pred:.2f})"],
+            "curtailed": [path_text(files.get("counterfactual")), _side_caption(shift, "curtail", "curtailed")],
+            "exaggerated": [path_text(files.get("exaggerated")), _side_caption(shift, "exaggerate", "exaggerated")]}
 
 
 def _side_caption(shift, side: str, word: str) -> str:
@@ -326,9 +326,14 @@ def slider_value(frames: dict[str, list[str]] | None, pair: str = SLIDER_PAIRS[0
 
 def refusal_values(message: str) -> dict[str, Any]:
     """A refused upload or run: the message in the status line, every result cleared, nothing raised."""
-    return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "outcome": "", "warnings": "",
-            "slider_frames": None, "banner": "", "explain_anyway": False, **{name: None for name in RESULT_NAMES},
-            **slider_value(None)}
+    return {"status": f"⚠ **Not explained.** {message}", "predictions": None, "banner": "", "explain_anyway": False,
+            **_cleared()}
+
+
+def _downloads(explanation: Explanation) -> list[str] | None:
+    """The download list of a finished explanation (None before)."""
+    files = explanation.files
+    return [str(files[key]) for key in DOWNLOAD_ORDER if key in files] if explanation.stage == "done" else None
 
 
 def held_back_values(explanation: Explanation) -> dict[str, Any]:
@@ -336,26 +341,22 @@ def held_back_values(explanation: Explanation) -> dict[str, Any]:
     return {**refusal_values(""), "target": explanation.target,
             "status": "⚠ **Not explained: not a chest X-ray.** See the banner.",
             "banner": not_xray_banner(explanation.domain, explained=False), "explain_anyway": True,
-            "downloads": [str(explanation.files[key]) for key in DOWNLOAD_ORDER if key in explanation.files]
-            if explanation.stage == "done" else None}
+            "downloads": _downloads(explanation)}
 
 
 def result_values(explanation: Explanation) -> dict[str, Any]:
     """Output name -> value for the page after any stage of an explanation."""
     if explanation.held_back:
         return held_back_values(explanation)
-    done = explanation.stage == "done"
     frames = slider_frames(explanation)
     values = {
         "predictions": explanation.predictions, "target": explanation.target,
         "status": describe_progress(explanation), "outcome": describe_outcome(explanation),
         "warnings": describe_warnings(explanation),
         "banner": not_xray_banner(explanation.domain, explained=True), "explain_anyway": False,
-        **{key: file_path(explanation, key)
-           for key in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot")},
+        **{key: path_text(explanation.files.get(key)) for key in RESULT_IMAGES},
         "slider_frames": frames, **slider_value(frames), "slider_pair": SLIDER_PAIRS[0][1],
-        "downloads": [str(explanation.files[key]) for key in DOWNLOAD_ORDER if key in explanation.files]
-        if done else None,
+        "downloads": _downloads(explanation),
     }
     if explanation.shift is not None:
         values["lambda_min"], values["lambda_max"] = explanation.shift.lambda_range

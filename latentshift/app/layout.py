@@ -39,6 +39,8 @@ ADULT_EXAMPLE_FINDING = "Cardiomegaly"
 RANGE_AUTOMATIC = "Automatic search"
 RANGE_MANUAL = "Manual λ range"
 DIRECTION_LABELS = {"both": "Both", "curtail": "Curtail (fade)", "exaggerate": "Exaggerate"}
+#: The options of a quick page-only event: not queued, not in the API, no progress shown.
+QUICK = dict(queue=False, api_visibility="private", show_progress="hidden")
 
 CSS = """
 .disclaimer { border-left: 4px solid #d97706; background: #fffbeb; color: #78350f;
@@ -318,8 +320,7 @@ def build_demo(runs: Runs | None = None, delete_cache: tuple[int, int] | None = 
                   api_visibility="private")
         # Each page load shows the pair that answers now (a background fetch may have made it the paper's).
         demo.load(lambda: _by_component(c, handlers.serving_values()), None,
-                  [c[n] for n in ("serving_line", "classifier", "autoencoder", "target")], queue=False,
-                  api_visibility="private", show_progress="hidden")
+                  [c[n] for n in ("serving_line", "classifier", "autoencoder", "target")], **QUICK)
         _wire_links(demo, c, runs)
     demo.queue(max_size=serving.QUEUE_MAX_SIZE, default_concurrency_limit=serving.EXPLAIN_CONCURRENCY)
     demo.result_paths = [str(runs.store.root)]  # served files: server.launch adds them to allowed_paths
@@ -383,8 +384,7 @@ def _wire_uploads(c: dict) -> None:
     # its own pair, the serving default at page load) do not, so they never clear a result being shown.
     gr.on([c["classifier"].input, c["autoencoder"].input], on_models, [*models, c["image"], c["file"]],
           [*models, *outputs], **events)
-    c["suggest"].click(lambda suggested: suggested or gr.skip(), c["suggested_id"], c["classifier"], queue=False,
-                       api_visibility="private", show_progress="hidden").then(
+    c["suggest"].click(lambda suggested: suggested or gr.skip(), c["suggested_id"], c["classifier"], **QUICK).then(
         on_models, [*models, c["image"], c["file"]], [*models, *outputs], **events)
     def on_finding(finding, classifier_id, autoencoder_id, image_path, upload_path):
         values = _predicted(handlers.choose_finding, finding, classifier_id, autoencoder_id, image_path or upload_path)
@@ -395,10 +395,9 @@ def _wire_uploads(c: dict) -> None:
     c["target"].input(on_finding, [c["target"], *models, c["image"], c["file"]],
                       [*models, c["answering"], *outputs], **events)
     c["range_mode"].change(lambda mode: gr.update(visible=mode == RANGE_MANUAL), c["range_mode"],
-                           c["manual_range_row"], queue=False, api_visibility="private", show_progress="hidden")
+                           c["manual_range_row"], **QUICK)
     c["slider_pair"].change(lambda frames, pair: _by_component(c, handlers.slider_value(frames, pair)),
-                            [c["slider_frames"], c["slider_pair"]], [c["before_after"], c["slider_caption"]],
-                            queue=False, api_visibility="private", show_progress="hidden")
+                            [c["slider_frames"], c["slider_pair"]], [c["before_after"], c["slider_caption"]], **QUICK)
 
 
 EXPLAIN_INPUTS = ("image", "file", "classifier", "autoencoder", "target", "direction", "frames", "step_size",
@@ -513,9 +512,8 @@ def _examples(c: dict, line: admission.Line) -> None:
                 visible_columns=[0], examples_per_page=12, elem_id=elem_id,
                 label=f"{label} · explained with {pair[0]} + {pair[1]}")
             gallery.cache_event.then(example_targets, [c["classifier"], c["autoencoder"], c["example_target"]],
-                                     c["target"], queue=False, api_visibility="private", show_progress="hidden")
-            gallery.dataset.click(lambda: None, None, c["file"], queue=False, api_visibility="private",
-                                  show_progress="hidden")
+                                     c["target"], **QUICK)
+            gallery.dataset.click(lambda: None, None, c["file"], **QUICK)
 
 
 def _compare_tab(c: dict, pipeline) -> None:
@@ -568,8 +566,7 @@ def _wire_compare(c: dict, line: admission.Line) -> None:
                 c["compare_target"]: finding if finding in handlers.all_findings() else gr.skip()}
 
     c["compare_tab"].select(from_explain_tab, [c["image"], c["target"], c["predictions"]],
-                            [c["compare_image"], c["compare_target"]], queue=False, api_visibility="private",
-                            show_progress="hidden")
+                            [c["compare_image"], c["compare_target"]], **QUICK)
 
     async def on_compare(path, target, classifier_ids, autoencoder_id, frames, step):
         try:

@@ -1,18 +1,13 @@
 """One explanation from the page as ONE streamed event: an async generator that yields each stage's
 outputs as the stage finishes, behind the admission line, with finished results kept in the store.
 
-Why one event: the earlier design chained one event per stage and kept the live generators in a
-module-level registry between them. A stage that met a full queue, or whose generator had been
-pushed out of the registry, ended the run without a word, and a closed tab left its generator
-(and tensors) alive. Here the generator lives only inside its own event, so there is no state
-between events to lose; Gradio closes it when the page goes away (it checks after each yield),
-and its ``finally`` closes the pipeline's generator and gives the place in line back. Every run
-ends in exactly one of: the full result, "Busy: N ahead of you" (refused at once by
-:mod:`.admission`), or a refusal that says why, always in the status line.
-
-The pipeline's stages run in a worker thread (``anyio.to_thread.run_sync``, which lets a
-cancellation wait for the running stage), so an abandoned run frees its memory at most one
-stage after the page closed.
+Why one event: there is no state between events to lose (one event per stage, with the live
+generators kept between them, ended runs without a word and kept a closed tab's tensors alive).
+Gradio closes the generator when the page goes away (it checks after each yield), and its
+``finally`` closes the pipeline's generator and gives the place in line back. Every run ends in
+exactly one of: the full result, "Busy: N ahead of you" (refused at once by :mod:`.admission`), or
+a refusal that says why, always in the status line. The stages run in a worker thread
+(``anyio.to_thread.run_sync``), so an abandoned run frees its memory at most one stage later.
 """
 
 from __future__ import annotations
@@ -76,18 +71,18 @@ def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
     """The page's values for a stored result: the saved texts and the stored files."""
     page = stored.record.get("page", {})
     values = {name: page.get(name) for name in handlers.KEPT_VALUES if name in page}
-    for name in ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot"):
-        values[name] = _path(stored.file(name))
+    for name in handlers.RESULT_IMAGES:
+        values[name] = handlers.path_text(stored.file(name))
     captions = page.get("slider_captions") or {}
-    frames = {side: [_path(stored.file(key)), captions.get(side, side)]
+    frames = {side: [handlers.path_text(stored.file(key)), captions.get(side, side)]
               for side, key in (("input", "input"), ("curtailed", "counterfactual"), ("exaggerated", "exaggerated"))}
     frames = frames if all(path for path, _ in frames.values()) else None
     values.update(slider_frames=frames, **handlers.slider_value(frames), slider_pair=handlers.SLIDER_PAIRS[0][1])
-    values["downloads"] = [_path(stored.file(key)) for key in handlers.KEPT_FILES if stored.file(key)]
+    values["downloads"] = [handlers.path_text(stored.file(key)) for key in handlers.KEPT_FILES if stored.file(key)]
     values["status"] = f"{values.get('status', '')}\n\n{note}".strip()
     values["share_link"] = share_text(stored)
     # the input and the models too, so the person who opens the link can run it again with other settings
-    values["image"] = _path(stored.file("input"))
+    values["image"] = handlers.path_text(stored.file("input"))
     for kind in ("classifier", "autoencoder"):
         if stored.record.get(kind):
             values[kind] = stored.record[kind]
@@ -102,17 +97,9 @@ def link_values(found: Lookup, retention_days: float) -> dict[str, Any]:
     return {**handlers.refusal_values(message), "status": f"⚠ {message}", "share_link": ""}
 
 
-def _path(path: Path | None) -> str | None:
-    return None if path is None else str(path)
-
-
 def keep(store: ResultStore, result_id: str, explanation: Explanation, values: dict[str, Any]) -> StoredResult:
     """Store a finished explanation's files and page texts under ``result_id``."""
     return store.put(result_id, *handlers.kept_record(explanation, values))
-
-
-def _next_stage(stages: Iterator[Explanation]) -> Explanation | None:
-    return next(stages, None)
 
 
 class Runs:
@@ -161,7 +148,7 @@ class Runs:
         stages = handlers.iter_explanation(path, classifier_id, autoencoder_id, options)
         explanation = values = None
         try:
-            while (stage := await anyio.to_thread.run_sync(_next_stage, stages)) is not None:
+            while (stage := await anyio.to_thread.run_sync(next, stages, None)) is not None:
                 explanation, values = stage, handlers.result_values(stage)
                 yield {**values, "share_link": ""}
         except gr.Error as error:
