@@ -134,9 +134,6 @@ class Ticket:
 @contextmanager
 def computing(line: Line, timeout_s: float | None = None) -> Iterator[Ticket]:
     """Admit, wait for the turn (blocking), compute inside the ``with``, then give the place back."""
-    ticket = line.admit()
-    try:
+    with line.admit() as ticket:
         ticket.wait_turn(timeout_s)
         yield ticket
-    finally:
-        ticket.release()

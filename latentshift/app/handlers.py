@@ -1,11 +1,10 @@
 """What the app does when a person acts: plain functions, testable without building the UI.
 
-Each handler takes control values and returns plain values (dicts keyed by output *name*,
-see :data:`OUTPUT_NAMES`); :mod:`.layout` maps the names to components. The API functions
-:func:`predict` and :func:`explain` are the named endpoints ``/predict`` and ``/explain``.
-
-The GPU-bound work runs in :func:`.gpu.task` functions that take plain values only; their callers
-load the models first, in this process (:func:`load_pair`; see :mod:`.gpu` for why).
+Each handler takes control values and returns plain values (dicts keyed by output *name*);
+:mod:`.layout` maps the names to components. The API functions :func:`predict`, :func:`explain`
+and :func:`compare_api` are the endpoints ``/predict``, ``/explain`` and ``/compare``. The GPU-bound
+work runs in :func:`.gpu.task` functions that take plain values only; their callers load the models
+first, in this process (:func:`load_pair`; see :mod:`.gpu` for why).
 """
 
 from __future__ import annotations
@@ -36,13 +35,9 @@ TOP_PREDICTION = ""               # target value meaning "explain the top predic
 READY_TEXT = "Upload a chest X-ray or click an example, then press **Explain**."
 STAGE_NAMES = {"predict": "prediction", "gradcam": "Grad-CAM", "latent_shift": "Latent Shift",
                "render": "GIF and plots", "integrated_gradients": "Integrated Gradients"}
-#: (fraction done, what runs next) after each stage.
-NEXT_STEP = {
-    "predict": (0.05, "Grad-CAM"),
-    "gradcam": (0.15, "Latent Shift (λ search, frames, GIF)"),
-    "latent_shift": (0.75, "Integrated Gradients"),
-    "integrated_gradients": (0.95, "summary.json"),
-}
+#: What runs after each stage.
+NEXT_STEP = {"predict": "Grad-CAM", "gradcam": "Latent Shift (λ search, frames, GIF)",
+             "latent_shift": "Integrated Gradients", "integrated_gradients": "summary.json"}
 #: What /explain returns, in this order (keys of Explanation.files).
 EXPLAIN_API_FILES = ("gif", "heatmap", "gradcam", "integrated_gradients", "prediction_plot", "counterfactual",
                      "summary")
@@ -258,7 +253,7 @@ def describe_progress(explanation: Explanation) -> str:
                              for name, seconds in explanation.timings.items() if name in STAGE_NAMES)
         lines.append(f"Done in {explanation.timings['total']:.1f} s ({timings}).")
     else:
-        lines.append(f"Working on {NEXT_STEP[explanation.stage][1]}…")
+        lines.append(f"Working on {NEXT_STEP[explanation.stage]}…")
     return "\n\n".join(lines)
 
 

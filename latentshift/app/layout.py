@@ -447,14 +447,15 @@ LINK_INPUTS = ("image", "classifier", "autoencoder")
 def _wire_links(demo: gr.Blocks, c: dict, runs: Runs) -> None:
     """A page opened with ``?result=<id>`` shows that stored result, or says why it cannot."""
 
+    names = (*EXPLAIN_OUTPUTS, *LINK_INPUTS)
+
     def open_link(request: gr.Request):
         result_id = request.query_params.get("result") if request else None
         if not result_id:
-            return _only(c, (*EXPLAIN_OUTPUTS, *LINK_INPUTS), {})
-        return _only(c, (*EXPLAIN_OUTPUTS, *LINK_INPUTS),
-                     link_values(runs.store.lookup(result_id.strip()), runs.retention_days))
+            return _only(c, names, {})
+        return _only(c, names, link_values(runs.store.lookup(result_id.strip()), runs.retention_days))
 
-    demo.load(open_link, None, [c[n] for n in (*EXPLAIN_OUTPUTS, *LINK_INPUTS)], api_visibility="private",
+    demo.load(open_link, None, [c[n] for n in names], api_visibility="private",
               show_progress="hidden", concurrency_id="links", concurrency_limit=4)
 
 
