@@ -39,7 +39,6 @@ class LineFull(Exception):
 
     def __init__(self, ahead: int):
         super().__init__(busy_text(ahead))
-        self.ahead = ahead
 
 
 class Line:

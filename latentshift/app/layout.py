@@ -422,11 +422,12 @@ def _wire_explain(c: dict, runs: Runs) -> None:
             async for values in updates:
                 yield _only(c, EXPLAIN_OUTPUTS, values)
 
+    inputs, outputs = [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS]
     # No Gradio concurrency limit: the run waits in the admission line (which says so), not in Gradio's queue.
-    c["explain_button"].click(explain_run, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
-                              api_name="explain_page", api_visibility="undocumented", concurrency_id="explain-page",
-                              concurrency_limit=None, show_progress="minimal",
-                              show_progress_on=[c[n] for n in PROGRESS_ON])
+    run = dict(concurrency_id="explain-page", concurrency_limit=None, show_progress="minimal",
+               show_progress_on=[c[n] for n in PROGRESS_ON])
+    c["explain_button"].click(explain_run, inputs, outputs, api_name="explain_page", api_visibility="undocumented",
+                              **run)
     c["explain_button"].click(None, None, None, js=SCROLL_TO_RESULTS_JS, queue=False, api_visibility="private")
 
     async def explain_anyway(*inputs):
@@ -434,9 +435,7 @@ def _wire_explain(c: dict, runs: Runs) -> None:
             async for update in updates:
                 yield update
 
-    c["explain_anyway"].click(explain_anyway, [c[n] for n in EXPLAIN_INPUTS], [c[n] for n in EXPLAIN_OUTPUTS],
-                              api_visibility="private", concurrency_id="explain-page", concurrency_limit=None,
-                              show_progress="minimal", show_progress_on=[c[n] for n in PROGRESS_ON])
+    c["explain_anyway"].click(explain_anyway, inputs, outputs, api_visibility="private", **run)
     _examples(c, runs.line)
 
 
@@ -446,7 +445,6 @@ LINK_INPUTS = ("image", "classifier", "autoencoder")
 
 def _wire_links(demo: gr.Blocks, c: dict, runs: Runs) -> None:
     """A page opened with ``?result=<id>`` shows that stored result, or says why it cannot."""
-
     names = (*EXPLAIN_OUTPUTS, *LINK_INPUTS)
 
     def open_link(request: gr.Request):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import logging
 from contextlib import aclosing, contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ import gradio as gr
 from ..options import ExplainOptions
 from ..pipeline import Explanation
 from ..results.store import Lookup, ResultStore, StoredResult, result_key
+from ..weights import sha256_of
 from . import admission, handlers
 
 logger = logging.getLogger("latentshift.app")
@@ -52,19 +52,11 @@ def share_text(stored: StoredResult) -> str:
             f"anyone with the link can open it.")
 
 
-def input_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_key(path: str, classifier_id: str, autoencoder_id: str, options: ExplainOptions) -> tuple[str, str, str]:
     """(result id, classifier id, autoencoder id) with '' resolved to the pair that answers now."""
     pipeline = handlers.pipeline_for(classifier_id, autoencoder_id)
     models = {"classifier": pipeline.classifier_id, "autoencoder": pipeline.autoencoder_id}
-    return result_key(input_sha256(path), models, options.to_dict()), *models.values()
+    return result_key(sha256_of(path), models, options.to_dict()), *models.values()
 
 
 def stored_values(stored: StoredResult, note: str = "") -> dict[str, Any]:
