@@ -87,10 +87,8 @@ class Line:
     def _leave(self, number: int) -> None:
         with self._lock:
             self._running.discard(number)
-            try:
+            if number in self._queue:
                 self._queue.remove(number)
-            except ValueError:
-                pass
 
 
 class Ticket:

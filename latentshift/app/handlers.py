@@ -10,7 +10,7 @@ first, in this process (:func:`load_pair`; see :mod:`.gpu` for why).
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -596,10 +596,8 @@ def compare_upload(path: str | None, target: str, classifier_ids: list[str] | No
                               DEFAULTS.frame_duration_ms, None)
     ids = list(classifier_ids or []) or classifiers_with_finding(target)
     for classifier_id in ids:  # loaded here, before the GPU call; one that cannot load is skipped there
-        try:
+        with suppress(gr.Error):
             load_pair(classifier_id, autoencoder_id or None)
-        except gr.Error:
-            pass
     return _comparison(path, target, ids, autoencoder_id or None, options)
 
 

@@ -19,10 +19,9 @@ logger = logging.getLogger("latentshift.app")
 
 def launch(demo: gr.Blocks, **overrides):
     """``demo.launch`` with the app's serving options; keyword arguments override them."""
-    options = serving.launch_options(css=CSS, theme=gr.themes.Soft(primary_hue="blue"))
+    options = {**serving.launch_options(), "css": CSS, "theme": gr.themes.Soft(primary_hue="blue")}
     options["allowed_paths"] = [*options["allowed_paths"], *getattr(demo, "result_paths", [])]
-    options.update(overrides)
-    return demo.launch(**options)
+    return demo.launch(**{**options, **overrides})
 
 
 def serving_runs(settings: serving.ResultSettings):

@@ -228,16 +228,14 @@ def run_folders() -> RunFolders:
     return RunFolders()
 
 
-def launch_options(**overrides) -> dict:
-    """Keyword arguments of ``demo.launch`` (theme and CSS are added by the layout).
+def launch_options() -> dict:
+    """Keyword arguments of ``demo.launch`` (theme and CSS are added by :func:`.server.launch`).
 
     The run folders' root is an allowed path: the API endpoints return our output files as
     they are (``gr.api`` does not copy them into Gradio's cache); each run folder has a random name.
     """
-    options = dict(max_file_size=MAX_FILE_SIZE, run_history=False, show_error=False, max_threads=MAX_THREADS,
-                   allowed_paths=[str(run_folders().root)])
-    options.update(overrides)
-    return options
+    return dict(max_file_size=MAX_FILE_SIZE, run_history=False, show_error=False, max_threads=MAX_THREADS,
+                allowed_paths=[str(run_folders().root)])
 
 
 def launch_messages(url: str, share_url: str | None = None) -> list[str]:
