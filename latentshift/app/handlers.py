@@ -361,9 +361,8 @@ def result_values(explanation: Explanation) -> dict[str, Any]:
 # ---------------------------------------------------------------- handlers of the page
 
 def _cleared() -> dict[str, Any]:
-    cleared: dict[str, Any] = {name: None for name in RESULT_NAMES}
-    cleared.update(outcome="", warnings="", slider_frames=None, **slider_value(None))
-    return cleared
+    """Every result output emptied."""
+    return {**dict.fromkeys(RESULT_NAMES), "outcome": "", "warnings": "", "slider_frames": None, **slider_value(None)}
 
 
 def predict_upload(path: str | None, classifier_id: str, autoencoder_id: str) -> dict[str, Any]:
