@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,7 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path) -> "ModelEntry":
-        known = {"id", "kind", "architecture", "source", "format", "labels", "thresholds",
-                 "resolution", "input_range", "architecture_kwargs", "embedded_default"}
+        known = {f.name for f in fields(cls)} - {"info", "base_dir"}
         missing = [k for k in ("id", "kind", "architecture", "source") if k not in data]
         if missing:
             raise WeightsError(f"manifest entry {data.get('id', '?')!r} lacks {', '.join(missing)}")

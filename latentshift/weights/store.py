@@ -19,13 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..settings import Settings, variable_name
+from ..settings import Settings
 from .loading import default_instead, load_model_with_warning
 from .manifest import Manifest, ModelEntry
 
 logger = logging.getLogger(__name__)
-
-MAX_MODELS_ENV = variable_name("max_models")  # LATENTSHIFT_MAX_MODELS
 
 
 @dataclass
