@@ -9,9 +9,7 @@
   ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` are read at call time (huggingface_hub
   reads them once, at import). Whether a host answers is probed once, quickly, and
   remembered, so an unreachable Hub costs about two seconds, not retries.
-* A file whose hash the manifest does not know loads without opt-in only from an HTTPS source
-  and in a format read as plain tensors (:func:`unverified_permitted`), with an
-  ``unverified_weights`` note; anything that needs full unpickling needs a pinned sha256.
+* A file whose hash the manifest does not know: see :func:`unverified_permitted`.
 * Everything that cannot be fetched raises :class:`~latentshift.errors.ModelUnavailableError`
   with a message for people.
 """

@@ -26,11 +26,8 @@ The top-level ``"serving"`` list ranks the model pairs the app answers with, bes
 
 (see :mod:`.preference`); the embedded default pair is always the last resort.
 
-The sha256 (and size) of a file is checked **before** it is deserialised; a mismatch
-raises :class:`~latentshift.errors.IntegrityError` naming both hashes. An entry whose
-hash is unknown loads only on request (``allow_unverified=True`` or
-``LATENTSHIFT_ALLOW_UNVERIFIED=1``), and then only through ``torch.load(weights_only=True)``.
-Integrity checks live in :mod:`.integrity`, sources (file, Hub, URL) in :mod:`.sources`.
+Integrity checks (sha256 and size, **before** anything is deserialised; unknown hashes) live
+in :mod:`.integrity`, sources (file, Hub, URL) in :mod:`.sources`.
 """
 
 from __future__ import annotations
