@@ -229,10 +229,7 @@ _LAYER_LOCKS_GUARD = threading.Lock()
 
 def _layer_lock(layer: nn.Module) -> threading.Lock:
     with _LAYER_LOCKS_GUARD:
-        lock = _LAYER_LOCKS.get(layer)
-        if lock is None:
-            lock = _LAYER_LOCKS[layer] = threading.Lock()
-        return lock
+        return _LAYER_LOCKS.setdefault(layer, threading.Lock())
 
 
 @contextmanager

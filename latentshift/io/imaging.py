@@ -394,9 +394,10 @@ def _to_luma(image: Image.Image, notes: list[str]) -> Image.Image:
 # --------------------------------------------------------------------------- DICOM
 
 
+#: Where a DICOM object keeps its pixels.
+_DICOM_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: At least one of these is in any real DICOM object; random bytes parse to none of them.
-_DICOM_IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "Rows", "PixelData", "FloatPixelData",
-                         "DoubleFloatPixelData")
+_DICOM_IMAGE_KEYWORDS = ("SOPClassUID", "Modality", "Rows", *_DICOM_PIXEL_KEYWORDS)
 
 
 def _read_dicom(data: bytes, label: str, has_preamble: bool):
@@ -424,8 +425,7 @@ def _decode_dicom(data: bytes, limits: _Limits) -> _Decoded:
             raise ImageInputError(f"{label} starts like a DICOM file but its content is "
                                   f"empty or corrupt")
         raise ImageInputError(f"{label} is not a DICOM file or image")
-    if not any(keyword in dataset for keyword in
-               ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if not any(keyword in dataset for keyword in _DICOM_PIXEL_KEYWORDS):
         raise ImageInputError(f"{label} is a DICOM file without pixel data (not an image: "
                               f"perhaps a report or a structured document)")
 

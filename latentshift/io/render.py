@@ -48,10 +48,9 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().numpy()
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        return np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be numeric (array or tensor): {exc}") from None
-    return arr
 
 
 def _as_image(x: Any, name: str) -> np.ndarray:
@@ -91,6 +90,14 @@ def _check_probability(value: float | None, name: str) -> float | None:
     return value
 
 
+def _check_scale(scale: Any) -> int:
+    """``scale`` as an int ≥ 1 (ValueError otherwise)."""
+    scale = int(scale)
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    return scale
+
+
 def _prepare_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,10 +126,8 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
 def _gif_palette() -> np.ndarray:
     """The one palette of every GIF frame, (256, 3) uint8: a gray ramp, then the bar
     colours and their blends with the background (antialiased edges)."""
-    entries: list[tuple[int, int, int]] = []
-    for i in range(_N_GRAYS):
-        g = round(i * 255 / (_N_GRAYS - 1))
-        entries.append((g, g, g))
+    grays = [round(i * 255 / (_N_GRAYS - 1)) for i in range(_N_GRAYS)]
+    entries = [(g, g, g) for g in grays]
     for colour in _COLOURS:
         for t in (1.0, 0.66, 0.33):
             entries.append(tuple(round(t * c + (1 - t) * b) for c, b in zip(colour, _BG)))
@@ -344,11 +349,7 @@ def _checked_gif_inputs(frames, preds, lambdas, input_image, target_name, thresh
         raise ValueError("target_name must be a non-empty string")
     if int(frame_duration_ms) <= 0:
         raise ValueError(f"frame_duration_ms must be positive, got {frame_duration_ms}")
-    scale = int(scale)
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-
-    return frames_np, preds_np, lambdas_np, input_np, threshold, scale
+    return frames_np, preds_np, lambdas_np, input_np, threshold, _check_scale(scale)
 
 
 def _render_gif_frames(layout: dict, frames_np: np.ndarray, preds_np: np.ndarray, lambdas_np: np.ndarray,
@@ -468,9 +469,7 @@ def write_overlay(path: str | os.PathLike, image: Any, attribution_map: Any, *, 
     Gradients alike."""
     if not isinstance(title, str):
         raise ValueError("title must be a string")
-    scale = int(scale)
-    if scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
+    scale = _check_scale(scale)
     rgb = overlay_array(image, attribution_map, cmap=cmap, alpha=alpha, absolute=absolute,
                         smooth_sigma=smooth_sigma, clip_percentile=clip_percentile)
     h, w = rgb.shape[:2]

@@ -9,9 +9,7 @@
   ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_ENDPOINT`` are read at call time (huggingface_hub
   reads them once, at import). Whether a host answers is probed once, quickly, and
   remembered, so an unreachable Hub costs about two seconds, not retries.
-* A file whose hash the manifest does not know loads without opt-in only from an HTTPS source
-  and in a format read as plain tensors (:func:`unverified_permitted`), with an
-  ``unverified_weights`` note; anything that needs full unpickling needs a pinned sha256.
+* A file whose hash the manifest does not know: see :func:`unverified_permitted`.
 * Everything that cannot be fetched raises :class:`~latentshift.errors.ModelUnavailableError`
   with a message for people.
 """
@@ -47,7 +45,6 @@ from .integrity import (
     FetchedWeights,
     ModelStatus,
     accept_file,
-    allow_unverified_requested,
     check_file,
     refuse_unverified_message,
 )
@@ -78,12 +75,16 @@ def is_offline() -> bool:
     return bool(hf_constants.HF_HUB_OFFLINE)
 
 
+def _cache_home() -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")).expanduser()
+
+
 def hf_home() -> Path:
     """``$HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface``."""
     if os.environ.get("HF_HOME"):
         return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser()
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache_home).expanduser() / "huggingface"
+    return _cache_home() / "huggingface"
 
 
 def hub_cache_dir() -> Path:
@@ -96,10 +97,7 @@ def hub_cache_dir() -> Path:
 
 def url_cache_dir() -> Path:
     """Where ``url`` sources are cached: ``$HF_HOME/latentshift`` if HF_HOME is set, else ``~/.cache/latentshift``."""
-    if os.environ.get("HF_HOME"):
-        return hf_home() / "latentshift"
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache_home).expanduser() / "latentshift"
+    return (hf_home() if os.environ.get("HF_HOME") else _cache_home()) / "latentshift"
 
 
 def hub_endpoint() -> str:
@@ -125,7 +123,7 @@ def unverified_permitted(entry: ModelEntry, allow_unverified: bool | None = None
     when the source is HTTPS and the format is read as plain tensors only
     (:data:`TENSOR_ONLY_FORMATS`): such a file cannot run code, and HTTPS says where it came from.
     """
-    if allow_unverified_requested(allow_unverified):
+    if allow_unverified:
         return BY_OPT_IN
     host = https_origin(entry)
     if host and entry.format in TENSOR_ONLY_FORMATS:
@@ -321,18 +319,13 @@ def fetch_weights(entry: ModelEntry, allow_unverified: bool | None = None) -> Fe
     why = None if entry.sha256 else unverified_permitted(entry, allow_unverified)
     if not entry.sha256 and why is None:
         raise ModelUnavailableError(refuse_unverified_message(entry))
-    if entry.source_type == "hub":
-        path = cached_path(entry) or _download_from_hub(entry, pinned_revision(entry))
-    elif entry.source_type == "url":
-        path = cached_path(entry) or _download_url(entry, url_cache_path(entry))
-    else:
-        raise WeightsError(f"model {entry.id!r}: {entry.source_type!r} is not a Hub or URL source")
+    path = cached_or_downloaded(entry)
     return accept_file(path, entry, allow_unverified=why is not None, why=why or BY_OPT_IN)
 
 
-def download_for_pinning(entry: ModelEntry) -> Path:
-    """The entry's file from its source (cache first), without checking or reading it: for
-    ``latentshift weights pin``, which records its sha256 and size."""
+def cached_or_downloaded(entry: ModelEntry) -> Path:
+    """The entry's file from its source (cache first), neither checked nor read (:func:`fetch_weights`
+    checks it; ``latentshift weights pin`` records its sha256 and size)."""
     if entry.source_type == "hub":
         revision = pinned_revision(entry)
         if revision is None:
@@ -341,11 +334,6 @@ def download_for_pinning(entry: ModelEntry) -> Path:
     if entry.source_type == "url":
         return cached_path(entry) or _download_url(entry, url_cache_path(entry))
     raise WeightsError(f"model {entry.id!r}: {entry.source_type!r} is not a Hub or URL source")
-
-
-def fetch(entry: ModelEntry, allow_unverified: bool | None = None) -> Path:
-    """Path of the verified local weight file of a ``hub`` or ``url`` entry."""
-    return fetch_weights(entry, allow_unverified=allow_unverified).path
 
 
 # --------------------------------------------------------------------------- status (no download)

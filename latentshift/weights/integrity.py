@@ -25,11 +25,6 @@ logger = logging.getLogger(__name__)
 ALLOW_UNVERIFIED_ENV = variable_name("allow_unverified")  # LATENTSHIFT_ALLOW_UNVERIFIED
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of bytes in memory."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def same_sha256(actual: str, expected: str | None) -> bool:
     """Whether two hex digests name the same content (case-insensitive); False if one is missing."""
     return bool(actual and expected) and actual.lower() == expected.lower()
@@ -42,14 +37,6 @@ def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def allow_unverified_requested(allow_unverified: bool | None = None) -> bool:
-    """Whether weights without a known hash may load: the argument (None: no, as in ``Settings()``).
-
-    The entry points pass ``Settings.allow_unverified`` (``$LATENTSHIFT_ALLOW_UNVERIFIED`` or
-    ``--allow-unverified``) down to here; nothing here reads the environment."""
-    return bool(allow_unverified)
 
 
 #: Why weights of unknown hash were accepted, when the person opted in.
@@ -162,7 +149,7 @@ def accept_file(path: Path, entry: ModelEntry, allow_unverified: bool | None = N
     if entry.sha256:
         verify_file(path, entry)
         return FetchedWeights(path, verified=True)
-    if not allow_unverified_requested(allow_unverified):
+    if not allow_unverified:
         raise ModelUnavailableError(refuse_unverified_message(entry))
     verified, detail = check_file(path, entry)
     if verified is False:

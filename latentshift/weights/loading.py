@@ -6,6 +6,7 @@ through ``torch.load(weights_only=True)`` (plain tensors) or safetensors.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import replace
@@ -18,7 +19,7 @@ from ..errors import IntegrityError, WeightsError
 from ..models import build_architecture
 from ..models.placement import place_model
 from .exported import EXPORT_FORMAT, ExportedAutoencoder, ExportedClassifier, load_program
-from .integrity import same_sha256, sha256_bytes
+from .integrity import same_sha256
 from .manifest import Manifest, ModelEntry
 from .sources import fetch_weights
 
@@ -43,7 +44,7 @@ def read_state_dict(path: Path, fmt: str, expected_sha256: str | None = None) ->
         raise WeightsError(f"unknown weights format {fmt!r}")
     data = Path(path).read_bytes()
     if expected_sha256:
-        actual = sha256_bytes(data)
+        actual = hashlib.sha256(data).hexdigest()
         if not same_sha256(actual, expected_sha256):
             raise IntegrityError(f"weights at {path} failed verification: expected sha256 "
                                  f"{expected_sha256}, got {actual}; refusing to load them")
@@ -141,26 +142,29 @@ def load_model_or_default(manifest: Manifest, model_id: str | None, kind: str,
     it was replaced (or that weights are unverified), None when all went as asked.
     Errors of the default itself are raised.
     """
-    if model_id is None:
-        entry = manifest.default(kind)
-        model, warning = load_model_with_warning(entry, device, allow_unverified)
-        return model, entry, warning
+    requested = model_id or manifest.default(kind).id
     try:
-        entry = manifest.get(model_id, kind)
+        entry = manifest.get(requested, kind)
         model, warning = load_model_with_warning(entry, device, allow_unverified)
         return model, entry, warning
     except WeightsError as exc:
-        try:
-            default = manifest.default(kind)
-        except WeightsError:
-            raise exc from None
-        if default.id == model_id:
-            raise
-        reason = str(exc).removeprefix(f"{model_id!r} is unavailable: ")
-        warning = (f"model {model_id!r} is unavailable here ({reason}); "
-                   f"using the embedded default {default.id!r} instead")
-        logger.warning("%s", warning)
-        model, default_warning = load_model_with_warning(default, device, allow_unverified)
-        if default_warning:
-            warning = f"{warning}; {default_warning}"
-        return model, default, warning
+        default, warning = default_instead(manifest, kind, requested, exc)
+    model, default_warning = load_model_with_warning(default, device, allow_unverified)
+    return model, default, f"{warning}; {default_warning}" if default_warning else warning
+
+
+def default_instead(manifest: Manifest, kind: str, requested: str, error: WeightsError) -> tuple[ModelEntry, str]:
+    """The embedded default of ``kind`` to load instead of ``requested``, which failed with ``error``,
+    and the warning that says so (logged). ``error`` is raised when the default is ``requested``
+    itself or there is none."""
+    try:
+        default = manifest.default(kind)
+    except WeightsError:
+        raise error from None
+    if default.id == requested:
+        raise error
+    reason = str(error).removeprefix(f"{requested!r} is unavailable: ")
+    warning = (f"model {requested!r} is unavailable here ({reason}); "
+               f"using the embedded default {default.id!r} instead")
+    logger.warning("%s", warning)
+    return default, warning

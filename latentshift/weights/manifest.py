@@ -26,18 +26,15 @@ The top-level ``"serving"`` list ranks the model pairs the app answers with, bes
 
 (see :mod:`.preference`); the embedded default pair is always the last resort.
 
-The sha256 (and size) of a file is checked **before** it is deserialised; a mismatch
-raises :class:`~latentshift.errors.IntegrityError` naming both hashes. An entry whose
-hash is unknown loads only on request (``allow_unverified=True`` or
-``LATENTSHIFT_ALLOW_UNVERIFIED=1``), and then only through ``torch.load(weights_only=True)``.
-Integrity checks live in :mod:`.integrity`, sources (file, Hub, URL) in :mod:`.sources`.
+Integrity checks (sha256 and size, **before** anything is deserialised; unknown hashes) live
+in :mod:`.integrity`, sources (file, Hub, URL) in :mod:`.sources`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -102,8 +99,7 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: Path) -> "ModelEntry":
-        known = {"id", "kind", "architecture", "source", "format", "labels", "thresholds",
-                 "resolution", "input_range", "architecture_kwargs", "embedded_default"}
+        known = {f.name for f in fields(cls)} - {"info", "base_dir"}
         missing = [k for k in ("id", "kind", "architecture", "source") if k not in data]
         if missing:
             raise WeightsError(f"manifest entry {data.get('id', '?')!r} lacks {', '.join(missing)}")

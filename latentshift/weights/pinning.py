@@ -19,6 +19,7 @@ from ..settings import Settings
 from . import hub
 from .integrity import same_sha256, sha256_of
 from .manifest import DEFAULT_MANIFEST, ModelEntry
+from .sources import resolve_local_file
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,7 @@ def entry_dict(entry: ModelEntry) -> dict:
 
 def local_or_downloaded(entry: ModelEntry) -> Path:
     """The entry's file: a repository file, or its Hub/URL download (cache first), unread."""
-    if entry.source_type == "file":
-        path = Path(entry.source["path"])
-        path = path if path.is_absolute() else entry.base_dir / path
-        if not path.is_file():
-            raise WeightsError(f"weights file of {entry.id!r} is missing: {path}")
-        return path
-    return hub.download_for_pinning(entry)
+    return resolve_local_file(entry) if entry.source_type == "file" else hub.cached_or_downloaded(entry)
 
 
 def defining_manifest(model_id: str, extra: str | os.PathLike | None, settings: Settings | None = None) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ModelUnavailableError, WeightsError
 from . import hub
 from .integrity import (ALLOW_UNVERIFIED_ENV, FetchedWeights, ModelStatus, accept_file,
-                        allow_unverified_requested, check_file, refuse_unverified_message)
+                        check_file, refuse_unverified_message)
 from ..models.registry import ARCHITECTURES
 from .exported import EXPORT_FORMAT
 from .manifest import ModelEntry
@@ -39,7 +39,7 @@ def fetch_weights(entry: ModelEntry, allow_unverified: bool | None = None) -> Fe
     handled by :mod:`latentshift.weights.hub` (cache first, no network when cached).
     """
     if entry.source_type == "file":
-        if not entry.sha256 and not allow_unverified_requested(allow_unverified):
+        if not entry.sha256 and not allow_unverified:
             raise ModelUnavailableError(refuse_unverified_message(entry))
         return accept_file(resolve_local_file(entry), entry, allow_unverified)
     if entry.source_type in ("hub", "url"):
@@ -70,7 +70,7 @@ def model_status(entry: ModelEntry, check_network: bool = True,
             return ModelStatus(False, False, None, f"weights file missing: {path}")
         verified, detail = check_file(path, entry)
         if verified is None:
-            allowed = allow_unverified_requested(allow_unverified)
+            allowed = bool(allow_unverified)
             reason = ("in the repository, hash unknown (loads unverified by opt-in)" if allowed
                       else f"in the repository, hash unknown (set {ALLOW_UNVERIFIED_ENV}=1 to load it)")
             return ModelStatus(allowed, True, None, reason)

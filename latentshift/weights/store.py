@@ -19,13 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import WeightsError
-from ..settings import Settings, variable_name
-from .loading import load_model_with_warning
+from ..settings import Settings
+from .loading import default_instead, load_model_with_warning
 from .manifest import Manifest, ModelEntry
 
 logger = logging.getLogger(__name__)
-
-MAX_MODELS_ENV = variable_name("max_models")  # LATENTSHIFT_MAX_MODELS
 
 
 @dataclass
@@ -85,23 +83,10 @@ class ModelStore:
         try:
             return self._cached_or_load(self.manifest.get(requested, kind))
         except WeightsError as exc:
-            default = self._default_or_raise(kind, requested, exc)
-            reason = str(exc).removeprefix(f"{requested!r} is unavailable: ")
-            warning = (f"model {requested!r} is unavailable here ({reason}); "
-                       f"using the embedded default {default.id!r} instead")
-            logger.warning("%s", warning)
-            loaded = self._cached_or_load(default)
-            joined = warning if not loaded.warning else f"{warning}; {loaded.warning}"
-            return LoadedModel(loaded.model, loaded.entry, joined, loaded.lock, warning_code="model_fallback")
-
-    def _default_or_raise(self, kind: str, requested: str, error: WeightsError) -> ModelEntry:
-        try:
-            default = self.manifest.default(kind)
-        except WeightsError:
-            raise error from None
-        if default.id == requested:
-            raise error
-        return default
+            default, warning = default_instead(self.manifest, kind, requested, exc)
+        loaded = self._cached_or_load(default)
+        joined = warning if not loaded.warning else f"{warning}; {loaded.warning}"
+        return LoadedModel(loaded.model, loaded.entry, joined, loaded.lock, warning_code="model_fallback")
 
     def load(self, model_id: str, kind: str) -> LoadedModel:
         """The loaded model ``model_id`` exactly: errors are raised, nothing stands in for it."""
