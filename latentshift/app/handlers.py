@@ -23,7 +23,6 @@ from ..compare import Comparison, classifiers_with_finding, compare
 from ..errors import LatentShiftError
 from ..options import DEFAULTS, ExplainOptions
 from ..pipeline import Explanation, Pipeline, list_models
-from ..weights import model_status
 from ..weights.choice import GROUP, choose_classifier, findings
 from . import gpu
 from .serving import run_folders
@@ -114,7 +113,7 @@ def example_pair(population: str, finding: str) -> tuple[str, str] | None:
         return pair.classifier, pair.autoencoder
     for entry in manifest.of_kind("classifier"):
         if (entry.source_type == "file" and finding in entry.labels and entry.info.get("population") == population
-                and model_status(entry, check_network=False, allow_unverified=store.allow_unverified).available):
+                and store.status(entry, check_network=False).available):
             return entry.id, manifest.default("autoencoder").id
     return None
 

@@ -114,8 +114,9 @@ class ResultSettings:
 
     @classmethod
     def from_command_line(cls, command_line: argparse.Namespace) -> "ResultSettings":
-        """From ``command_line.settings`` (read at the entry point) with the result flags over them."""
-        settings = with_result_flags(command_line.settings, command_line)
+        """From ``command_line.settings`` (read at the entry point, the result flags already over them:
+        :func:`parse_args`, or ``latentshift results``)."""
+        settings = command_line.settings
         return cls(folder=Path(settings.results_dir).expanduser(), retention_days=settings.results_days,
                    mirror_repo=settings.results_repo or None, token=settings.hf_token or None)
 

@@ -32,8 +32,9 @@ def _day(timestamp: float) -> str:
 
 
 def run_results(args: argparse.Namespace) -> int:
-    from ..app.serving import ResultSettings
+    from ..app.serving import ResultSettings, with_result_flags
 
+    args.settings = with_result_flags(args.settings, args)
     store = ResultSettings.from_command_line(args).open_store()
     if args.action == "list":
         rows = store.list(("ok", "expired", "deleted") if args.all else ("ok",))

@@ -19,6 +19,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
+
 def channels_last_wanted(device: str | torch.device, channels_last: bool = True) -> bool:
     """Whether models on ``device`` are converted to channels_last (CPU, unless ``channels_last`` is False)."""
     return torch.device(device).type == "cpu" and channels_last

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from ..errors import WeightsError
 from .manifest import ServingPair
-from .sources import fetch_weights, model_status
 from .store import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -115,8 +114,7 @@ class ServingDefault:
     def _local_reason(self, pair: ServingPair) -> str | None:
         """None when both models of ``pair`` can load from local files, else the first reason why not."""
         for model_id, kind in ((pair.classifier, "classifier"), (pair.autoencoder, "autoencoder")):
-            status = model_status(self.store.manifest.get(model_id, kind), check_network=False,
-                                  allow_unverified=self.store.allow_unverified)
+            status = self.store.status(self.store.manifest.get(model_id, kind), check_network=False)
             if not status.available:
                 return f"{model_id}: {status.reason}"
         return None
@@ -160,11 +158,11 @@ class ServingDefault:
         """Download both models' files (those not here yet); None on success, else why not."""
         for model_id, kind in ((pair.classifier, "classifier"), (pair.autoencoder, "autoencoder")):
             entry = self.store.manifest.get(model_id, kind)
-            status = model_status(entry, check_network=True, allow_unverified=self.store.allow_unverified)
+            status = self.store.status(entry, check_network=True)
             if not status.available:
                 return f"{model_id}: {status.reason}"
             try:
-                fetch_weights(entry, allow_unverified=self.store.allow_unverified)
+                self.store.fetch(entry)
             except WeightsError as exc:
                 return str(exc)
         return None

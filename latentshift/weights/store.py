@@ -20,8 +20,10 @@ from torch import nn
 
 from ..errors import WeightsError
 from ..settings import Settings
+from .integrity import FetchedWeights, ModelStatus
 from .loading import default_instead, load_model_with_warning
 from .manifest import Manifest, ModelEntry
+from .sources import fetch_weights, model_status
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,14 @@ class ModelStore:
 
     def __len__(self) -> int:
         return len(self._models)
+
+    def status(self, entry: ModelEntry, check_network: bool = True) -> ModelStatus:
+        """Whether ``entry`` can be loaded here, with this store's opt-in to unverified weights."""
+        return model_status(entry, check_network=check_network, allow_unverified=self.allow_unverified)
+
+    def fetch(self, entry: ModelEntry) -> FetchedWeights:
+        """``entry``'s weight file, downloaded if need be, with this store's opt-in (not loaded)."""
+        return fetch_weights(entry, allow_unverified=self.allow_unverified)
 
     def loaded_ids(self) -> list[str]:
         """Ids in memory, least recently used first."""
@@ -128,10 +138,7 @@ def cycle_through_models(store: ModelStore, rounds: int = 2) -> dict:
     models in memory at the end, and the process's peak resident memory (MiB, from
     ``getrusage``: the high-water mark of the whole process, imports included).
     """
-    from .sources import model_status
-
-    loadable = [e for e in store.manifest
-                if model_status(e, check_network=False, allow_unverified=store.allow_unverified).available]
+    loadable = [e for e in store.manifest if store.status(e, check_network=False).available]
     before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     loaded, failed = [], {}
     for _ in range(rounds):
