@@ -1,6 +1,6 @@
 """Load test of a running app: N concurrent gradio_client clients × M ``/explain`` requests.
 
-    python -m latentshift.loadtest --url http://127.0.0.1:7860 --clients 8 --requests 5
+    python -m latentshift_research loadtest --url http://127.0.0.1:7860 --clients 8 --requests 5
 
 Each client sends its requests one after the other; the clients run at the same time, so
 at most N requests are in flight. Every answer is checked to be complete: the GIF exists

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m latentshift_research train-adult --data ../shared/data/cxr --out weights --epochs 14 --seeds 0 1 2
+    python -m latentshift_research train-adult --data ../shared/data/cxr --out out/models --epochs 14 --seeds 0 1 2
 
 Data: the NIH rows (``source == "nih"``) of the chest X-ray folder described in
 ``shared/data/README-cxr.md``; the pediatric Kermany images are never read into the

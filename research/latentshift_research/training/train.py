@@ -1,9 +1,9 @@
 """Training and evaluation of the embedded demo models.
 
-Commands (registered in :mod:`latentshift.cli`)::
+Commands (registered in :mod:`latentshift_research.cli`)::
 
-    python -m latentshift_research train autoencoder --data ../shared/data/cxr --out weights
-    python -m latentshift_research train classifier  --data ../shared/data/cxr --out weights
+    python -m latentshift_research train autoencoder --data ../shared/data/cxr --out out/models
+    python -m latentshift_research train classifier  --data ../shared/data/cxr --out out/models
     python -m latentshift_research evaluate-models [--data ../shared/data/cxr]
 
 Data: the chest X-ray folder described in ``shared/data/README-cxr.md`` (224×224 8-bit
