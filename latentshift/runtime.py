@@ -59,7 +59,11 @@ OPT_OUT = variable_name("allocator_tuning")  # LATENTSHIFT_NO_ALLOCATOR_TUNING
 def should_set_tunables(environ=None) -> bool:
     """Whether :func:`set_allocator_tunables` would call ``mallopt`` (``environ``: os.environ)."""
     environ = os.environ if environ is None else environ
-    if not read_variable("allocator_tuning", environ) or "GLIBC_TUNABLES" in environ:
+    try:
+        opted_out = not read_variable("allocator_tuning", environ)
+    except ValueError:  # a malformed value: the entry point's settings name it and stop the command
+        opted_out = False
+    if opted_out or "GLIBC_TUNABLES" in environ:
         return False
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 

@@ -9,7 +9,8 @@ Code that builds them without a ``Settings`` gets ``Settings()``: the defaults b
 pipeline's model store (``Pipeline.get``) is the public API that reads the environment when it is
 given no settings (README, "Python API").
 
-An empty value counts as unset. It imports nothing of the package.
+An empty value counts as unset; an on/off variable takes the words of :data:`TRUE_WORDS` and
+:data:`FALSE_WORDS` in any case. It imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ DEFAULT_MAX_MODELS = 6
 #: Where the app keeps finished explanations, and for how many days.
 RESULTS_DIR_DEFAULT = Path("~/.cache/latentshift/results")
 RESULTS_DAYS_DEFAULT = 30.0
-#: The values that turn ``$LATENTSHIFT_ALLOW_UNVERIFIED`` on (any other value leaves it off).
+#: The values of an on/off variable (any case); any other value is refused, naming the variable.
 TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _text(name: str, raw: str) -> str:
@@ -42,6 +44,13 @@ def _whole_number(name: str, raw: str) -> int:
         return max(1, int(raw.strip()))
     except ValueError:
         raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+
+
+def _switch(name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"{name} must be on ({', '.join(TRUE_WORDS)}) or off ({', '.join(FALSE_WORDS)}), not {raw!r}")
+    return word in TRUE_WORDS
 
 
 def _days(name: str, raw: str) -> float:
@@ -69,16 +78,16 @@ VARIABLES = (
     Variable("LATENTSHIFT_EXTRA_MANIFEST", "extra_manifest", None,
              "your own manifest merged *over* the package's (what `--manifest` sets)", _text),
     Variable("LATENTSHIFT_ALLOW_UNVERIFIED", "allow_unverified", False,
-             "`1`, `true`, `yes` or `on`: weights of unknown sha256 may load, as plain tensors "
-             "(what `--allow-unverified` sets)", lambda name, raw: raw.strip().lower() in TRUE_WORDS),
+             "on (`1`, `true`, `yes`, `on`): weights of unknown sha256 may load, as plain tensors "
+             "(what `--allow-unverified` sets)", _switch),
     Variable("LATENTSHIFT_MAX_MODELS", "max_models", DEFAULT_MAX_MODELS,
              "models the model store keeps in memory, least recently used dropped first (at least 1)",
              _whole_number),
     Variable("LATENTSHIFT_CHANNELS_LAST", "channels_last", True,
-             "`0` keeps models on the CPU contiguous instead of channels_last", lambda name, raw: raw != "0"),
+             "off (`0`, `false`, `no`, `off`) keeps models on the CPU contiguous instead of channels_last", _switch),
     Variable("LATENTSHIFT_NO_ALLOCATOR_TUNING", "allocator_tuning", True,
-             "`1` leaves glibc's allocator settings alone (see `latentshift/runtime.py`)",
-             lambda name, raw: raw != "1"),
+             "on (`1`, …) leaves glibc's allocator settings alone (see `latentshift/runtime.py`)",
+             lambda name, raw: not _switch(name, raw)),
     Variable("LATENTSHIFT_RESULTS_DIR", "results_dir", RESULTS_DIR_DEFAULT,
              "where the app keeps finished explanations for their links (`--results-dir`)", _path),
     Variable("LATENTSHIFT_RESULTS_DAYS", "results_days", RESULTS_DAYS_DEFAULT,

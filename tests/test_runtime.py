@@ -50,6 +50,17 @@ def test_the_opt_outs():
     assert not runtime.should_set_tunables({runtime.OPT_OUT: "1"})
     assert not runtime.should_set_tunables({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"})
     assert not runtime.set_allocator_tunables({runtime.OPT_OUT: "1"})
+    assert not runtime.should_set_tunables({runtime.OPT_OUT: "True"})
+
+
+@glibc_only
+def test_a_malformed_opt_out_ends_the_command_with_one_line_not_a_traceback():
+    assert runtime.should_set_tunables({runtime.OPT_OUT: "maybe"}), "before the settings are read: the default"
+    completed = subprocess.run([sys.executable, "-m", "latentshift", "weights", "list", "--no-network"],
+                               env={**os.environ, runtime.OPT_OUT: "maybe"}, capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == (f"error: {runtime.OPT_OUT} must be on (1, true, yes, on) or off "
+                                        f"(0, false, no, off), not 'maybe'")
 
 
 @glibc_only
