@@ -76,6 +76,8 @@ def parser_call(command: str) -> tuple[str, list[str]] | None:
     """(entry, argv): entry "latentshift", "latentshift_research", "app.py" or the name of a module
     that is no entry point; None for lines that are not such commands (install lines, cp, sed)."""
     words = shlex.split(re.sub(r"[<>\[\]]", "", command))
+    while words and re.match(r"^[A-Z_]+=", words[0]):  # VARIABLE=value before the command
+        words = words[1:]
     if words and words[0].endswith("latentshift"):
         return "latentshift", words[1:]
     if len(words) >= 3 and words[0].endswith(("python", "python3")) and words[1] == "-m" \
