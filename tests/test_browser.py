@@ -91,6 +91,8 @@ def open_page(browser, url: str, viewport: dict):
     page = browser.new_page(viewport=viewport)
     page.goto(url)
     page.get_by_role("button", name="Explain", exact=True).wait_for()
+    # the page's own load script has run (it hands a DICOM dropped on the image box to the file box)
+    page.wait_for_function("document.body.dataset.pageReady === 'true'", timeout=30_000)
     return page
 
 

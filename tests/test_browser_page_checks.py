@@ -36,12 +36,26 @@ def name(viewport: dict) -> str:
     return "desktop" if viewport == DESKTOP else "phone"
 
 
+def wait_for_banner(page, label: str) -> None:
+    """Wait for the not-a-chest-X-ray banner; on a timeout, fail with what the page shows instead
+    (its status, warnings and banner texts, and a screenshot ``FAILED-<label>.png``)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector("#banner p", timeout=90_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(ARTIFACTS / f"FAILED-{label}.png"), full_page=True)
+        shown = {box: page.locator(box).inner_text() if page.locator(box).count() else None
+                 for box in ("#status", "#warnings", "#banner", "#xray-upload", "#file-upload")}
+        raise AssertionError(f"no banner after 90 s; the page shows {shown}") from None
+
+
 @VIEWPORTS
 def test_noise_gets_the_banner_and_explain_anyway_runs_it_under_it(browser, app_url, viewport, noise):
     ARTIFACTS.mkdir(exist_ok=True)
     page = open_page(browser, app_url, viewport)
     upload(page, noise)
-    page.wait_for_selector("#banner p", timeout=120_000)
+    wait_for_banner(page, f"noise-{name(viewport)}")
     assert "does not look like a chest X-ray" in page.locator("#banner").inner_text()
     assert page.locator("#predictions .confidence-set").count() == 0, "no probabilities for noise"
     assert page.locator("#explain-anyway").is_visible()
@@ -88,7 +102,7 @@ def test_a_dicom_dropped_on_the_image_box_is_read(browser, app_url):
     page = open_page(browser, app_url, DESKTOP)
     upload(page, pydicom.data.get_testdata_file("CT_small.dcm"))
     # read by the imaging layer (a CT slice: the domain check's banner), not refused as a file type
-    page.wait_for_selector("#banner p", timeout=120_000)
+    wait_for_banner(page, "dicom")
     assert "does not look like a chest X-ray" in page.locator("#banner").inner_text()
     page.screenshot(path=str(ARTIFACTS / "dicom-on-the-image-box.png"))
     page.close()

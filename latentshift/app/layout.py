@@ -94,8 +94,9 @@ CSS = """
 #: After Explain on a narrow screen the view moves to the status line, the outcome and the results.
 SCROLL_TO_RESULTS_JS = """() => { if (window.innerWidth < 768) {
   document.querySelector('#status')?.scrollIntoView({behavior: 'instant', block: 'start'}); } }"""
-#: On load: captions on the example thumbnails (CAPTIONS: row elem_id -> captions); on a narrow screen
-#: the settings accordion closes.
+#: On load: captions on the example thumbnails (CAPTIONS: row elem_id -> captions); a DICOM or TIFF given to
+#: the image box goes to the file box; on a narrow screen the settings accordion closes; then the body says
+#: ``data-page-ready="true"`` (what a script driving the page waits for before it hands over files).
 ON_LOAD_JS = """() => { const rows = CAPTIONS;
   const caption = () => Object.entries(rows).forEach(([row, captions]) =>
     document.querySelectorAll(`#${row} button.gallery-item`).forEach((item, i) => {
@@ -129,7 +130,8 @@ ON_LOAD_JS = """() => { const rows = CAPTIONS;
   if (window.innerWidth < 768) {
     const toggle = document.querySelector('#settings > button.label-wrap, #settings .label-wrap');
     if (toggle && toggle.classList.contains('open')) toggle.click();
-  } }"""
+  }
+  document.body.dataset.pageReady = 'true'; }"""
 
 INTRO = f"""
 # {TITLE}
