@@ -219,3 +219,14 @@ def test_ray_cluster_of_two_workers_gives_the_local_results(batch_input, tmp_pat
         ray.shutdown()
     assert code == 0, capsys.readouterr().err
     assert _same(_rows(tmp_path / "ray")) == _same(_rows(tmp_path / "local"))
+
+
+def test_classifiers_are_checked_against_the_manifest_the_pipelines_load(tmp_path):
+    from latentshift.batch.driver import resolve_classifiers
+    from latentshift.errors import OptionsError
+
+    manifest = str(write_tiny_manifest(tmp_path))  # merged over the package's, as --manifest says
+    assert resolve_classifiers([], [], manifest) == ["tiny-classifier"]
+    assert resolve_classifiers(["demo-pneumonia-classifier"], [], manifest) == ["demo-pneumonia-classifier"]
+    with pytest.raises(OptionsError, match="nope"):
+        resolve_classifiers(["nope"], [], manifest)

@@ -178,12 +178,10 @@ def in_turn_or_busy(line: admission.Line) -> Iterator[admission.Ticket]:
     """Compute inside the ``with`` in this run's turn of ``line`` (a worker thread waits for it); a full
     line raises the busy message as Gradio's error (shown to the person, never cached)."""
     try:
-        ticket = line.admit()
+        with admission.computing(line) as ticket:  # LineFull comes from admitting, before the turn
+            yield ticket
     except admission.LineFull as full:
         raise gr.Error(str(full), title="Busy", print_exception=False) from None
-    with ticket:
-        ticket.wait_turn()
-        yield ticket
 
 
 def _files_of(stored: StoredResult) -> dict[str, Path | None]:

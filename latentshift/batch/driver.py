@@ -58,8 +58,8 @@ def plan_tasks(items: list[Item], classifiers: list[str], config: BatchConfig) -
 def resolve_classifiers(requested: list[str], items: list[Item], manifest_path: str | None,
                         settings: Settings | None = None) -> list[str]:
     """The classifier ids to use (default: the embedded one); unknown ids raise OptionsError.
-    The manifest: ``manifest_path``, else ``settings.manifest`` (``$LATENTSHIFT_MANIFEST``), else the package's."""
-    manifest = Manifest.load(manifest_path or (settings or Settings()).manifest)
+    The manifest is the one the tasks' pipelines load (:meth:`Manifest.for_user`)."""
+    manifest = Manifest.for_user(manifest_path, settings)
     known = {entry.id for entry in manifest.of_kind("classifier")}
     ids = list(dict.fromkeys(requested)) or [manifest.default("classifier").id]
     unknown = sorted({i for i in ids + [item.classifier for item in items if item.classifier] if i not in known})
