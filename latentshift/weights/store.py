@@ -61,11 +61,12 @@ class ModelStore:
     def __init__(self, manifest: Manifest, device: str | torch.device = "cpu",
                  max_models: int | None = None, allow_unverified: bool | None = None,
                  settings: Settings | None = None):
-        self.settings = settings or Settings()
+        self.settings = (settings or Settings()).with_flags(max_models=max_models or None,
+                                                            allow_unverified=allow_unverified)
         self.manifest = manifest
         self.device = torch.device(device)
-        self.max_models = max_models or self.settings.max_models
-        self.allow_unverified = self.settings.allow_unverified if allow_unverified is None else allow_unverified
+        self.max_models = self.settings.max_models
+        self.allow_unverified = self.settings.allow_unverified
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}  # one lock per model id while it is read
